@@ -1,0 +1,138 @@
+//! Plan fragments on the wire: datafusion-proto bytes, with this extension
+//! codec for Ignis's own operators. Decoding attaches the task's shuffle input
+//! locations to each [`ShuffleReaderExec`], so one encoded plan serves every
+//! task of a stage.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::bytes::{physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec};
+use datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning;
+use datafusion_proto::physical_plan::to_proto::serialize_partitioning;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IgnisError, Result};
+use crate::ids::StageId;
+use crate::protocol::{PieceLocation, StageInput};
+use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
+
+/// Encodes and decodes Ignis operators inside datafusion-proto plans.
+#[derive(Debug, Default)]
+pub struct IgnisCodec {
+    inputs: HashMap<StageId, Vec<Vec<PieceLocation>>>,
+}
+
+impl IgnisCodec {
+    /// A codec that gives decoded shuffle readers these input locations.
+    pub fn with_inputs(inputs: &[StageInput]) -> Self {
+        Self { inputs: inputs.iter().map(|i| (i.stage_id, i.partitions.clone())).collect() }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum IgnisNode {
+    ShuffleReader { stage_id: StageId, partitions: usize, schema: String },
+    ShuffleWriter { partitioning: Option<String> },
+}
+
+/// Serialise a plan with Ignis's codec.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
+    Ok(physical_plan_to_bytes_with_extension_codec(plan, &IgnisCodec::default())?.to_vec())
+}
+
+/// Deserialise a plan, attaching `inputs` to its shuffle readers.
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext, inputs: &[StageInput]) -> Result<Arc<dyn ExecutionPlan>> {
+    let codec = IgnisCodec::with_inputs(inputs);
+    physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec).map_err(IgnisError::from_datafusion)
+}
+
+fn schema_to_b64(schema: &Schema) -> DfResult<String> {
+    let mut w = StreamWriter::try_new(Vec::new(), schema)?;
+    w.finish()?;
+    Ok(STANDARD.encode(w.into_inner()?))
+}
+
+fn schema_from_b64(s: &str) -> DfResult<SchemaRef> {
+    let bytes = STANDARD.decode(s).map_err(|e| DataFusionError::Internal(format!("bad schema encoding: {e}")))?;
+    Ok(StreamReader::try_new(Cursor::new(bytes), None)?.schema())
+}
+
+impl PhysicalExtensionCodec for IgnisCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let node: IgnisNode = serde_json::from_slice(buf)
+            .map_err(|e| DataFusionError::Internal(format!("unknown Ignis plan node: {e}")))?;
+        match node {
+            IgnisNode::ShuffleReader { stage_id, partitions, schema } => {
+                let reader = ShuffleReaderExec::new(stage_id, schema_from_b64(&schema)?, partitions);
+                Ok(match self.inputs.get(&stage_id) {
+                    Some(pieces) => Arc::new(reader.with_pieces(pieces.clone())?),
+                    None => Arc::new(reader),
+                })
+            }
+            IgnisNode::ShuffleWriter { partitioning } => {
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal("ShuffleWriterExec takes one input".into()));
+                };
+                let partitioning = match partitioning {
+                    None => None,
+                    Some(b64) => {
+                        let bytes = STANDARD
+                            .decode(b64)
+                            .map_err(|e| DataFusionError::Internal(format!("bad partitioning encoding: {e}")))?;
+                        let proto = protobuf::Partitioning::decode(bytes.as_slice())
+                            .map_err(|e| DataFusionError::Internal(format!("bad partitioning: {e}")))?;
+                        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+                        parse_protobuf_partitioning(Some(&proto), &decode_ctx, &input.schema(), proto_converter)?
+                    }
+                };
+                Ok(Arc::new(ShuffleWriterExec::try_new(input.clone(), partitioning)?))
+            }
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let ignis_node = if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            IgnisNode::ShuffleReader {
+                stage_id: reader.stage_id(),
+                partitions: reader.partition_count(),
+                schema: schema_to_b64(&reader.schema())?,
+            }
+        } else if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
+            let partitioning = match writer.partitioning() {
+                None => None,
+                Some(p) => Some(STANDARD.encode(serialize_partitioning(p, self, proto_converter)?.encode_to_vec())),
+            };
+            IgnisNode::ShuffleWriter { partitioning }
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "operator {} cannot be sent to an executor",
+                node.name()
+            )));
+        };
+        serde_json::to_writer(buf, &ignis_node).map_err(|e| DataFusionError::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,454 @@
+//! The job specification: what a user submits (JSON over HTTP; JSON, TOML or
+//! YAML files from the CLI).
+//!
+//! ```toml
+//! [tables.orders]
+//! format = "csv"
+//! location = "data/"
+//!
+//! [[steps]]
+//! op = "read"
+//! table = "orders"
+//!
+//! [[steps]]
+//! op = "filter"
+//! expr = "country = 'US'"
+//!
+//! [output.write]
+//! format = "parquet"
+//! location = "out/orders_by_product"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IgnisError, Result};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A name shown in progress and status; defaults to the file name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tables the query reads, by the name the query uses.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSpec>,
+    /// One query, or several statements of which all but the last define views.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// A DataFrame-style chain of steps, the alternative to `sql`.
+    #[serde(default)]
+    pub steps: Option<Vec<Step>>,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub config: JobConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Parquet,
+    Json,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+            Format::Json => "json",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    pub format: Format,
+    /// A path (relative to the job file), a `file://` or other object store
+    /// URL; a directory or a glob such as `data/*.csv`.
+    pub location: String,
+    #[serde(default)]
+    pub options: TableOptions,
+}
+
+/// Reader options; the CSV ones follow Spark's names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableOptions {
+    /// CSV: the first line holds column names (default true).
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// CSV: one ASCII character (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// CSV: one ASCII character (default `"`).
+    #[serde(default)]
+    pub quote: Option<String>,
+    /// CSV: one ASCII character (default none).
+    #[serde(default)]
+    pub escape: Option<String>,
+    /// An explicit schema as DDL, `order_id BIGINT, country STRING, ...`;
+    /// without it the schema is inferred.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// File extension to pick up in a directory (default: the format's).
+    #[serde(default)]
+    pub file_extension: Option<String>,
+}
+
+/// One step of a DataFrame-style job. Expressions are SQL expression strings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Start from a table (must be the first step).
+    Read { table: String },
+    /// Keep rows where `expr` is true.
+    Filter { expr: String },
+    /// Replace the columns by these expressions (`"price * quantity AS total"`).
+    Select { exprs: Vec<String> },
+    /// Add or replace one column.
+    WithColumn { name: String, expr: String },
+    /// Group by `keys` and compute `aggs` (`"count(*) AS orders"`).
+    GroupBy {
+        #[serde(default)]
+        keys: Vec<String>,
+        aggs: Vec<String>,
+    },
+    /// Join with another table, on equal column names (`on`) or a condition.
+    Join {
+        table: String,
+        #[serde(default)]
+        on: Vec<String>,
+        #[serde(default)]
+        condition: Option<String>,
+        #[serde(default)]
+        how: JoinHow,
+    },
+    /// Sort by expressions, each optionally followed by ASC/DESC and NULLS FIRST/LAST.
+    OrderBy { by: Vec<String> },
+    Limit { n: usize },
+    Distinct {},
+    /// Append the rows of another table with the same columns (UNION ALL, by position).
+    Union { table: String },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinHow {
+    #[default]
+    Inner,
+    Left,
+    Right,
+    Full,
+    Semi,
+    Anti,
+}
+
+/// Where the result goes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputSpec {
+    /// Rows come back to the client (like `df.show()` / `collect()`).
+    #[default]
+    Collect,
+    Write(WriteSpec),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteSpec {
+    pub format: Format,
+    /// A directory: a path (relative to the job file) or an object store URL.
+    pub location: String,
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// Columns that become hive-style directories (`country=US/`).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Fail if the location already holds data (Spark's default).
+    #[default]
+    Error,
+    Overwrite,
+    Append,
+    /// Do nothing if the location already holds data.
+    Ignore,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Partitions after each shuffle (Spark's spark.sql.shuffle.partitions).
+    #[serde(default)]
+    pub shuffle_partitions: Option<usize>,
+    /// Attempts per task before the job fails (default 4).
+    #[serde(default)]
+    pub max_task_attempts: Option<u32>,
+    /// Rows per batch (default 8192).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Compression of shuffle data: lz4 (default), zstd or none.
+    #[serde(default)]
+    pub shuffle_compression: Option<ShuffleCompression>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShuffleCompression {
+    #[default]
+    Lz4,
+    Zstd,
+    None,
+}
+
+pub const DEFAULT_SHUFFLE_PARTITIONS: usize = 4;
+pub const DEFAULT_MAX_TASK_ATTEMPTS: u32 = 4;
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+impl JobConfig {
+    pub fn shuffle_partitions(&self) -> usize {
+        self.shuffle_partitions.unwrap_or(DEFAULT_SHUFFLE_PARTITIONS).max(1)
+    }
+    pub fn max_task_attempts(&self) -> u32 {
+        self.max_task_attempts.unwrap_or(DEFAULT_MAX_TASK_ATTEMPTS).max(1)
+    }
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1)
+    }
+}
+
+impl JobSpec {
+    /// Parse a job from text in the given format ("json", "toml", "yaml"); errors
+    /// name the field that was wrong.
+    pub fn parse(text: &str, format: &str, origin: &str) -> Result<Self> {
+        let spec: JobSpec = match format {
+            "json" => {
+                let de = &mut serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| IgnisError::Job(format!("{origin}: {}: {}", field_path(e.path()), e.inner())))?
+            }
+            "toml" => {
+                let de = toml::Deserializer::parse(text).map_err(|e| IgnisError::Job(format!("{origin}: {e}")))?;
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    IgnisError::Job(format!("{origin}: {}: {}", field_path(e.path()), e.inner().message()))
+                })?
+            }
+            "yaml" | "yml" => {
+                let de = serde_yaml::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| IgnisError::Job(format!("{origin}: {}: {}", field_path(e.path()), e.inner())))?
+            }
+            other => {
+                return Err(IgnisError::Job(format!(
+                    "{origin}: unknown job file format '{other}' (use .toml, .json, .yaml or .yml)"
+                )));
+            }
+        };
+        spec.validate().map_err(|e| IgnisError::Job(format!("{origin}: {e}")))?;
+        Ok(spec)
+    }
+
+    /// Read a job file; the format follows the file extension.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| IgnisError::Job(format!("cannot read job file {origin}: {e}")))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let mut spec = Self::parse(&text, &ext, &origin)?;
+        if spec.name.is_none() {
+            spec.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        spec.resolve_paths(base)?;
+        Ok(spec)
+    }
+
+    /// Make relative table and output locations absolute `file://` URLs,
+    /// relative to `base` (the job file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) -> Result<()> {
+        for table in self.tables.values_mut() {
+            table.location = resolve_location(&table.location, base)?;
+        }
+        if let OutputSpec::Write(w) = &mut self.output {
+            w.location = resolve_location(&w.location, base)?;
+        }
+        Ok(())
+    }
+
+    /// Checks serde cannot express; messages name the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match (&self.sql, &self.steps) {
+            (Some(_), Some(_)) => return Err("give either `sql` or `steps`, not both".into()),
+            (None, None) => return Err("missing `sql` or `steps`: the job has nothing to run".into()),
+            (Some(sql), None) if sql.trim().is_empty() => return Err("`sql` is empty".into()),
+            (None, Some(steps)) => validate_steps(steps, &self.tables)?,
+            _ => {}
+        }
+        for (name, t) in &self.tables {
+            if t.location.trim().is_empty() {
+                return Err(format!("tables.{name}.location: is empty"));
+            }
+            for (field, v) in [("delimiter", &t.options.delimiter), ("quote", &t.options.quote), ("escape", &t.options.escape)] {
+                if let Some(v) = v
+                    && (v.len() != 1 || !v.is_ascii())
+                {
+                    return Err(format!("tables.{name}.options.{field}: must be one ASCII character, got {v:?}"));
+                }
+            }
+        }
+        if let OutputSpec::Write(w) = &self.output
+            && w.location.trim().is_empty()
+        {
+            return Err("output.write.location: is empty".into());
+        }
+        if self.config.shuffle_partitions == Some(0) {
+            return Err("config.shuffle_partitions: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn validate_steps(steps: &[Step], tables: &BTreeMap<String, TableSpec>) -> std::result::Result<(), String> {
+    let Some(Step::Read { .. }) = steps.first() else {
+        return Err("steps[0]: the first step must be `read`".into());
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let table = match step {
+            Step::Read { table } if i == 0 => Some(table),
+            Step::Read { .. } => return Err(format!("steps[{i}]: `read` is only allowed as the first step")),
+            Step::Join { table, on, condition, .. } => {
+                if on.is_empty() == condition.is_none() {
+                    return Err(format!("steps[{i}]: join needs exactly one of `on` (columns) or `condition`"));
+                }
+                Some(table)
+            }
+            Step::Union { table } => Some(table),
+            Step::GroupBy { aggs, keys } if aggs.is_empty() && keys.is_empty() => {
+                return Err(format!("steps[{i}]: group_by needs `keys` or `aggs`"));
+            }
+            _ => None,
+        };
+        if let Some(t) = table
+            && !tables.contains_key(t)
+        {
+            return Err(format!("steps[{i}]: unknown table '{t}' (declare it under [tables.{t}])"));
+        }
+    }
+    Ok(())
+}
+
+fn field_path(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s == "." { "(top level)".into() } else { s }
+}
+
+/// A location with a URL scheme is kept; a path becomes an absolute `file://` URL.
+pub fn resolve_location(location: &str, base: &Path) -> Result<String> {
+    if has_url_scheme(location) {
+        return Ok(location.to_string());
+    }
+    let path = Path::new(location);
+    let abs = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let abs = if abs.is_absolute() {
+        abs
+    } else {
+        std::env::current_dir()?.join(abs)
+    };
+    let abs = normalize(&abs);
+    let mut url = url::Url::from_file_path(&abs)
+        .map_err(|()| IgnisError::Job(format!("cannot turn {location:?} into a file URL")))?
+        .to_string();
+    // Keep a trailing slash: it marks a directory for the listing code.
+    if location.ends_with('/') && !url.ends_with('/') {
+        url.push('/');
+    }
+    Ok(url)
+}
+
+fn has_url_scheme(s: &str) -> bool {
+    match s.find("://") {
+        Some(i) => i > 1 && s[..i].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'),
+        None => false,
+    }
+}
+
+/// Remove `.` and `..` components without touching the filesystem.
+fn normalize(p: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_error_names_the_field() {
+        let text = r#"
+sql = "select 1"
+[tables.orders]
+format = "xls"
+location = "a.csv"
+"#;
+        let err = JobSpec::parse(text, "toml", "job.toml").unwrap_err().to_string();
+        assert!(err.contains("tables.orders.format"), "{err}");
+        assert!(err.contains("xls"), "{err}");
+    }
+
+    #[test]
+    fn json_unknown_step_field_is_named() {
+        let text = r#"{"tables": {"t": {"format": "csv", "location": "x"}},
+                       "steps": [{"op": "read", "table": "t"}, {"op": "filter", "exp": "a > 1"}]}"#;
+        let err = JobSpec::parse(text, "json", "job.json").unwrap_err().to_string();
+        assert!(err.contains("steps[1]"), "{err}");
+        assert!(err.contains("exp"), "{err}");
+    }
+
+    #[test]
+    fn output_forms() {
+        let spec = JobSpec::parse("sql = 'select 1'\noutput = 'collect'", "toml", "j").unwrap();
+        assert!(matches!(spec.output, OutputSpec::Collect));
+        let spec = JobSpec::parse(
+            "sql = 'select 1'\n[output.write]\nformat = 'parquet'\nlocation = 'out'\nmode = 'overwrite'",
+            "toml",
+            "j",
+        )
+        .unwrap();
+        let OutputSpec::Write(w) = spec.output else { panic!("expected write") };
+        assert_eq!(w.mode, WriteMode::Overwrite);
+    }
+
+    #[test]
+    fn relative_locations_resolve_against_the_job_dir() {
+        let url = resolve_location("data/", Path::new("/jobs/orders")).unwrap();
+        assert_eq!(url, "file:///jobs/orders/data/");
+        assert_eq!(resolve_location("../x.csv", Path::new("/jobs/orders")).unwrap(), "file:///jobs/x.csv");
+        assert_eq!(resolve_location("s3://b/k", Path::new("/x")).unwrap(), "s3://b/k");
+    }
+
+    #[test]
+    fn steps_must_start_with_read_and_name_known_tables() {
+        let text = r#"{"tables": {}, "steps": [{"op": "read", "table": "nope"}]}"#;
+        let err = JobSpec::parse(text, "json", "j").unwrap_err().to_string();
+        assert!(err.contains("unknown table 'nope'"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The task protocol: what the driver sends an executor and what comes back.
+//! Serialised as JSON for executor hosts and Lambda; passed as values in local
+//! mode, where the plan fragment is still carried as bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, IgnisError};
+use crate::ids::{JobId, StageId};
+use crate::job::{Format, ShuffleCompression};
+
+/// Bumped on any incompatible change to these types or to the plan codec.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub protocol_version: u32,
+    pub job_id: JobId,
+    pub stage_id: StageId,
+    /// The partition of the stage plan this task runs.
+    pub partition: u32,
+    /// 0 for the first attempt.
+    pub attempt: u32,
+    /// The stage plan as datafusion-proto bytes (see [`crate::codec`]).
+    #[serde(with = "base64_bytes")]
+    pub plan: Vec<u8>,
+    /// Shuffle pieces each upstream stage produced, for the plan's readers.
+    pub inputs: Vec<StageInput>,
+    pub output: TaskOutput,
+    pub batch_size: usize,
+}
+
+/// Where the shuffle readers of one upstream stage find their data:
+/// `partitions[p]` lists the pieces reader partition `p` reads, in order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageInput {
+    pub stage_id: StageId,
+    pub partitions: Vec<Vec<PieceLocation>>,
+}
+
+/// A byte range of a shuffle object holding one Arrow IPC stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceLocation {
+    /// Object URL, e.g. `file:///tmp/ignis/shuffle/job-1/1/0.0.arrows`.
+    pub url: String,
+    pub offset: u64,
+    pub length: u64,
+    pub rows: u64,
+}
+
+/// What a task does with the rows its plan produces.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutput {
+    /// The plan root is a `ShuffleWriterExec`: write one object under
+    /// `{root}/{job}/{stage}/{partition}.{attempt}.arrows`.
+    Shuffle { root: String, compression: ShuffleCompression },
+    /// Write result files under `staging` (unique to this attempt), each named
+    /// `{file_stem}.{ext}`, in hive-style subdirectories when `partition_by` is
+    /// set; the driver commits the accepted attempt's files.
+    Files {
+        staging: String,
+        file_stem: String,
+        format: Format,
+        partition_by: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub job_id: JobId,
+    pub stage_id: StageId,
+    pub partition: u32,
+    pub attempt: u32,
+    pub output: TaskResultOutput,
+    pub metrics: TaskMetrics,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskResultOutput {
+    /// One shuffle object; `pieces[r]` is reduce partition `r`.
+    Shuffle { url: String, pieces: Vec<PieceMeta> },
+    Files { files: Vec<WrittenFile> },
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceMeta {
+    pub offset: u64,
+    pub length: u64,
+    pub rows: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Path relative to the staging directory, e.g. `country=US/part-00001-job-1.parquet`;
+    /// the committed file has the same path relative to the output location.
+    pub relative_path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct TaskMetrics {
+    pub output_rows: u64,
+    pub output_bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A failed task as it crosses the wire: classified, with a message for the user.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl From<IgnisError> for TaskFailure {
+    fn from(e: IgnisError) -> Self {
+        Self { kind: e.kind(), message: e.to_string() }
+    }
+}
+
+impl From<TaskFailure> for IgnisError {
+    fn from(f: TaskFailure) -> Self {
+        IgnisError::Task { kind: f.kind, message: f.message }
+    }
+}
+
+impl TaskRequest {
+    pub fn check_version(&self) -> Result<(), IgnisError> {
+        if self.protocol_version != PROTOCOL_VERSION {
+            return Err(IgnisError::Protocol(format!(
+                "task protocol version {} is not supported by this executor (it speaks {PROTOCOL_VERSION})",
+                self.protocol_version
+            )));
+        }
+        Ok(())
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_json_and_checks_version() {
+        let req = TaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            job_id: JobId::from("job-1"),
+            stage_id: StageId(2),
+            partition: 3,
+            attempt: 1,
+            plan: vec![0, 1, 2, 255],
+            inputs: vec![],
+            output: TaskOutput::Shuffle { root: "file:///tmp/s".into(), compression: ShuffleCompression::Lz4 },
+            batch_size: 8192,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        let back: TaskRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.plan, req.plan);
+        assert!(back.check_version().is_ok());
+        let old = TaskRequest { protocol_version: 0, ..back };
+        assert!(old.check_version().unwrap_err().to_string().contains("version 0"));
+    }
+}

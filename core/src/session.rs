@@ -1,0 +1,37 @@
+//! The DataFusion session settings every Ignis process uses, so a plan cut on
+//! the driver means the same on any executor.
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Settings for planning a distributed job.
+///
+/// - `target_partitions` is the shuffle partition count: every hash exchange the
+///   optimiser inserts becomes a shuffle with this many reduce partitions.
+/// - Round-robin repartitioning is off: it only spreads work across threads of
+///   one process, and tasks already give us that parallelism.
+/// - Dynamic filter pushdown is off: a filter fed by a join in one stage cannot
+///   reach a scan that ran in an earlier stage.
+pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(shuffle_partitions)
+        .with_batch_size(batch_size)
+        .with_round_robin_repartition(false)
+        .with_information_schema(false);
+    let opts = config.options_mut();
+    opts.optimizer.enable_dynamic_filter_pushdown = false;
+    opts.optimizer.enable_topk_dynamic_filter_pushdown = false;
+    opts.optimizer.enable_join_dynamic_filter_pushdown = false;
+    opts.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    config
+}
+
+/// A session context for planning (driver) or executing (executor) with the
+/// given settings.
+pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(session_config(shuffle_partitions, batch_size))
+        .with_default_features()
+        .build();
+    SessionContext::new_with_state(state)
+}

@@ -1,0 +1,143 @@
+//! `ShuffleReaderExec`: the leaf that replaces an exchange in the stage that
+//! consumes it. Partition `p` streams the pieces listed for `p`, fetched with
+//! ranged GETs and decoded from Arrow IPC.
+
+use std::fmt;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt, stream};
+use object_store::ObjectStoreExt;
+
+use crate::error::{IgnisError, Result};
+use crate::ids::StageId;
+use crate::protocol::PieceLocation;
+use crate::store;
+
+#[derive(Debug, Clone)]
+pub struct ShuffleReaderExec {
+    stage_id: StageId,
+    schema: SchemaRef,
+    partition_count: usize,
+    /// `pieces[p]`: what partition `p` reads. Empty until a task fills it in.
+    pieces: Vec<Vec<PieceLocation>>,
+    cache: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    pub fn new(stage_id: StageId, schema: SchemaRef, partition_count: usize) -> Self {
+        let cache = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partition_count),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { stage_id, schema, partition_count, pieces: vec![], cache: Arc::new(cache) }
+    }
+
+    /// The same reader with the locations of its input pieces.
+    pub fn with_pieces(mut self, pieces: Vec<Vec<PieceLocation>>) -> Result<Self> {
+        if pieces.len() != self.partition_count {
+            return Err(IgnisError::Protocol(format!(
+                "shuffle reader of stage {} has {} partitions but was given locations for {}",
+                self.stage_id,
+                self.partition_count,
+                pieces.len()
+            )));
+        }
+        self.pieces = pieces;
+        Ok(self)
+    }
+
+    pub fn stage_id(&self) -> StageId {
+        self.stage_id
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partition_count
+    }
+}
+
+async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
+    let (store, path) = store::resolve(&env, &piece.url)?;
+    let bytes = store.get_range(&path, piece.offset..piece.offset + piece.length).await?;
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows as u64 != piece.rows {
+        return Err(IgnisError::Input(format!(
+            "shuffle piece {} at offset {} holds {rows} rows, expected {}",
+            piece.url, piece.offset, piece.rows
+        )));
+    }
+    Ok(batches)
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ShuffleReaderExec: stage={}, partitions={}", self.stage_id, self.partition_count)
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &str {
+        "ShuffleReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let Some(pieces) = self.pieces.get(partition) else {
+            return Err(DataFusionError::Internal(format!(
+                "shuffle reader of stage {} has no locations for partition {partition}",
+                self.stage_id
+            )));
+        };
+        let env = context.runtime_env();
+        let pieces: Vec<PieceLocation> = pieces.iter().filter(|p| p.rows > 0).cloned().collect();
+        let batches = stream::iter(pieces)
+            .then(move |piece| read_piece(env.clone(), piece))
+            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .map_err(DataFusionError::from);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
+    }
+}

@@ -1,0 +1,186 @@
+//! Output commit. Result tasks write under
+//! `{location}/_temporary/{job}/p{partition}-a{attempt}/`; only when every task
+//! has succeeded does the driver move the accepted attempts' files into place,
+//! write the `_SUCCESS` manifest, and (for overwrite) remove the old files.
+//! A job that fails before that leaves the location exactly as it was.
+
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::ids::JobId;
+use ignis_core::job::{WriteMode, WriteSpec};
+use ignis_core::protocol::{TaskResult, TaskResultOutput};
+use ignis_core::store;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::Serialize;
+
+pub const SUCCESS_MANIFEST: &str = "_SUCCESS";
+
+/// A write about to start: the mode has been checked against what is there.
+pub struct PendingWrite {
+    pub spec: WriteSpec,
+    pub job_id: JobId,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    location_existed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub job_id: String,
+    pub format: String,
+    pub rows: u64,
+    pub files: Vec<String>,
+}
+
+/// Files committed by a job.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub location: String,
+    pub files: Vec<String>,
+    pub rows: u64,
+}
+
+/// `None` when mode = ignore and data is there: the job should not run.
+pub async fn prepare(env: &RuntimeEnv, spec: &WriteSpec, job_id: &JobId) -> Result<Option<PendingWrite>> {
+    let (store, root) = store::resolve(env, &spec.location)?;
+    let existing = visible_files(store.as_ref(), &root).await?;
+    let location_existed = location_exists(&spec.location);
+    if !existing.is_empty() {
+        match spec.mode {
+            WriteMode::Error => {
+                return Err(IgnisError::Output(format!(
+                    "output location {} already holds {} file(s); set output.write.mode to \"overwrite\", \"append\" or \"ignore\"",
+                    spec.location,
+                    existing.len()
+                )));
+            }
+            WriteMode::Ignore => return Ok(None),
+            WriteMode::Overwrite | WriteMode::Append => {}
+        }
+    }
+    Ok(Some(PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed }))
+}
+
+impl PendingWrite {
+    /// The staging directory URL that result tasks write under.
+    pub fn staging_url(&self) -> String {
+        store::join(&self.spec.location, &format!("_temporary/{}", self.job_id))
+    }
+
+    /// Move the accepted attempts' files into place and write the manifest.
+    pub async fn commit(&self, results: &[TaskResult]) -> Result<Committed> {
+        let old = visible_files(self.store.as_ref(), &self.root).await?;
+        let mut files = Vec::new();
+        let mut rows = 0;
+        for result in results {
+            let TaskResultOutput::Files { files: written } = &result.output else {
+                return Err(IgnisError::internal("result task did not write files"));
+            };
+            let attempt_dir = format!("_temporary/{}/p{}-a{}", self.job_id, result.partition, result.attempt);
+            for f in written {
+                let from = child_path(&self.root, &format!("{attempt_dir}/{}", f.relative_path));
+                let to = child_path(&self.root, &f.relative_path);
+                self.store.rename(&from, &to).await?;
+                files.push(f.relative_path.clone());
+                rows += f.rows;
+            }
+        }
+        if self.spec.mode == WriteMode::Overwrite {
+            for path in old.iter().filter(|p| !files.contains(p)) {
+                self.store.delete(&child_path(&self.root, path)).await?;
+            }
+        }
+        let mut listed = if self.spec.mode == WriteMode::Append {
+            old.into_iter().filter(|p| !files.contains(p)).chain(files.iter().cloned()).collect()
+        } else {
+            files.clone()
+        };
+        listed.sort();
+        let manifest = Manifest {
+            job_id: self.job_id.to_string(),
+            format: self.spec.format.extension().to_string(),
+            rows,
+            files: listed,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| IgnisError::internal(e.to_string()))?;
+        self.store.put(&child_path(&self.root, SUCCESS_MANIFEST), PutPayload::from(body)).await?;
+        self.cleanup().await?;
+        if self.spec.mode == WriteMode::Overwrite {
+            remove_empty_local_dirs(&self.spec.location);
+        }
+        files.sort();
+        Ok(Committed { location: self.spec.location.clone(), files, rows })
+    }
+
+    /// Remove every staged file: what losing or failed attempts left, or, when
+    /// the job failed, all of it. The location is then as it was before.
+    pub async fn cleanup(&self) -> Result<()> {
+        let staging = self.staging_url();
+        let staging_path = child_path(&self.root, &format!("_temporary/{}", self.job_id));
+        store::delete_prefix(self.store.as_ref(), &staging, &staging_path).await?;
+        let temporary = store::join(&self.spec.location, "_temporary");
+        remove_local_dir_if_empty(&temporary);
+        if !self.location_existed {
+            remove_local_dir_if_empty(&self.spec.location);
+        }
+        Ok(())
+    }
+}
+
+fn child_path(root: &Path, relative: &str) -> Path {
+    relative.split('/').filter(|s| !s.is_empty()).fold(root.clone(), |p, part| p.child(part))
+}
+
+/// Data files under `root`, relative to it: everything but `_`- and
+/// `.`-prefixed names (manifest, staging), as Spark and Hive readers skip them.
+async fn visible_files(store: &dyn ObjectStore, root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for meta in store::list_all(store, root).await? {
+        let Some(parts) = meta.location.prefix_match(root) else { continue };
+        let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+        if parts.iter().any(|p| p.starts_with('_') || p.starts_with('.')) {
+            continue;
+        }
+        out.push(parts.join("/"));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn local_path(url: &str) -> Option<std::path::PathBuf> {
+    let parsed = url::Url::parse(url).ok()?;
+    if parsed.scheme() != "file" {
+        return None;
+    }
+    parsed.to_file_path().ok()
+}
+
+fn location_exists(url: &str) -> bool {
+    local_path(url).map(|p| p.exists()).unwrap_or(true)
+}
+
+fn remove_local_dir_if_empty(url: &str) {
+    if let Some(p) = local_path(url) {
+        let _ = std::fs::remove_dir(p);
+    }
+}
+
+/// After an overwrite, partition directories that lost all their files.
+fn remove_empty_local_dirs(url: &str) {
+    fn walk(dir: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path());
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+    if let Some(p) = local_path(url) {
+        walk(&p);
+    }
+}

@@ -1,0 +1,232 @@
+//! `ignis-driver`: takes a job, plans it with DataFusion, cuts the plan into
+//! stages, runs their tasks on an executor backend, and commits the output.
+//!
+//! ```text
+//!  job (SQL or steps, tables, output)
+//!     |  plan::plan_job            DataFusion: logical -> optimised -> physical plan
+//!     v
+//!  physical plan
+//!     |  stages::StageGraph::cut   cut at every exchange (hash repartition,
+//!     v                            coalesce, sort-preserving merge)
+//!  Stage 1: scan -> filter -> partial agg -> ShuffleWriterExec ----+
+//!                                                                  | shuffle objects in
+//!  Stage 2: ShuffleReaderExec -> final agg -> (write files | collect)  object storage
+//!     |  scheduler::run_graph      one task per partition; a stage starts when
+//!     v                            its inputs are done; failed attempts retried
+//!  backend::TaskBackend            local workers | executor hosts | Lambda
+//!     |  TaskRequest (plan bytes, shuffle inputs, output) -> TaskResult
+//!     v
+//!  commit                          move the accepted attempts' files into place,
+//!                                  write _SUCCESS; or read the collected rows
+//! ```
+//!
+//! What does not belong here: running a plan fragment (`ignis-executor`), the
+//! protocol and shuffle format (`ignis-core`).
+
+pub mod backend;
+pub mod commit;
+pub mod datagen;
+mod plan;
+pub mod scheduler;
+pub mod stages;
+mod steps;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionContext;
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::ids::{JobId, StageId};
+use ignis_core::job::{JobSpec, OutputSpec};
+use ignis_core::shuffle::{ShuffleReaderExec, job_shuffle_prefix};
+use ignis_core::store;
+
+use crate::backend::{LocalBackend, TaskBackend};
+use crate::commit::{Committed, PendingWrite};
+use crate::scheduler::{JobEvent, ResultTarget, RunSettings, StageResults};
+use crate::stages::{Exchange, StageGraph};
+
+/// Driver-wide settings (per-job settings live in the job's `config`).
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// URL under which shuffle objects are written, e.g. `file:///tmp/ignis-shuffle`.
+    pub shuffle_root: String,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        let dir = std::env::temp_dir().join("ignis-shuffle");
+        let shuffle_root = url::Url::from_directory_path(&dir)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|()| "file:///tmp/ignis-shuffle/".to_string());
+        Self { shuffle_root }
+    }
+}
+
+pub struct Driver {
+    backend: Arc<dyn TaskBackend>,
+    config: DriverConfig,
+}
+
+/// What a finished job produced.
+#[derive(Debug)]
+pub enum JobResult {
+    /// `collect`: every row, in the order the plan produced them.
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Written(Committed),
+    /// `mode = ignore` and the location already held data: nothing ran.
+    Skipped { location: String },
+}
+
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub job_id: JobId,
+    pub stages: usize,
+    pub tasks: usize,
+    /// Task attempts started, retries included.
+    pub task_attempts: usize,
+    pub output_rows: u64,
+    pub shuffle_bytes: u64,
+    pub elapsed: Duration,
+    pub result: JobResult,
+}
+
+impl Driver {
+    /// Local mode: `executors` in-process workers.
+    pub fn local(executors: usize, config: DriverConfig) -> Self {
+        Self::new(Arc::new(LocalBackend::new(executors)), config)
+    }
+
+    pub fn new(backend: Arc<dyn TaskBackend>, config: DriverConfig) -> Self {
+        Self { backend, config }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn TaskBackend> {
+        &self.backend
+    }
+
+    /// Plan and cut a job without running it.
+    pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
+        let planned = plan::plan_job(job).await?;
+        StageGraph::cut(planned.physical)
+    }
+
+    /// Run a job to completion. `events` sees every stage and task transition.
+    pub async fn run(&self, job: &JobSpec, events: &(dyn Fn(JobEvent) + Send + Sync)) -> Result<JobOutcome> {
+        let start = Instant::now();
+        let job_id = JobId::generate();
+        let planned = plan::plan_job(job).await?;
+        let graph = StageGraph::cut(planned.physical)?;
+        let env = planned.ctx.runtime_env();
+
+        let pending = match &job.output {
+            OutputSpec::Collect => None,
+            OutputSpec::Write(spec) => match commit::prepare(&env, spec, &job_id).await? {
+                Some(p) => Some(p),
+                None => {
+                    return Ok(JobOutcome {
+                        job_id,
+                        stages: 0,
+                        tasks: 0,
+                        task_attempts: 0,
+                        output_rows: 0,
+                        shuffle_bytes: 0,
+                        elapsed: start.elapsed(),
+                        result: JobResult::Skipped { location: spec.location.clone() },
+                    });
+                }
+            },
+        };
+        let target = match &pending {
+            None => ResultTarget::Collect,
+            Some(p) => ResultTarget::Files {
+                staging: p.staging_url(),
+                format: p.spec.format,
+                partition_by: p.spec.partition_by.clone(),
+            },
+        };
+        let settings = RunSettings {
+            job_id: job_id.clone(),
+            shuffle_root: self.config.shuffle_root.clone(),
+            compression: job.config.shuffle_compression.unwrap_or_default(),
+            batch_size: job.config.batch_size(),
+            max_task_attempts: job.config.max_task_attempts(),
+            target,
+        };
+
+        let run = scheduler::run_graph(&graph, self.backend.clone(), &settings, events).await;
+        let finished = match run {
+            Ok(results) => finish(&planned.ctx, &graph, &results, pending.as_ref()).await.map(|r| (r, results)),
+            Err(e) => Err(e),
+        };
+        if finished.is_err()
+            && let Some(p) = &pending
+            && let Err(e) = p.cleanup().await
+        {
+            tracing::warn!(job = %job_id, error = %e, "could not remove staged output");
+        }
+        if let Err(e) = delete_shuffle(&env, &self.config.shuffle_root, &job_id).await {
+            tracing::warn!(job = %job_id, error = %e, "could not remove shuffle objects");
+        }
+        let (result, results) = finished?;
+
+        let result_stage = graph.result_stage().id;
+        let shuffle_bytes = stage_metric(&results, |s| s != result_stage, |m| m.output_bytes);
+        let output_rows = stage_metric(&results, |s| s == result_stage, |m| m.output_rows);
+        Ok(JobOutcome {
+            job_id,
+            stages: graph.stages.len(),
+            tasks: graph.total_tasks(),
+            task_attempts: results.attempts,
+            output_rows,
+            shuffle_bytes,
+            elapsed: start.elapsed(),
+            result,
+        })
+    }
+}
+
+async fn finish(
+    ctx: &SessionContext,
+    graph: &StageGraph,
+    results: &StageResults,
+    pending: Option<&PendingWrite>,
+) -> Result<JobResult> {
+    let stage = graph.result_stage();
+    let stage_results = results.results.get(&stage.id).map(Vec::as_slice).unwrap_or_default();
+    match pending {
+        Some(p) => Ok(JobResult::Written(p.commit(stage_results).await?)),
+        None => {
+            debug_assert_eq!(stage.exchange, Exchange::Result);
+            let schema = stage.plan.schema();
+            let reader = ShuffleReaderExec::new(stage.id, schema.clone(), 1)
+                .with_pieces(vec![scheduler::result_pieces(stage_results)])?;
+            let batches = datafusion::physical_plan::collect(Arc::new(reader), ctx.task_ctx())
+                .await
+                .map_err(IgnisError::from_datafusion)?;
+            Ok(JobResult::Rows { schema, batches })
+        }
+    }
+}
+
+fn stage_metric(
+    results: &StageResults,
+    include: impl Fn(StageId) -> bool,
+    metric: impl Fn(&ignis_core::protocol::TaskMetrics) -> u64,
+) -> u64 {
+    results
+        .results
+        .iter()
+        .filter(|(id, _)| include(**id))
+        .flat_map(|(_, rs)| rs.iter().map(|r| metric(&r.metrics)))
+        .sum()
+}
+
+async fn delete_shuffle(env: &RuntimeEnv, root: &str, job_id: &JobId) -> Result<()> {
+    let prefix = job_shuffle_prefix(root, job_id);
+    let (store, path) = store::resolve(env, &prefix)?;
+    store::delete_prefix(store.as_ref(), &prefix, &path).await
+}

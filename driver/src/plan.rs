@@ -1,0 +1,180 @@
+//! From a job specification to a DataFusion physical plan: register the tables,
+//! turn `sql` or `steps` into a DataFrame, and plan it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::job::{Format, JobSpec, TableSpec};
+use ignis_core::session::session_context;
+
+use crate::steps;
+
+/// A job planned by DataFusion, before it is cut into stages.
+pub struct PlannedJob {
+    pub ctx: SessionContext,
+    pub physical: Arc<dyn ExecutionPlan>,
+}
+
+pub async fn plan_job(job: &JobSpec) -> Result<PlannedJob> {
+    let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size());
+    register_tables(&ctx, &job.tables).await?;
+    let df = match (&job.sql, &job.steps) {
+        (Some(sql), _) => plan_sql(&ctx, sql).await?,
+        (None, Some(steps)) => steps::build(&ctx, steps).await?,
+        (None, None) => return Err(IgnisError::Job("missing `sql` or `steps`".into())),
+    };
+    let physical = df.create_physical_plan().await.map_err(|e| plan_error("planning", e))?;
+    Ok(PlannedJob { ctx, physical })
+}
+
+/// Plan SQL text: every statement but the last must be DDL (views, external
+/// tables); the last is the query.
+async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statements = state
+        .sql_to_statements(sql, &dialect)
+        .map_err(|e| plan_error("sql", e))?;
+    let Some(last) = statements.pop_back() else {
+        return Err(IgnisError::Plan("sql: no statement found".into()));
+    };
+    for (i, stmt) in statements.into_iter().enumerate() {
+        let plan = state.statement_to_plan(stmt).await.map_err(|e| plan_error(&format!("sql statement {}", i + 1), e))?;
+        if !matches!(plan, LogicalPlan::Ddl(_)) {
+            return Err(IgnisError::Plan(format!(
+                "sql statement {}: only the last statement may be a query; earlier ones must define views (CREATE VIEW ...)",
+                i + 1
+            )));
+        }
+        ctx.execute_logical_plan(plan).await.map_err(|e| plan_error("sql", e))?;
+    }
+    let plan = state.statement_to_plan(last).await.map_err(|e| plan_error("sql", e))?;
+    match &plan {
+        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) | LogicalPlan::Statement(_) => {
+            Err(IgnisError::Plan(
+                "sql: the last statement must be a query; use [output.write] to write results".into(),
+            ))
+        }
+        _ => Ok(DataFrame::new(state, plan)),
+    }
+}
+
+/// A DataFusion planning error as a user error that says where it happened.
+pub(crate) fn plan_error(place: &str, e: DataFusionError) -> IgnisError {
+    let e = IgnisError::from_datafusion(e);
+    match e {
+        IgnisError::DataFusion(inner) => IgnisError::Plan(format!("{place}: {}", describe(&inner))),
+        other => other,
+    }
+}
+
+/// DataFusion's message without the wrapper noise ("Error during planning: ...").
+fn describe(e: &DataFusionError) -> String {
+    match e {
+        DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) => describe(inner),
+        DataFusionError::SQL(err, _) => format!("SQL syntax error: {err}"),
+        DataFusionError::Plan(m) => m.clone(),
+        DataFusionError::SchemaError(err, _) => err.to_string(),
+        other => other.to_string(),
+    }
+}
+
+async fn register_tables(ctx: &SessionContext, tables: &BTreeMap<String, TableSpec>) -> Result<()> {
+    for (name, table) in tables {
+        register_table(ctx, name, table).await.map_err(|e| match e {
+            IgnisError::DataFusion(inner) => {
+                IgnisError::Input(format!("table '{name}' at {}: {}", table.location, describe(&inner)))
+            }
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> Result<()> {
+    let opts = &table.options;
+    let extension = opts.file_extension.clone().unwrap_or_else(|| format!(".{}", table.format.extension()));
+    ensure_files_exist(ctx, name, &table.location, &extension).await?;
+    let schema = match &opts.schema {
+        Some(ddl) => Some(
+            parse_schema(ctx, ddl)
+                .await
+                .map_err(|e| IgnisError::Job(format!("tables.{name}.options.schema: {e}")))?,
+        ),
+        None => None,
+    };
+    let location = table.location.as_str();
+    match table.format {
+        Format::Csv => {
+            let byte = |s: &Option<String>| s.as_deref().and_then(|s| s.bytes().next());
+            let mut read = CsvReadOptions::new()
+                .has_header(opts.header.unwrap_or(true))
+                .file_extension(&extension);
+            if let Some(d) = byte(&opts.delimiter) {
+                read = read.delimiter(d);
+            }
+            if let Some(q) = byte(&opts.quote) {
+                read = read.quote(q);
+            }
+            read = read.escape(byte(&opts.escape));
+            if let Some(s) = &schema {
+                read = read.schema(s);
+            }
+            ctx.register_csv(name, location, read).await?;
+        }
+        Format::Parquet => {
+            let mut read = ParquetReadOptions::new().file_extension(&extension);
+            if let Some(s) = &schema {
+                read = read.schema(s);
+            }
+            ctx.register_parquet(name, location, read).await?;
+        }
+        Format::Json => {
+            let mut read = NdJsonReadOptions::default().file_extension(&extension);
+            if let Some(s) = &schema {
+                read = read.schema(s);
+            }
+            ctx.register_json(name, location, read).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Spark fails on a path that does not exist; so do we, naming the table.
+async fn ensure_files_exist(ctx: &SessionContext, name: &str, location: &str, extension: &str) -> Result<()> {
+    let url = ListingTableUrl::parse(location)
+        .map_err(|e| IgnisError::Job(format!("tables.{name}.location: '{location}' is not a valid location: {e}")))?;
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url.object_store())?;
+    let mut files = url.list_all_files(&state, store.as_ref(), extension).await?;
+    match files.next().await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(IgnisError::Input(format!("table '{name}': cannot list {location}: {e}"))),
+        None => Err(IgnisError::Input(format!(
+            "table '{name}': no {extension} files found at {location} (path does not exist or is empty)"
+        ))),
+    }
+}
+
+/// A DDL column list (`order_id BIGINT, country STRING`) as an Arrow schema,
+/// with DataFusion's SQL type names.
+async fn parse_schema(ctx: &SessionContext, ddl: &str) -> std::result::Result<Schema, String> {
+    let sql = format!("CREATE EXTERNAL TABLE ignis_schema ({ddl}) STORED AS CSV LOCATION 'unused'");
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(&sql, &dialect).map_err(|e| describe(&e))?;
+    let plan = state.statement_to_plan(statement).await.map_err(|e| describe(&e))?;
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(t)) => Ok(t.schema.as_arrow().clone()),
+        _ => Err("not a column list".into()),
+    }
+}

@@ -1,0 +1,110 @@
+//! Console progress, like Spark's: one bar per stage with tasks done, running
+//! and total; plain lines when stderr is not a terminal.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use ignis_core::ids::StageId;
+use ignis_driver::JobOutcome;
+use ignis_driver::scheduler::JobEvent;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    bars: MultiProgress,
+    state: Mutex<HashMap<StageId, StageBar>>,
+    interactive: bool,
+    name: String,
+}
+
+struct StageBar {
+    bar: ProgressBar,
+    tasks: usize,
+    running: usize,
+    done: usize,
+}
+
+impl Progress {
+    pub fn new(name: &str) -> Self {
+        let interactive = std::io::stderr().is_terminal();
+        let target = if interactive { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Self { bars: MultiProgress::with_draw_target(target), state: Mutex::new(HashMap::new()), interactive, name: name.to_string() }
+    }
+
+    pub fn event(&self, event: JobEvent) {
+        let Ok(mut state) = self.state.lock() else { return };
+        match event {
+            JobEvent::StageSubmitted { stage, tasks } => {
+                let bar = self.bars.add(ProgressBar::new(tasks as u64));
+                bar.set_style(
+                    ProgressStyle::with_template("[{prefix}] {bar:30.cyan/blue} {pos}/{len} tasks {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(format!("{} stage {stage}", self.name));
+                state.insert(stage, StageBar { bar, tasks, running: 0, done: 0 });
+            }
+            JobEvent::TaskStarted { stage, .. } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.running += 1;
+                    s.bar.set_message(format!("({} running)", s.running));
+                }
+            }
+            JobEvent::TaskSucceeded { stage, .. } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.running = s.running.saturating_sub(1);
+                    s.done += 1;
+                    s.bar.inc(1);
+                    s.bar.set_message(format!("({} running)", s.running));
+                }
+            }
+            JobEvent::TaskFailed { stage, partition, attempt, message, will_retry } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.running = s.running.saturating_sub(1);
+                }
+                if will_retry {
+                    let line = format!("stage {stage} task {partition} attempt {attempt} failed, retrying: {message}");
+                    let _ = self.bars.println(&line);
+                    if !self.interactive {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            JobEvent::StageCompleted { stage } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.bar.finish_with_message("done");
+                    if !self.interactive {
+                        eprintln!("[{} stage {stage}] {}/{} tasks done", self.name, s.done, s.tasks);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        let _ = self.bars.clear();
+    }
+}
+
+pub fn summary(o: &JobOutcome) -> String {
+    format!(
+        "job {} finished in {:.2}s: {} stages, {} tasks ({} attempts), {} result rows, {} shuffled",
+        o.job_id,
+        o.elapsed.as_secs_f64(),
+        o.stages,
+        o.tasks,
+        o.task_attempts,
+        o.output_rows,
+        human_bytes(o.shuffle_bytes)
+    )
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}

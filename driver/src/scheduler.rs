@@ -1,0 +1,254 @@
+//! Runs a stage graph: submits a stage's tasks once every stage it reads has
+//! finished, retries failed attempts that may succeed, and stops the job at
+//! the first failure that will not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use ignis_core::codec::encode_plan;
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::ids::{JobId, StageId};
+use ignis_core::job::{Format, ShuffleCompression};
+use ignis_core::protocol::{
+    PROTOCOL_VERSION, PieceLocation, StageInput, TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult,
+    TaskResultOutput,
+};
+use ignis_core::store;
+
+use crate::backend::TaskBackend;
+use crate::stages::{Exchange, Stage, StageGraph};
+
+/// What happens while a job runs, for progress display and status.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
+    StageSubmitted { stage: StageId, tasks: usize },
+    TaskStarted { stage: StageId, partition: u32, attempt: u32 },
+    TaskSucceeded { stage: StageId, partition: u32, attempt: u32, metrics: TaskMetrics },
+    TaskFailed { stage: StageId, partition: u32, attempt: u32, message: String, will_retry: bool },
+    StageCompleted { stage: StageId },
+}
+
+/// Where the result stage's tasks put their rows.
+#[derive(Clone, Debug)]
+pub enum ResultTarget {
+    /// A one-piece shuffle object per task, read back by the driver.
+    Collect,
+    /// Files under `staging/p{partition}-a{attempt}/`, committed by the driver.
+    Files { staging: String, format: Format, partition_by: Vec<String> },
+}
+
+pub struct RunSettings {
+    pub job_id: JobId,
+    pub shuffle_root: String,
+    pub compression: ShuffleCompression,
+    pub batch_size: usize,
+    pub max_task_attempts: u32,
+    pub target: ResultTarget,
+}
+
+/// Accepted task results: `results[stage][partition]`, plus attempt counts.
+pub struct StageResults {
+    pub results: HashMap<StageId, Vec<TaskResult>>,
+    pub attempts: usize,
+}
+
+type TaskFuture<'a> = BoxFuture<'a, (StageId, u32, u32, std::result::Result<TaskResult, TaskFailure>)>;
+
+pub async fn run_graph(
+    graph: &StageGraph,
+    backend: Arc<dyn TaskBackend>,
+    settings: &RunSettings,
+    events: &(dyn Fn(JobEvent) + Send + Sync),
+) -> Result<StageResults> {
+    let mut partial: HashMap<StageId, Vec<Option<TaskResult>>> = HashMap::new();
+    let mut done: HashMap<StageId, Vec<TaskResult>> = HashMap::new();
+    let mut requests: HashMap<StageId, TaskRequest> = HashMap::new();
+    let mut running: FuturesUnordered<TaskFuture<'_>> = FuturesUnordered::new();
+    let mut attempts = 0usize;
+
+    let launch = |req: TaskRequest| -> TaskFuture<'_> {
+        let backend = backend.clone();
+        Box::pin(async move {
+            let (stage, partition, attempt) = (req.stage_id, req.partition, req.attempt);
+            (stage, partition, attempt, backend.run(req).await)
+        })
+    };
+
+    loop {
+        for stage in &graph.stages {
+            let ready = !partial.contains_key(&stage.id) && stage.inputs.iter().all(|i| done.contains_key(i));
+            if !ready {
+                continue;
+            }
+            let template = stage_request(stage, graph, &done, settings)?;
+            events(JobEvent::StageSubmitted { stage: stage.id, tasks: stage.tasks });
+            partial.insert(stage.id, vec![None; stage.tasks]);
+            if stage.tasks == 0 {
+                done.insert(stage.id, vec![]);
+                events(JobEvent::StageCompleted { stage: stage.id });
+                continue;
+            }
+            for p in 0..stage.tasks as u32 {
+                let req = task_request(&template, p, 0, settings);
+                events(JobEvent::TaskStarted { stage: stage.id, partition: p, attempt: 0 });
+                attempts += 1;
+                running.push(launch(req));
+            }
+            requests.insert(stage.id, template);
+        }
+
+        let Some((stage_id, partition, attempt, outcome)) = running.next().await else {
+            break;
+        };
+        match outcome {
+            Ok(result) => {
+                events(JobEvent::TaskSucceeded { stage: stage_id, partition, attempt, metrics: result.metrics });
+                let slots = partial.get_mut(&stage_id).ok_or_else(|| IgnisError::internal("result for unknown stage"))?;
+                slots[partition as usize] = Some(result);
+                if slots.iter().all(Option::is_some) {
+                    let results = slots.iter_mut().filter_map(Option::take).collect();
+                    done.insert(stage_id, results);
+                    events(JobEvent::StageCompleted { stage: stage_id });
+                }
+            }
+            Err(failure) => {
+                let will_retry = failure.kind.is_retryable() && attempt + 1 < settings.max_task_attempts;
+                events(JobEvent::TaskFailed {
+                    stage: stage_id,
+                    partition,
+                    attempt,
+                    message: failure.message.clone(),
+                    will_retry,
+                });
+                if !will_retry {
+                    let tries = if failure.kind.is_retryable() { format!(" after {} attempts", attempt + 1) } else { String::new() };
+                    return Err(IgnisError::Task {
+                        kind: failure.kind,
+                        message: format!("stage {stage_id} task {partition} failed{tries}: {}", failure.message),
+                    });
+                }
+                let template = requests.get(&stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?;
+                let req = task_request(template, partition, attempt + 1, settings);
+                events(JobEvent::TaskStarted { stage: stage_id, partition, attempt: attempt + 1 });
+                attempts += 1;
+                running.push(launch(req));
+            }
+        }
+    }
+
+    if done.len() != graph.stages.len() {
+        return Err(IgnisError::internal("scheduler stopped with stages left to run"));
+    }
+    Ok(StageResults { results: done, attempts })
+}
+
+/// The request every task of `stage` shares; `task_request` fills in the task.
+fn stage_request(
+    stage: &Stage,
+    graph: &StageGraph,
+    done: &HashMap<StageId, Vec<TaskResult>>,
+    settings: &RunSettings,
+) -> Result<TaskRequest> {
+    let inputs = stage
+        .inputs
+        .iter()
+        .map(|id| {
+            let upstream = graph.stage(*id).ok_or_else(|| IgnisError::internal(format!("no stage {id}")))?;
+            stage_input(upstream, &done[id])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let output = match (&stage.exchange, &settings.target) {
+        (Exchange::Result, ResultTarget::Files { staging, format, partition_by }) => TaskOutput::Files {
+            staging: staging.clone(),
+            file_stem: String::new(),
+            format: *format,
+            partition_by: partition_by.clone(),
+        },
+        _ => TaskOutput::Shuffle { root: settings.shuffle_root.clone(), compression: settings.compression },
+    };
+    Ok(TaskRequest {
+        protocol_version: PROTOCOL_VERSION,
+        job_id: settings.job_id.clone(),
+        stage_id: stage.id,
+        partition: 0,
+        attempt: 0,
+        plan: encode_plan(result_plan(stage, &settings.target)?)?,
+        inputs,
+        output,
+        batch_size: settings.batch_size,
+    })
+}
+
+/// The result stage of a collect job writes its rows as a one-piece shuffle.
+fn result_plan(stage: &Stage, target: &ResultTarget) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    match (&stage.exchange, target) {
+        (Exchange::Result, ResultTarget::Collect) => {
+            Ok(Arc::new(ignis_core::shuffle::ShuffleWriterExec::try_new(stage.plan.clone(), None)?))
+        }
+        _ => Ok(stage.plan.clone()),
+    }
+}
+
+fn task_request(template: &TaskRequest, partition: u32, attempt: u32, settings: &RunSettings) -> TaskRequest {
+    let mut req = template.clone();
+    req.partition = partition;
+    req.attempt = attempt;
+    if let TaskOutput::Files { staging, file_stem, .. } = &mut req.output {
+        *staging = store::join(staging, &format!("p{partition}-a{attempt}"));
+        *file_stem = format!("part-{partition:05}-{}", settings.job_id);
+    }
+    req
+}
+
+/// Where a reader of `upstream`'s output finds each of its partitions.
+fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
+    let shuffles = results
+        .iter()
+        .map(|r| match &r.output {
+            TaskResultOutput::Shuffle { url, pieces } => Ok((url, pieces)),
+            TaskResultOutput::Files { .. } => Err(IgnisError::internal("stage input is not a shuffle")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let location = |url: &String, piece: &ignis_core::protocol::PieceMeta| PieceLocation {
+        url: url.clone(),
+        offset: piece.offset,
+        length: piece.length,
+        rows: piece.rows,
+    };
+    let partitions = match &upstream.exchange {
+        Exchange::Split { partitions, .. } => (0..*partitions)
+            .map(|r| {
+                shuffles
+                    .iter()
+                    .map(|(url, pieces)| {
+                        pieces.get(r).map(|p| location(url, p)).ok_or_else(|| {
+                            IgnisError::internal(format!("stage {} output has no piece {r}", upstream.id))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Exchange::Gather | Exchange::Result => shuffles
+            .iter()
+            .map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect())
+            .collect(),
+    };
+    Ok(StageInput { stage_id: upstream.id, partitions })
+}
+
+/// The shuffle pieces of the result stage, in partition order, for collect.
+pub fn result_pieces(results: &[TaskResult]) -> Vec<PieceLocation> {
+    results
+        .iter()
+        .flat_map(|r| match &r.output {
+            TaskResultOutput::Shuffle { url, pieces } => pieces
+                .iter()
+                .map(|p| PieceLocation { url: url.clone(), offset: p.offset, length: p.length, rows: p.rows })
+                .collect(),
+            TaskResultOutput::Files { .. } => vec![],
+        })
+        .collect()
+}

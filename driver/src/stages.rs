@@ -1,0 +1,204 @@
+//! Cutting a physical plan into stages.
+//!
+//! Every exchange becomes a stage boundary: the exchange's input becomes a
+//! stage whose root is a [`ShuffleWriterExec`], and the exchange is replaced by
+//! a [`ShuffleReaderExec`] in the stage that consumes it.
+//!
+//! - `RepartitionExec` (hash or round-robin): the writer splits rows into the
+//!   exchange's partitions; reader partition `r` reads piece `r` of every map
+//!   output.
+//! - `CoalescePartitionsExec`, `SortPreservingMergeExec` over several
+//!   partitions: each map task writes one piece; reader partition `m` reads map
+//!   task `m`'s piece, and the merge (kept in the consuming stage) combines
+//!   them, preserving order for the sort-preserving merge.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::ids::StageId;
+use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
+
+/// How a stage's output reaches the stage that reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// Rows are split into `partitions` reduce partitions (hash or round-robin);
+    /// `keys` describes the split for display.
+    Split { partitions: usize, keys: String },
+    /// Each map task's output stays whole; the reader has one partition per map task.
+    Gather,
+    /// The final stage: its output is the job's result.
+    Result,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub id: StageId,
+    /// The stage's plan: a `ShuffleWriterExec` root for an intermediate stage,
+    /// the job's final operators for the result stage.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// One task per partition of the plan.
+    pub tasks: usize,
+    /// Stages whose shuffle output this stage reads.
+    pub inputs: Vec<StageId>,
+    pub exchange: Exchange,
+    /// The stage that reads this one's output (none for the result stage).
+    pub consumer: Option<StageId>,
+}
+
+/// The stage DAG of one job, in an order where inputs come first; the last
+/// stage is the result stage.
+#[derive(Debug, Clone)]
+pub struct StageGraph {
+    pub stages: Vec<Stage>,
+}
+
+impl StageGraph {
+    /// Cut `plan` at every exchange.
+    pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let mut cutter = Cutter { stages: vec![] };
+        let root = cutter.cut(plan)?;
+        let id = cutter.next_id();
+        let inputs = reader_stages(&root);
+        for s in cutter.stages.iter_mut().filter(|s| inputs.contains(&s.id)) {
+            s.consumer = Some(id);
+        }
+        let tasks = root.output_partitioning().partition_count();
+        cutter.stages.push(Stage { id, plan: root, tasks, inputs, exchange: Exchange::Result, consumer: None });
+        Ok(Self { stages: cutter.stages })
+    }
+
+    pub fn stage(&self, id: StageId) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+
+    pub fn result_stage(&self) -> &Stage {
+        // `cut` always pushes the result stage last.
+        &self.stages[self.stages.len() - 1]
+    }
+
+    pub fn total_tasks(&self) -> usize {
+        self.stages.iter().map(|s| s.tasks).sum()
+    }
+
+    /// The stage DAG as text: each stage, its tasks, its operators and where its
+    /// output goes.
+    pub fn display(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{} stages, {} tasks", self.stages.len(), self.total_tasks());
+        for stage in &self.stages {
+            let inputs = if stage.inputs.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<String> = stage.inputs.iter().map(|i| format!("stage {i}")).collect();
+                format!(", reads {}", ids.join(", "))
+            };
+            let _ = writeln!(out, "\nStage {} ({} tasks{inputs})", stage.id, stage.tasks);
+            let target = stage.consumer.map(|c| format!("stage {c}")).unwrap_or_default();
+            let edge = match &stage.exchange {
+                Exchange::Split { partitions, keys } => {
+                    format!("shuffle {keys} into {partitions} partitions -> {target}")
+                }
+                Exchange::Gather => format!("shuffle (gather {} partitions) -> {target}", stage.tasks),
+                Exchange::Result => "result".to_string(),
+            };
+            let _ = writeln!(out, "  output: {edge}");
+            for line in displayable(stage.plan.as_ref()).indent(false).to_string().lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+        out
+    }
+}
+
+/// Stage ids of the shuffle readers in a plan.
+fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
+    let mut ids = vec![];
+    if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
+        ids.push(r.stage_id());
+    }
+    for child in plan.children() {
+        for id in reader_stages(child) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+fn with_children(plan: Arc<dyn ExecutionPlan>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?)
+}
+
+struct Cutter {
+    stages: Vec<Stage>,
+}
+
+impl Cutter {
+    fn next_id(&self) -> StageId {
+        StageId(self.stages.len() as u32 + 1)
+    }
+
+    fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+        let plan = if children.is_empty() {
+            plan
+        } else {
+            let new_children = children.into_iter().map(|c| self.cut(c)).collect::<Result<Vec<_>>>()?;
+            with_children(plan, new_children)?
+        };
+
+        if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
+            let input = repartition.input().clone();
+            let partitioning = repartition.partitioning().clone();
+            let keys = match &partitioning {
+                Partitioning::Hash(exprs, _) => {
+                    let names: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                    format!("hash({})", names.join(", "))
+                }
+                Partitioning::RoundRobinBatch(_) => "round-robin".to_string(),
+                other => return Err(IgnisError::internal(format!("unsupported exchange partitioning {other}"))),
+            };
+            let partitions = partitioning.partition_count();
+            return self.add_stage(input, Some(partitioning), Exchange::Split { partitions, keys }, partitions);
+        }
+
+        let is_merge = plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>();
+        if is_merge {
+            let input = plan.children()[0].clone();
+            let maps = input.output_partitioning().partition_count();
+            if maps > 1 {
+                let reader = self.add_stage(input, None, Exchange::Gather, maps)?;
+                return with_children(plan, vec![reader]);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Make `input` a stage that writes with `partitioning`, and return the
+    /// reader (with `reader_partitions` partitions) that replaces it.
+    fn add_stage(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        partitioning: Option<Partitioning>,
+        exchange: Exchange,
+        reader_partitions: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let id = self.next_id();
+        let inputs = reader_stages(&input);
+        for s in self.stages.iter_mut().filter(|s| inputs.contains(&s.id)) {
+            s.consumer = Some(id);
+        }
+        let schema = input.schema();
+        let tasks = input.output_partitioning().partition_count();
+        let writer = ShuffleWriterExec::try_new(input, partitioning)?;
+        self.stages.push(Stage { id, plan: Arc::new(writer), tasks, inputs, exchange, consumer: None });
+        Ok(Arc::new(ShuffleReaderExec::new(id, schema, reader_partitions)))
+    }
+}

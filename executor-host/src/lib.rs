@@ -1,0 +1,93 @@
+//! `ignis-executor`: runs one task. A task is a stage's plan fragment (bytes in
+//! a [`TaskRequest`]) executed on one partition; its rows go either to a
+//! shuffle object (the plan root is a `ShuffleWriterExec`) or to result files
+//! staged for the driver to commit.
+//!
+//! Used in-process by the driver (local mode) and, later, by executor hosts
+//! and the Lambda handler. Scheduling, retries and commit belong to the driver.
+
+mod output;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionContext;
+use ignis_core::codec::decode_plan;
+use ignis_core::error::{IgnisError, Result};
+use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput};
+use ignis_core::session::session_config;
+use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
+
+/// Runs tasks. Cheap to share; holds the runtime (object stores, memory pool)
+/// that every task on this executor uses.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl Default for Executor {
+    fn default() -> Self {
+        Self::new(Arc::new(RuntimeEnv::default()))
+    }
+}
+
+impl Executor {
+    pub fn new(runtime: Arc<RuntimeEnv>) -> Self {
+        Self { runtime }
+    }
+
+    /// Run one task attempt; a failure is classified for the driver's retry logic.
+    pub async fn run_task(&self, request: TaskRequest) -> std::result::Result<TaskResult, TaskFailure> {
+        let task = format!("task {}/{}.{}", request.stage_id, request.partition, request.attempt);
+        tracing::debug!(job = %request.job_id, %task, "task started");
+        let result = self.run(request).await;
+        if let Err(e) = &result {
+            tracing::debug!(%task, error = %e, "task failed");
+        }
+        result.map_err(TaskFailure::from)
+    }
+
+    async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
+        req.check_version()?;
+        let start = Instant::now();
+        let ctx = SessionContext::new_with_config_rt(session_config(1, req.batch_size), self.runtime.clone());
+        let task_ctx = ctx.task_ctx();
+        let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
+        let partition = req.partition as usize;
+        let partitions = plan.properties().output_partitioning().partition_count();
+        if partition >= partitions {
+            return Err(IgnisError::Protocol(format!(
+                "task for partition {partition} of a stage with {partitions} partitions"
+            )));
+        }
+
+        let (output, output_rows, output_bytes) = match &req.output {
+            TaskOutput::Shuffle { root, compression } => {
+                let writer = plan.downcast_ref::<ShuffleWriterExec>().ok_or_else(|| {
+                    IgnisError::Protocol("a shuffle task's plan must have a ShuffleWriterExec root".into())
+                })?;
+                let url = shuffle_object_url(root, &req.job_id, req.stage_id, req.partition, req.attempt);
+                let pieces = writer.write(partition, task_ctx, &url, *compression).await?;
+                let rows = pieces.iter().map(|p| p.rows).sum();
+                let bytes = pieces.iter().map(|p| p.length).sum();
+                (TaskResultOutput::Shuffle { url, pieces }, rows, bytes)
+            }
+            TaskOutput::Files { staging, file_stem, format, partition_by } => {
+                let files =
+                    output::write_files(plan, partition, task_ctx, staging, file_stem, *format, partition_by).await?;
+                let rows = files.iter().map(|f| f.rows).sum();
+                let bytes = files.iter().map(|f| f.bytes).sum();
+                (TaskResultOutput::Files { files }, rows, bytes)
+            }
+        };
+        Ok(TaskResult {
+            job_id: req.job_id,
+            stage_id: req.stage_id,
+            partition: req.partition,
+            attempt: req.attempt,
+            output,
+            metrics: TaskMetrics { output_rows, output_bytes, elapsed_ms: start.elapsed().as_millis() as u64 },
+        })
+    }
+}
