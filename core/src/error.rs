@@ -22,6 +22,10 @@ pub enum IgnisError {
     Output(String),
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
     #[error("i/o: {0}")]
@@ -66,6 +70,8 @@ impl IgnisError {
                 ErrorKind::User
             }
             IgnisError::DataFusion(e) => datafusion_kind(e),
+            IgnisError::Arrow(e) => arrow_kind(e),
+            IgnisError::Parquet(_) => ErrorKind::User,
             IgnisError::ObjectStore(e) => object_store_kind(e),
             IgnisError::Io(_) => ErrorKind::Transient,
             IgnisError::Protocol(_) | IgnisError::Internal(_) => ErrorKind::Internal,

@@ -31,7 +31,7 @@ pub struct TaskRequest {
 
 /// Where the shuffle readers of one upstream stage find their data:
 /// `partitions[p]` lists the pieces reader partition `p` reads, in order.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StageInput {
     pub stage_id: StageId,
     pub partitions: Vec<Vec<PieceLocation>>,

@@ -10,6 +10,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 ///   optimiser inserts becomes a shuffle with this many reduce partitions.
 /// - Round-robin repartitioning is off: it only spreads work across threads of
 ///   one process, and tasks already give us that parallelism.
+/// - File-scan work stealing is off: a task runs one partition in isolation and
+///   must read exactly its own file group, never its siblings'.
 /// - Dynamic filter pushdown is off: a filter fed by a join in one stage cannot
 ///   reach a scan that ran in an earlier stage.
 pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionConfig {
@@ -19,6 +21,7 @@ pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionCo
         .with_round_robin_repartition(false)
         .with_information_schema(false);
     let opts = config.options_mut();
+    opts.execution.enable_file_stream_work_stealing = false;
     opts.optimizer.enable_dynamic_filter_pushdown = false;
     opts.optimizer.enable_topk_dynamic_filter_pushdown = false;
     opts.optimizer.enable_join_dynamic_filter_pushdown = false;

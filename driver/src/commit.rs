@@ -131,7 +131,7 @@ impl PendingWrite {
 }
 
 fn child_path(root: &Path, relative: &str) -> Path {
-    relative.split('/').filter(|s| !s.is_empty()).fold(root.clone(), |p, part| p.child(part))
+    relative.split('/').filter(|s| !s.is_empty()).fold(root.clone(), |p, part| p.join(part))
 }
 
 /// Data files under `root`, relative to it: everything but `_`- and

@@ -10,7 +10,8 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::sql::parser::DFParser;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Format, JobSpec, TableSpec};
@@ -40,10 +41,7 @@ pub async fn plan_job(job: &JobSpec) -> Result<PlannedJob> {
 /// tables); the last is the query.
 async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
     let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let mut statements = state
-        .sql_to_statements(sql, &dialect)
-        .map_err(|e| plan_error("sql", e))?;
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| plan_error("sql", e))?;
     let Some(last) = statements.pop_back() else {
         return Err(IgnisError::Plan("sql: no statement found".into()));
     };
@@ -125,7 +123,9 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             if let Some(q) = byte(&opts.quote) {
                 read = read.quote(q);
             }
-            read = read.escape(byte(&opts.escape));
+            if let Some(e) = byte(&opts.escape) {
+                read = read.escape(e);
+            }
             if let Some(s) = &schema {
                 read = read.schema(s);
             }
@@ -139,7 +139,7 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             ctx.register_parquet(name, location, read).await?;
         }
         Format::Json => {
-            let mut read = NdJsonReadOptions::default().file_extension(&extension);
+            let mut read = JsonReadOptions::default().file_extension(&extension);
             if let Some(s) = &schema {
                 read = read.schema(s);
             }

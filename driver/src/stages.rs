@@ -202,3 +202,4 @@ impl Cutter {
         Ok(Arc::new(ShuffleReaderExec::new(id, schema, reader_partitions)))
     }
 }
+

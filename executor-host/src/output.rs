@@ -19,10 +19,10 @@ use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::Format;
 use ignis_core::protocol::WrittenFile;
 use ignis_core::store;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::ParquetObjectWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
@@ -163,23 +163,20 @@ fn escape_path_value(v: &str) -> String {
 }
 
 enum FileSink {
-    Parquet { writer: AsyncArrowWriter<ParquetObjectWriter>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
+    Parquet { writer: AsyncArrowWriter<BufWriter>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
     Csv { writer: csv::Writer<Vec<u8>>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
     Json { writer: LineDelimitedWriter<Vec<u8>>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
 }
 
 impl FileSink {
     fn try_new(format: Format, store: &Arc<dyn ObjectStore>, dir: &Path, relative: &str, schema: &SchemaRef) -> Result<Self> {
-        let mut path = dir.clone();
-        for part in relative.split('/') {
-            path = path.child(part);
-        }
+        let path = relative.split('/').fold(dir.clone(), |p, part| p.join(part));
         let store = store.clone();
         Ok(match format {
             Format::Parquet => {
                 let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
                 let writer = AsyncArrowWriter::try_new(
-                    ParquetObjectWriter::new(store.clone(), path.clone()),
+                    BufWriter::new(store.clone(), path.clone()),
                     schema.clone(),
                     Some(props),
                 )?;

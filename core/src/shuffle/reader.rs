@@ -135,7 +135,7 @@ impl ExecutionPlan for ShuffleReaderExec {
         let pieces: Vec<PieceLocation> = pieces.iter().filter(|p| p.rows > 0).cloned().collect();
         let batches = stream::iter(pieces)
             .then(move |piece| read_piece(env.clone(), piece))
-            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
+            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))
             .try_flatten()
             .map_err(DataFusionError::from);
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
