@@ -33,7 +33,8 @@ pub async fn plan_job(job: &JobSpec) -> Result<PlannedJob> {
         (None, Some(steps)) => steps::build(&ctx, steps).await?,
         (None, None) => return Err(IgnisError::Job("missing `sql` or `steps`".into())),
     };
-    let physical = df.create_physical_plan().await.map_err(|e| plan_error("planning", e))?;
+    let place = if job.sql.is_some() { "sql" } else { "steps" };
+    let physical = df.create_physical_plan().await.map_err(|e| plan_error(place, e))?;
     Ok(PlannedJob { ctx, physical })
 }
 
@@ -41,7 +42,15 @@ pub async fn plan_job(job: &JobSpec) -> Result<PlannedJob> {
 /// tables); the last is the query.
 async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
     let state = ctx.state();
-    let mut statements = DFParser::parse_sql(sql).map_err(|e| plan_error("sql", e))?;
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| {
+        let mut err = plan_error("sql", e);
+        if let IgnisError::Plan(msg) = &mut err
+            && msg.ends_with("found: EOF")
+        {
+            msg.push_str(&format!(" at the end of the SQL text ({})", end_position(sql)));
+        }
+        err
+    })?;
     let Some(last) = statements.pop_back() else {
         return Err(IgnisError::Plan("sql: no statement found".into()));
     };
@@ -77,13 +86,34 @@ pub(crate) fn plan_error(place: &str, e: DataFusionError) -> IgnisError {
 
 /// DataFusion's message without the wrapper noise ("Error during planning: ...").
 fn describe(e: &DataFusionError) -> String {
+    let text = describe_inner(e);
+    // A function signature mismatch arrives wrapped as an "internal" error whose
+    // useful part is the list of candidate signatures.
+    match text.find(NO_FUNCTION_MATCHES) {
+        Some(i) => text[i..].to_string(),
+        None => text,
+    }
+}
+
+fn describe_inner(e: &DataFusionError) -> String {
     match e {
-        DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) => describe(inner),
+        DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) => describe_inner(inner),
         DataFusionError::SQL(err, _) => format!("SQL syntax error: {err}"),
         DataFusionError::Plan(m) => m.clone(),
         DataFusionError::SchemaError(err, _) => err.to_string(),
         other => other.to_string(),
     }
+}
+
+const NO_FUNCTION_MATCHES: &str = "No function matches";
+
+/// "line L, column C" of the end of `text`, counted as sqlparser counts (from 1).
+fn end_position(text: &str) -> String {
+    let line = text.lines().count().max(1);
+    let column = text.lines().last().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let line = if text.ends_with('\n') { line + 1 } else { line };
+    let column = if text.ends_with('\n') { 1 } else { column };
+    format!("Line: {line}, Column: {column}")
 }
 
 async fn register_tables(ctx: &SessionContext, tables: &BTreeMap<String, TableSpec>) -> Result<()> {

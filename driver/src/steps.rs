@@ -18,7 +18,11 @@ pub async fn build(ctx: &SessionContext, steps: &[Step]) -> Result<DataFrame> {
     };
     let mut df = ctx.table(table.as_str()).await.map_err(|e| plan_error("steps[0] (read)", e))?;
     for (i, step) in steps.iter().enumerate().skip(1) {
-        df = apply(ctx, df, step).await.map_err(|e| plan_error(&format!("steps[{i}] ({})", op_name(step)), e))?;
+        let place = format!("steps[{i}] ({})", op_name(step));
+        df = apply(ctx, df, step).await.map_err(|e| plan_error(&place, e))?;
+        // Type errors surface when the plan is analysed; check each step so the
+        // error names the step that caused it.
+        df.clone().into_optimized_plan().map_err(|e| plan_error(&place, e))?;
     }
     Ok(df)
 }

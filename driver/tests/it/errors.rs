@@ -41,9 +41,12 @@ fn missing_input_names_the_table_and_path() {
 #[test]
 fn bad_sql_reports_the_position() {
     let ws = orders_workspace();
-    let err = fails(ws.path(), &format!("sql = 'SELECT product FROM orders WHERE'\n{TABLE}{WRITE}"));
+    let err = fails(ws.path(), &format!("sql = \"SELECT product FROM orders WHER country = 'US'\"\n{TABLE}{WRITE}"));
     assert!(err.contains("sql: SQL syntax error"), "{err}");
-    assert!(err.contains("Line: 1, Column: 35"), "{err}");
+    assert!(err.contains("found: country at Line: 1, Column: 33"), "{err}");
+
+    let err = fails(ws.path(), &format!("sql = 'SELECT product FROM orders WHERE'\n{TABLE}{WRITE}"));
+    assert!(err.contains("at the end of the SQL text (Line: 1, Column: 33)"), "{err}");
 }
 
 #[test]
@@ -52,6 +55,13 @@ fn unknown_column_names_the_column_and_the_valid_ones() {
     let err = fails(ws.path(), &format!("sql = 'SELECT prodct FROM orders'\n{TABLE}{WRITE}"));
     assert!(err.contains("prodct"), "{err}");
     assert!(err.contains("product"), "the message lists the valid columns: {err}");
+}
+
+#[test]
+fn wrong_type_in_sql_names_the_types() {
+    let ws = orders_workspace();
+    let err = fails(ws.path(), &format!("sql = 'SELECT product FROM orders WHERE country + 1 > 2'\n{TABLE}{WRITE}"));
+    assert!(err.contains("sql: Cannot coerce arithmetic expression Utf8 + Int64"), "{err}");
 }
 
 #[test]
