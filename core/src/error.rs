@@ -66,9 +66,7 @@ impl IgnisError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            IgnisError::Job(_) | IgnisError::Plan(_) | IgnisError::Input(_) | IgnisError::Output(_) => {
-                ErrorKind::User
-            }
+            IgnisError::Job(_) | IgnisError::Plan(_) | IgnisError::Input(_) | IgnisError::Output(_) => ErrorKind::User,
             IgnisError::DataFusion(e) => datafusion_kind(e),
             IgnisError::Arrow(e) => arrow_kind(e),
             IgnisError::Parquet(_) => ErrorKind::User,

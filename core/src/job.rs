@@ -106,13 +106,22 @@ pub struct TableOptions {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Start from a table (must be the first step).
-    Read { table: String },
+    Read {
+        table: String,
+    },
     /// Keep rows where `expr` is true.
-    Filter { expr: String },
+    Filter {
+        expr: String,
+    },
     /// Replace the columns by these expressions (`"price * quantity AS total"`).
-    Select { exprs: Vec<String> },
+    Select {
+        exprs: Vec<String>,
+    },
     /// Add or replace one column.
-    WithColumn { name: String, expr: String },
+    WithColumn {
+        name: String,
+        expr: String,
+    },
     /// Group by `keys` and compute `aggs` (`"count(*) AS orders"`).
     GroupBy {
         #[serde(default)]
@@ -130,11 +139,17 @@ pub enum Step {
         how: JoinHow,
     },
     /// Sort by expressions, each optionally followed by ASC/DESC and NULLS FIRST/LAST.
-    OrderBy { by: Vec<String> },
-    Limit { n: usize },
+    OrderBy {
+        by: Vec<String>,
+    },
+    Limit {
+        n: usize,
+    },
     Distinct {},
     /// Append the rows of another table with the same columns (UNION ALL, by position).
-    Union { table: String },
+    Union {
+        table: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,7 +312,9 @@ impl JobSpec {
             if t.location.trim().is_empty() {
                 return Err(format!("tables.{name}.location: is empty"));
             }
-            for (field, v) in [("delimiter", &t.options.delimiter), ("quote", &t.options.quote), ("escape", &t.options.escape)] {
+            for (field, v) in
+                [("delimiter", &t.options.delimiter), ("quote", &t.options.quote), ("escape", &t.options.escape)]
+            {
                 if let Some(v) = v
                     && (v.len() != 1 || !v.is_ascii())
                 {
@@ -358,11 +375,7 @@ pub fn resolve_location(location: &str, base: &Path) -> Result<String> {
     }
     let path = Path::new(location);
     let abs = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
-    let abs = if abs.is_absolute() {
-        abs
-    } else {
-        std::env::current_dir()?.join(abs)
-    };
+    let abs = if abs.is_absolute() { abs } else { std::env::current_dir()?.join(abs) };
     let abs = normalize(&abs);
     let mut url = url::Url::from_file_path(&abs)
         .map_err(|()| IgnisError::Job(format!("cannot turn {location:?} into a file URL")))?

@@ -57,12 +57,7 @@ pub enum TaskOutput {
     /// Write result files under `staging` (unique to this attempt), each named
     /// `{file_stem}.{ext}`, in hive-style subdirectories when `partition_by` is
     /// set; the driver commits the accepted attempt's files.
-    Files {
-        staging: String,
-        file_stem: String,
-        format: Format,
-        partition_by: Vec<String>,
-    },
+    Files { staging: String, file_stem: String, format: Format, partition_by: Vec<String> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,8 +74,13 @@ pub struct TaskResult {
 #[serde(rename_all = "snake_case")]
 pub enum TaskResultOutput {
     /// One shuffle object; `pieces[r]` is reduce partition `r`.
-    Shuffle { url: String, pieces: Vec<PieceMeta> },
-    Files { files: Vec<WrittenFile> },
+    Shuffle {
+        url: String,
+        pieces: Vec<PieceMeta>,
+    },
+    Files {
+        files: Vec<WrittenFile>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

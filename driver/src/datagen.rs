@@ -7,8 +7,18 @@ use std::path::Path;
 const COUNTRIES: [(&str, u32); 8] =
     [("US", 30), ("DE", 12), ("FR", 10), ("GB", 10), ("JP", 10), ("BR", 10), ("IN", 10), ("CA", 8)];
 const PRODUCTS: [&str; 12] = [
-    "laptop", "phone", "tablet", "monitor", "keyboard", "mouse", "headphones", "camera", "printer", "router",
-    "speaker", "charger",
+    "laptop",
+    "phone",
+    "tablet",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "headphones",
+    "camera",
+    "printer",
+    "router",
+    "speaker",
+    "charger",
 ];
 pub const HEADER: &str = "order_id,country,product,quantity,price,ts";
 

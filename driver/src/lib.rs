@@ -75,10 +75,15 @@ pub struct Driver {
 #[derive(Debug)]
 pub enum JobResult {
     /// `collect`: every row, in the order the plan produced them.
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     Written(Committed),
     /// `mode = ignore` and the location already held data: nothing ran.
-    Skipped { location: String },
+    Skipped {
+        location: String,
+    },
 }
 
 #[derive(Debug)]

@@ -32,9 +32,7 @@ enum Command {
         show: usize,
     },
     /// Print a job's stage DAG without running it.
-    Explain {
-        job: PathBuf,
-    },
+    Explain { job: PathBuf },
     /// Write the deterministic example orders data as CSV files.
     GenOrders {
         /// Directory to write `orders-{i}.csv` into.
@@ -61,9 +59,7 @@ struct LocalArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IGNIS_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IGNIS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -90,7 +86,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load(job: &PathBuf) -> anyhow::Result<JobSpec> {
+fn load(job: &std::path::Path) -> anyhow::Result<JobSpec> {
     Ok(JobSpec::from_file(job)?)
 }
 
@@ -109,7 +105,8 @@ async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> 
         let cwd = std::env::current_dir()?;
         config.shuffle_root = ignis_core::job::resolve_location(&root, &cwd)?;
     }
-    let executors = local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let executors =
+        local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let driver = Driver::local(executors, config);
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
     let progress = progress::Progress::new(&name);

@@ -10,8 +10,8 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::sql::parser::DFParser;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::sql::parser::DFParser;
 use futures::StreamExt;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Format, JobSpec, TableSpec};
@@ -55,7 +55,8 @@ async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
         return Err(IgnisError::Plan("sql: no statement found".into()));
     };
     for (i, stmt) in statements.into_iter().enumerate() {
-        let plan = state.statement_to_plan(stmt).await.map_err(|e| plan_error(&format!("sql statement {}", i + 1), e))?;
+        let plan =
+            state.statement_to_plan(stmt).await.map_err(|e| plan_error(&format!("sql statement {}", i + 1), e))?;
         if !matches!(plan, LogicalPlan::Ddl(_)) {
             return Err(IgnisError::Plan(format!(
                 "sql statement {}: only the last statement may be a query; earlier ones must define views (CREATE VIEW ...)",
@@ -67,9 +68,7 @@ async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
     let plan = state.statement_to_plan(last).await.map_err(|e| plan_error("sql", e))?;
     match &plan {
         LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) | LogicalPlan::Statement(_) => {
-            Err(IgnisError::Plan(
-                "sql: the last statement must be a query; use [output.write] to write results".into(),
-            ))
+            Err(IgnisError::Plan("sql: the last statement must be a query; use [output.write] to write results".into()))
         }
         _ => Ok(DataFrame::new(state, plan)),
     }
@@ -134,9 +133,7 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
     ensure_files_exist(ctx, name, &table.location, &extension).await?;
     let schema = match &opts.schema {
         Some(ddl) => Some(
-            parse_schema(ctx, ddl)
-                .await
-                .map_err(|e| IgnisError::Job(format!("tables.{name}.options.schema: {e}")))?,
+            parse_schema(ctx, ddl).await.map_err(|e| IgnisError::Job(format!("tables.{name}.options.schema: {e}")))?,
         ),
         None => None,
     };
@@ -144,9 +141,7 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
     match table.format {
         Format::Csv => {
             let byte = |s: &Option<String>| s.as_deref().and_then(|s| s.bytes().next());
-            let mut read = CsvReadOptions::new()
-                .has_header(opts.header.unwrap_or(true))
-                .file_extension(&extension);
+            let mut read = CsvReadOptions::new().has_header(opts.header.unwrap_or(true)).file_extension(&extension);
             if let Some(d) = byte(&opts.delimiter) {
                 read = read.delimiter(d);
             }

@@ -28,7 +28,12 @@ impl Progress {
     pub fn new(name: &str) -> Self {
         let interactive = std::io::stderr().is_terminal();
         let target = if interactive { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Self { bars: MultiProgress::with_draw_target(target), state: Mutex::new(HashMap::new()), interactive, name: name.to_string() }
+        Self {
+            bars: MultiProgress::with_draw_target(target),
+            state: Mutex::new(HashMap::new()),
+            interactive,
+            name: name.to_string(),
+        }
     }
 
     pub fn event(&self, event: JobEvent) {

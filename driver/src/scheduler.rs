@@ -106,7 +106,8 @@ pub async fn run_graph(
         match outcome {
             Ok(result) => {
                 events(JobEvent::TaskSucceeded { stage: stage_id, partition, attempt, metrics: result.metrics });
-                let slots = partial.get_mut(&stage_id).ok_or_else(|| IgnisError::internal("result for unknown stage"))?;
+                let slots =
+                    partial.get_mut(&stage_id).ok_or_else(|| IgnisError::internal("result for unknown stage"))?;
                 slots[partition as usize] = Some(result);
                 if slots.iter().all(Option::is_some) {
                     let results = slots.iter_mut().filter_map(Option::take).collect();
@@ -124,7 +125,11 @@ pub async fn run_graph(
                     will_retry,
                 });
                 if !will_retry {
-                    let tries = if failure.kind.is_retryable() { format!(" after {} attempts", attempt + 1) } else { String::new() };
+                    let tries = if failure.kind.is_retryable() {
+                        format!(" after {} attempts", attempt + 1)
+                    } else {
+                        String::new()
+                    };
                     return Err(IgnisError::Task {
                         kind: failure.kind,
                         message: format!("stage {stage_id} task {partition} failed{tries}: {}", failure.message),
@@ -231,10 +236,9 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?,
-        Exchange::Gather | Exchange::Result => shuffles
-            .iter()
-            .map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect())
-            .collect(),
+        Exchange::Gather | Exchange::Result => {
+            shuffles.iter().map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect()).collect()
+        }
     };
     Ok(StageInput { stage_id: upstream.id, partitions })
 }

@@ -132,7 +132,10 @@ fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
     ids
 }
 
-fn with_children(plan: Arc<dyn ExecutionPlan>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+fn with_children(
+    plan: Arc<dyn ExecutionPlan>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?)
 }
 
@@ -202,4 +205,3 @@ impl Cutter {
         Ok(Arc::new(ShuffleReaderExec::new(id, schema, reader_partitions)))
     }
 }
-

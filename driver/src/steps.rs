@@ -77,7 +77,11 @@ async fn apply(ctx: &SessionContext, df: DataFrame, step: &Step) -> DfResult<Dat
                 None => {
                     let (state, left) = df.into_parts();
                     let plan = LogicalPlanBuilder::from(left)
-                        .join_using(right.into_unoptimized_plan(), join_type, on.iter().map(Column::from_name).collect())?
+                        .join_using(
+                            right.into_unoptimized_plan(),
+                            join_type,
+                            on.iter().map(Column::from_name).collect(),
+                        )?
                         .build()?;
                     Ok(DataFrame::new(state, plan))
                 }

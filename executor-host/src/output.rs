@@ -140,10 +140,7 @@ impl PartitionSplit {
             });
             groups[g].1.push(row as u32);
         }
-        groups
-            .into_iter()
-            .map(|(dir, rows)| Ok((dir, take_record_batch(&data, &UInt32Array::from(rows))?)))
-            .collect()
+        groups.into_iter().map(|(dir, rows)| Ok((dir, take_record_batch(&data, &UInt32Array::from(rows))?))).collect()
     }
 }
 
@@ -169,7 +166,13 @@ enum FileSink {
 }
 
 impl FileSink {
-    fn try_new(format: Format, store: &Arc<dyn ObjectStore>, dir: &Path, relative: &str, schema: &SchemaRef) -> Result<Self> {
+    fn try_new(
+        format: Format,
+        store: &Arc<dyn ObjectStore>,
+        dir: &Path,
+        relative: &str,
+        schema: &SchemaRef,
+    ) -> Result<Self> {
         let path = relative.split('/').fold(dir.clone(), |p, part| p.join(part));
         let store = store.clone();
         Ok(match format {
@@ -182,9 +185,12 @@ impl FileSink {
                 )?;
                 FileSink::Parquet { writer, rows: 0, store, path }
             }
-            Format::Csv => {
-                FileSink::Csv { writer: csv::WriterBuilder::new().with_header(true).build(Vec::new()), rows: 0, store, path }
-            }
+            Format::Csv => FileSink::Csv {
+                writer: csv::WriterBuilder::new().with_header(true).build(Vec::new()),
+                rows: 0,
+                store,
+                path,
+            },
             Format::Json => FileSink::Json { writer: LineDelimitedWriter::new(Vec::new()), rows: 0, store, path },
         })
     }

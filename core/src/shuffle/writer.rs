@@ -249,8 +249,6 @@ impl ExecutionPlan for ShuffleWriterExec {
     /// A shuffle writer is run through [`ShuffleWriterExec::write`] by a task,
     /// which knows where its output goes; executing it as a stream is a bug.
     fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        Err(DataFusionError::Internal(
-            "ShuffleWriterExec is run by an Ignis task, not executed as a stream".into(),
-        ))
+        Err(DataFusionError::Internal("ShuffleWriterExec is run by an Ignis task, not executed as a stream".into()))
     }
 }

@@ -97,7 +97,7 @@ fn malformed_job_file_names_the_field() {
     let err = fails(ws.path(), "sql = 'SELECT 1\n");
     assert!(err.contains("bad.toml") && err.contains("line 1"), "{err}");
 
-    let err = fails(ws.path(), &format!("{TABLE}"));
+    let err = fails(ws.path(), TABLE);
     assert!(err.contains("missing `sql` or `steps`"), "{err}");
 }
 
@@ -108,9 +108,8 @@ fn bad_value_in_the_data_fails_once_without_retries() {
     let mut text = std::fs::read_to_string(&data).unwrap();
     text.push_str("99999999,US,laptop,lots,1.00,2026-01-01T00:00:00\n");
     std::fs::write(&data, text).unwrap();
-    let job = std::fs::read_to_string(ws.path().join("job.toml"))
-        .unwrap()
-        .replace("out/us_orders_by_product", "out/result");
+    let job =
+        std::fs::read_to_string(ws.path().join("job.toml")).unwrap().replace("out/us_orders_by_product", "out/result");
     let err = fails(ws.path(), &job);
     assert!(err.contains("lots"), "the message shows the bad value: {err}");
     assert!(!err.contains("retrying"), "a data error is not retried: {err}");

@@ -1,6 +1,8 @@
 //! Integration tests of the driver: the real `ignis` binary and the library,
 //! in local mode on local files.
 
+#![allow(clippy::unwrap_used, reason = "test helpers fail the test on any error")]
+
 mod common;
 mod errors;
 mod orders;

@@ -56,7 +56,12 @@ fn job(ws: &Path, out: &str) -> JobSpec {
 }
 
 fn failing(targets: &[(u32, u32)], fail_below: u32, kind: ErrorKind) -> Arc<FailingBackend> {
-    Arc::new(FailingBackend { inner: LocalBackend::new(2), targets: targets.iter().copied().collect(), fail_below, kind })
+    Arc::new(FailingBackend {
+        inner: LocalBackend::new(2),
+        targets: targets.iter().copied().collect(),
+        fail_below,
+        kind,
+    })
 }
 
 #[tokio::test]
