@@ -6,5 +6,6 @@
 mod common;
 mod errors;
 mod orders;
+mod parity;
 mod retry;
 mod write_modes;
