@@ -437,6 +437,19 @@ location = "a.csv"
     }
 
     #[test]
+    fn yaml_jobs_parse_and_errors_name_the_field() {
+        let text =
+            "sql: SELECT 1\ntables:\n  t:\n    format: parquet\n    location: x/\nconfig:\n  shuffle_partitions: 8\n";
+        let spec = JobSpec::parse(text, "yaml", "job.yaml").expect("valid yaml job");
+        assert_eq!(spec.config.shuffle_partitions(), 8);
+        assert_eq!(spec.tables["t"].format, Format::Parquet);
+        let err = JobSpec::parse("sql: SELECT 1\nconfig:\n  shuffle_partitions: many\n", "yaml", "job.yaml")
+            .expect_err("a string is not a partition count")
+            .to_string();
+        assert!(err.contains("config.shuffle_partitions"), "{err}");
+    }
+
+    #[test]
     fn output_forms() {
         let spec = JobSpec::parse("sql = 'select 1'\noutput = 'collect'", "toml", "j").unwrap();
         assert!(matches!(spec.output, OutputSpec::Collect));

@@ -12,6 +12,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 ///   one process, and tasks already give us that parallelism.
 /// - File-scan work stealing is off: a task runs one partition in isolation and
 ///   must read exactly its own file group, never its siblings'.
+/// - Uncorrelated scalar subqueries are planned as joins, not as a
+///   `ScalarSubqueryExec` whose results reach expressions through shared
+///   in-process state that cannot cross a stage boundary.
 /// - Dynamic filter pushdown is off: a filter fed by a join in one stage cannot
 ///   reach a scan that ran in an earlier stage.
 pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionConfig {
@@ -22,6 +25,7 @@ pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionCo
         .with_information_schema(false);
     let opts = config.options_mut();
     opts.execution.enable_file_stream_work_stealing = false;
+    opts.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
     opts.optimizer.enable_dynamic_filter_pushdown = false;
     opts.optimizer.enable_topk_dynamic_filter_pushdown = false;
     opts.optimizer.enable_join_dynamic_filter_pushdown = false;

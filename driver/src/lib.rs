@@ -113,6 +113,21 @@ impl Driver {
         &self.backend
     }
 
+    /// Where a job's result goes, in words, for explain output.
+    pub fn describe_output(job: &JobSpec) -> String {
+        match &job.output {
+            OutputSpec::Collect => "collect to the driver".to_string(),
+            OutputSpec::Write(w) => {
+                let mode = format!("{:?}", w.mode).to_lowercase();
+                let mut text = format!("write {} (mode {mode}) to {}", w.format.extension(), w.location);
+                if !w.partition_by.is_empty() {
+                    text.push_str(&format!(", partitioned by {}", w.partition_by.join(", ")));
+                }
+                text
+            }
+        }
+    }
+
     /// Plan and cut a job without running it.
     pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
         let planned = plan::plan_job(job).await?;

@@ -94,7 +94,7 @@ async fn explain(job: PathBuf) -> anyhow::Result<()> {
     let spec = load(&job)?;
     let driver = Driver::local(1, DriverConfig::default());
     let graph = driver.explain(&spec).await?;
-    print!("{}", graph.display());
+    print!("{}", graph.display(&Driver::describe_output(&spec)));
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - `RepartitionExec` (hash or round-robin): the writer splits rows into the
 //!   exchange's partitions; reader partition `r` reads piece `r` of every map
-//!   output.
+//!   output. An order-preserving repartition gets a per-partition sort above
+//!   its reader, since concatenated pieces are no longer sorted.
 //! - `CoalescePartitionsExec`, `SortPreservingMergeExec` over several
 //!   partitions: each map task writes one piece; reader partition `m` reads map
 //!   task `m`'s piece, and the merge (kept in the consuming stage) combines
@@ -15,9 +16,12 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
 use ignis_core::error::{IgnisError, Result};
@@ -87,8 +91,8 @@ impl StageGraph {
     }
 
     /// The stage DAG as text: each stage, its tasks, its operators and where its
-    /// output goes.
-    pub fn display(&self) -> String {
+    /// output goes; `result` says where the result stage's rows go.
+    pub fn display(&self, result: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{} stages, {} tasks", self.stages.len(), self.total_tasks());
         for stage in &self.stages {
@@ -105,7 +109,7 @@ impl StageGraph {
                     format!("shuffle {keys} into {partitions} partitions -> {target}")
                 }
                 Exchange::Gather => format!("shuffle (gather {} partitions) -> {target}", stage.tasks),
-                Exchange::Result => "result".to_string(),
+                Exchange::Result => result.to_string(),
             };
             let _ = writeln!(out, "  output: {edge}");
             for line in displayable(stage.plan.as_ref()).indent(false).to_string().lines() {
@@ -132,6 +136,33 @@ fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
     ids
 }
 
+/// A join that collects its build (left) side in every task and must also emit
+/// build rows after seeing every probe row (left/full outer, semi, anti, mark)
+/// relies on the probe partitions running in one process, sharing which build
+/// rows matched. Tasks run partitions apart, so give such a join a single probe
+/// partition: its probe side becomes a gather stage.
+fn gather_probe_side_if_needed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let (join_type, right) = if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+        if *j.partition_mode() != PartitionMode::CollectLeft {
+            return Ok(plan);
+        }
+        (*j.join_type(), j.right().clone())
+    } else if let Some(j) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        (*j.join_type(), j.right().clone())
+    } else {
+        return Ok(plan);
+    };
+    let emits_build_rows = matches!(
+        join_type,
+        JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
+    );
+    if !emits_build_rows || right.output_partitioning().partition_count() <= 1 {
+        return Ok(plan);
+    }
+    let left = plan.children()[0].clone();
+    with_children(plan, vec![left, Arc::new(CoalescePartitionsExec::new(right))])
+}
+
 fn with_children(
     plan: Arc<dyn ExecutionPlan>,
     children: Vec<Arc<dyn ExecutionPlan>>,
@@ -149,6 +180,7 @@ impl Cutter {
     }
 
     fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = gather_probe_side_if_needed(plan)?;
         let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
         let plan = if children.is_empty() {
             plan
@@ -169,7 +201,14 @@ impl Cutter {
                 other => return Err(IgnisError::internal(format!("unsupported exchange partitioning {other}"))),
             };
             let partitions = partitioning.partition_count();
-            return self.add_stage(input, Some(partitioning), Exchange::Split { partitions, keys }, partitions);
+            let ordering = repartition.preserve_order().then(|| input.output_ordering().cloned()).flatten();
+            let reader = self.add_stage(input, Some(partitioning), Exchange::Split { partitions, keys }, partitions)?;
+            // A reader concatenates its pieces; where the plan relies on the
+            // exchange keeping rows sorted, sort each partition again.
+            return Ok(match ordering {
+                Some(ordering) => Arc::new(SortExec::new(ordering, reader).with_preserve_partitioning(true)),
+                None => reader,
+            });
         }
 
         let is_merge = plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>();

@@ -27,6 +27,9 @@ use crate::ids::StageId;
 use crate::protocol::PieceLocation;
 use crate::store;
 
+/// Pieces fetched concurrently by one reader partition.
+const PREFETCH_PIECES: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct ShuffleReaderExec {
     stage_id: StageId,
@@ -134,7 +137,9 @@ impl ExecutionPlan for ShuffleReaderExec {
         let env = context.runtime_env();
         let pieces: Vec<PieceLocation> = pieces.iter().filter(|p| p.rows > 0).cloned().collect();
         let batches = stream::iter(pieces)
-            .then(move |piece| read_piece(env.clone(), piece))
+            .map(move |piece| read_piece(env.clone(), piece))
+            // Fetch a few pieces ahead (ranged GETs overlap), keeping their order.
+            .buffered(PREFETCH_PIECES)
             .map_ok(|batches| stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))
             .try_flatten()
             .map_err(DataFusionError::from);

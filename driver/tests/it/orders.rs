@@ -46,6 +46,7 @@ fn explain_shows_two_stages_and_run_uses_the_same_stages_and_tasks() {
     assert!(stage2.contains("ShuffleReaderExec: stage=1"), "{text}");
     assert!(stage2.contains("AggregateExec: mode=FinalPartitioned"), "{text}");
     assert!(text.contains("shuffle hash(product"), "{text}");
+    assert!(text.contains("output: write parquet (mode overwrite) to file://"), "{text}");
 
     let run = ignis(&["run", "job.toml"], ws.path());
     assert!(run.status.success(), "{}", stderr(&run));

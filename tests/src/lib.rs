@@ -1,0 +1,6 @@
+//! Test support for Ignis's SQL suites: TPC-H data generation and the two
+//! engines every `.slt` file runs on, single-node DataFusion (the oracle) and
+//! Ignis distributed in local mode (every exchange through object storage).
+
+pub mod engines;
+pub mod tpch;
