@@ -8,9 +8,11 @@
 
 mod output;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
@@ -24,6 +26,9 @@ use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
 #[derive(Debug, Clone)]
 pub struct Executor {
     runtime: Arc<RuntimeEnv>,
+    /// Task contexts by batch size: building one registers every built-in
+    /// function, so it is done once, not per task.
+    contexts: Arc<Mutex<HashMap<usize, Arc<TaskContext>>>>,
 }
 
 impl Default for Executor {
@@ -34,7 +39,17 @@ impl Default for Executor {
 
 impl Executor {
     pub fn new(runtime: Arc<RuntimeEnv>) -> Self {
-        Self { runtime }
+        Self { runtime, contexts: Arc::default() }
+    }
+
+    fn task_context(&self, batch_size: usize) -> Arc<TaskContext> {
+        let mut contexts = self.contexts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        contexts
+            .entry(batch_size)
+            .or_insert_with(|| {
+                SessionContext::new_with_config_rt(session_config(1, batch_size), self.runtime.clone()).task_ctx()
+            })
+            .clone()
     }
 
     /// Run one task attempt; a failure is classified for the driver's retry logic.
@@ -51,8 +66,7 @@ impl Executor {
     async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
         req.check_version()?;
         let start = Instant::now();
-        let ctx = SessionContext::new_with_config_rt(session_config(1, req.batch_size), self.runtime.clone());
-        let task_ctx = ctx.task_ctx();
+        let task_ctx = self.task_context(req.batch_size);
         let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
         let partitions = plan.properties().output_partitioning().partition_count();

@@ -1,0 +1,257 @@
+//! `ignis-bench`: TPC-H (22 queries) and the orders job, Ignis local mode
+//! (object-store shuffle on local disk) against single-node DataFusion on the
+//! same files, interleaved in one run. Prints median times and the
+//! Ignis/DataFusion ratio per workload and in total; writes Markdown and JSON.
+//!
+//!     cargo run --release -p ignis-bench -- --scale 1
+//!
+//! Data (TPC-H via tpchgen, a 10M-row orders CSV) is generated on first use
+//! under `--data` and reused afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use ignis_core::job::{Format, JobConfig, JobSpec, OutputSpec, TableOptions, TableSpec, WriteMode, WriteSpec};
+use ignis_driver::{Driver, DriverConfig};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "Ignis vs single-node DataFusion: TPC-H and the orders job")]
+struct Args {
+    /// Where generated data is kept between runs.
+    #[arg(long, default_value = "bench/data")]
+    data: PathBuf,
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Rows of the orders CSV.
+    #[arg(long, default_value_t = 10_000_000)]
+    orders_rows: u64,
+    /// Runs per workload and engine; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    /// Workers for Ignis and target partitions for DataFusion (default: cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Only workloads whose name contains one of these (comma-separated), e.g. "q1,q18,orders".
+    #[arg(long)]
+    only: Option<String>,
+    /// Where results.md and results.json go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Row {
+    workload: String,
+    datafusion_ms: f64,
+    ignis_ms: f64,
+    ratio: f64,
+    stages: usize,
+    tasks: usize,
+    shuffle_bytes: u64,
+    /// (Ignis - DataFusion) / tasks: what each task costs beyond the work itself.
+    overhead_per_task_ms: f64,
+}
+
+struct Workload {
+    name: String,
+    sql: String,
+    /// The orders job writes Parquet; TPC-H queries collect.
+    write: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let parallelism =
+        args.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    std::fs::create_dir_all(&args.data)?;
+    let data = std::fs::canonicalize(&args.data)?;
+    eprintln!("generating data under {} (skipped when present)", data.display());
+    let mut tables = ignis_tests::tpch::generate(&data.join(format!("tpch-sf{}", args.scale)), args.scale, 4)?;
+    let orders_dir = data.join(format!("orders-{}", args.orders_rows));
+    if !orders_dir.join("orders-7.csv").exists() {
+        ignis_driver::datagen::write_orders(&orders_dir, args.orders_rows, 8, 42)?;
+    }
+    tables.insert(
+        "orders_csv".into(),
+        TableSpec { format: Format::Csv, location: dir_url(&orders_dir)?, options: TableOptions::default() },
+    );
+
+    let workloads = workloads(args.only.as_deref())?;
+    let shuffle_root = dir_url(&data.join("_shuffle"))?;
+    let driver = Driver::local(parallelism, DriverConfig { shuffle_root });
+    let df = datafusion_context(&tables, parallelism).await?;
+    let out_dir = data.join("_out");
+
+    let mut rows = vec![];
+    for w in &workloads {
+        let mut ignis_times = vec![];
+        let mut df_times = vec![];
+        let mut last = None;
+        for i in 0..args.iterations {
+            // Alternate which engine goes first so caches favour neither.
+            for engine in if i % 2 == 0 { ["ignis", "datafusion"] } else { ["datafusion", "ignis"] } {
+                if engine == "ignis" {
+                    let job = ignis_job(w, &tables, parallelism, &out_dir.join("ignis"))?;
+                    let start = Instant::now();
+                    let outcome = driver.run(&job, &|_| {}).await.with_context(|| format!("ignis {}", w.name))?;
+                    ignis_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    last = Some(outcome);
+                } else {
+                    let start = Instant::now();
+                    run_datafusion(&df, w, &out_dir.join("datafusion"))
+                        .await
+                        .with_context(|| format!("datafusion {}", w.name))?;
+                    df_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        let (ignis_ms, datafusion_ms) = (median(&mut ignis_times), median(&mut df_times));
+        let outcome = last.context("no iterations")?;
+        let row = Row {
+            workload: w.name.clone(),
+            datafusion_ms,
+            ignis_ms,
+            ratio: ignis_ms / datafusion_ms,
+            stages: outcome.stages,
+            tasks: outcome.tasks,
+            shuffle_bytes: outcome.shuffle_bytes,
+            overhead_per_task_ms: (ignis_ms - datafusion_ms) / outcome.tasks.max(1) as f64,
+        };
+        eprintln!(
+            "{:<8} datafusion {:>9.1} ms  ignis {:>9.1} ms  ratio {:.2}",
+            row.workload, datafusion_ms, ignis_ms, row.ratio
+        );
+        rows.push(row);
+    }
+    report(&rows, &args, parallelism)
+}
+
+fn dir_url(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    url::Url::from_directory_path(dir)
+        .map(|u| u.to_string())
+        .map_err(|()| anyhow::anyhow!("not absolute: {}", dir.display()))
+}
+
+fn workloads(only: Option<&str>) -> anyhow::Result<Vec<Workload>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tpch/queries");
+    let mut all = vec![Workload {
+        name: "orders".into(),
+        sql: "SELECT product, count(*) AS orders, sum(quantity) AS units, round(sum(price * quantity), 2) AS revenue \
+              FROM orders_csv WHERE country = 'US' GROUP BY product"
+            .into(),
+        write: true,
+    }];
+    for n in 1..=22 {
+        let sql = std::fs::read_to_string(root.join(format!("q{n}.sql")))?;
+        all.push(Workload { name: format!("q{n}"), sql, write: false });
+    }
+    let filters: Vec<&str> = only.map(|o| o.split(',').map(str::trim).collect()).unwrap_or_default();
+    Ok(all.into_iter().filter(|w| filters.is_empty() || filters.iter().any(|f| w.name == *f)).collect())
+}
+
+fn ignis_job(
+    w: &Workload,
+    tables: &std::collections::BTreeMap<String, TableSpec>,
+    parallelism: usize,
+    out: &Path,
+) -> anyhow::Result<JobSpec> {
+    let output = if w.write {
+        OutputSpec::Write(WriteSpec {
+            format: Format::Parquet,
+            location: dir_url(out)?,
+            mode: WriteMode::Overwrite,
+            partition_by: vec![],
+        })
+    } else {
+        OutputSpec::Collect
+    };
+    Ok(JobSpec {
+        name: Some(w.name.clone()),
+        tables: tables.clone(),
+        sql: Some(w.sql.clone()),
+        steps: None,
+        output,
+        config: JobConfig { shuffle_partitions: Some(parallelism), ..JobConfig::default() },
+    })
+}
+
+async fn datafusion_context(
+    tables: &std::collections::BTreeMap<String, TableSpec>,
+    parallelism: usize,
+) -> anyhow::Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(parallelism));
+    for (name, t) in tables {
+        match t.format {
+            Format::Csv => ctx.register_csv(name, &t.location, CsvReadOptions::new()).await?,
+            _ => ctx.register_parquet(name, &t.location, ParquetReadOptions::default()).await?,
+        }
+    }
+    Ok(ctx)
+}
+
+async fn run_datafusion(ctx: &SessionContext, w: &Workload, out: &Path) -> anyhow::Result<()> {
+    let df = ctx.sql(&w.sql).await?;
+    if w.write {
+        if out.exists() {
+            std::fs::remove_dir_all(out)?;
+        }
+        df.write_parquet(&format!("{}/", out.display()), DataFrameWriteOptions::new(), None).await?;
+    } else {
+        df.collect().await?;
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
+    let tpch: Vec<&Row> = rows.iter().filter(|r| r.workload.starts_with('q')).collect();
+    let total_df: f64 = tpch.iter().map(|r| r.datafusion_ms).sum();
+    let total_ignis: f64 = tpch.iter().map(|r| r.ignis_ms).sum();
+    let mut md = format!(
+        "# Ignis vs single-node DataFusion\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; median of {} runs.\n\n\
+         | workload | DataFusion ms | Ignis ms | ratio | stages | tasks | shuffled MiB | overhead/task ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        args.scale, args.orders_rows, args.iterations
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.2} |\n",
+            r.workload,
+            r.datafusion_ms,
+            r.ignis_ms,
+            r.ratio,
+            r.stages,
+            r.tasks,
+            r.shuffle_bytes as f64 / 1048576.0,
+            r.overhead_per_task_ms
+        ));
+    }
+    if !tpch.is_empty() {
+        md.push_str(&format!(
+            "| **TPC-H total** | {total_df:.1} | {total_ignis:.1} | {:.2} | | | | |\n",
+            total_ignis / total_df
+        ));
+    }
+    println!("{md}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(rows)?)?;
+    eprintln!("wrote {}/results.md and results.json", args.out.display());
+    Ok(())
+}
