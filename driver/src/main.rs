@@ -111,7 +111,6 @@ async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> 
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
     let progress = progress::Progress::new(&name);
     let outcome = driver.run(&spec, &|e| progress.event(e)).await;
-    progress.finish();
     let outcome = outcome?;
     print_outcome(&outcome, show)
 }

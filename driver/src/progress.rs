@@ -84,10 +84,6 @@ impl Progress {
             }
         }
     }
-
-    pub fn finish(&self) {
-        let _ = self.bars.clear();
-    }
 }
 
 pub fn summary(o: &JobOutcome) -> String {

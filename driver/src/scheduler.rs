@@ -2,7 +2,7 @@
 //! finished, retries failed attempts that may succeed, and stops the job at
 //! the first failure that will not.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -67,6 +67,9 @@ pub async fn run_graph(
     let mut done: HashMap<StageId, Vec<TaskResult>> = HashMap::new();
     let mut requests: HashMap<StageId, TaskRequest> = HashMap::new();
     let mut running: FuturesUnordered<TaskFuture<'_>> = FuturesUnordered::new();
+    // Tasks wait here until the backend has a free slot, so "running" means running.
+    let mut queue: VecDeque<TaskRequest> = VecDeque::new();
+    let capacity = backend.capacity().max(1);
     let mut attempts = 0usize;
 
     let launch = |req: TaskRequest| -> TaskFuture<'_> {
@@ -92,12 +95,16 @@ pub async fn run_graph(
                 continue;
             }
             for p in 0..stage.tasks as u32 {
-                let req = task_request(&template, p, 0, settings);
-                events(JobEvent::TaskStarted { stage: stage.id, partition: p, attempt: 0 });
-                attempts += 1;
-                running.push(launch(req));
+                queue.push_back(task_request(&template, p, 0, settings));
             }
             requests.insert(stage.id, template);
+        }
+        while running.len() < capacity
+            && let Some(req) = queue.pop_front()
+        {
+            events(JobEvent::TaskStarted { stage: req.stage_id, partition: req.partition, attempt: req.attempt });
+            attempts += 1;
+            running.push(launch(req));
         }
 
         let Some((stage_id, partition, attempt, outcome)) = running.next().await else {
@@ -136,10 +143,8 @@ pub async fn run_graph(
                     });
                 }
                 let template = requests.get(&stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?;
-                let req = task_request(template, partition, attempt + 1, settings);
-                events(JobEvent::TaskStarted { stage: stage_id, partition, attempt: attempt + 1 });
-                attempts += 1;
-                running.push(launch(req));
+                // A retry goes to the front: it holds up its stage.
+                queue.push_front(task_request(template, partition, attempt + 1, settings));
             }
         }
     }
