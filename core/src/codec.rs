@@ -27,6 +27,7 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::csv::{CsvScanExec, CsvScanOptions};
 use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
 use crate::protocol::{PieceLocation, StageInput};
@@ -50,6 +51,7 @@ impl IgnisCodec {
 enum IgnisNode {
     ShuffleReader { stage_id: StageId, partitions: usize, schema: String },
     ShuffleWriter { partitioning: Option<String> },
+    CsvScan { files: Vec<String>, schema: String, options: CsvScanOptions, projection: Option<Vec<usize>> },
 }
 
 /// Serialise a plan with Ignis's codec.
@@ -110,6 +112,9 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 };
                 Ok(Arc::new(ShuffleWriterExec::try_new(input.clone(), partitioning)?))
             }
+            IgnisNode::CsvScan { files, schema, options, projection } => {
+                Ok(Arc::new(CsvScanExec::try_new(files, schema_from_b64(&schema)?, options, projection)?))
+            }
         }
     }
 
@@ -131,6 +136,13 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 Some(p) => Some(STANDARD.encode(serialize_partitioning(p, self, proto_converter)?.encode_to_vec())),
             };
             IgnisNode::ShuffleWriter { partitioning }
+        } else if let Some(scan) = node.downcast_ref::<CsvScanExec>() {
+            IgnisNode::CsvScan {
+                files: scan.files().to_vec(),
+                schema: schema_to_b64(scan.data_schema())?,
+                options: scan.options().clone(),
+                projection: scan.projection().cloned(),
+            }
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

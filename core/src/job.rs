@@ -99,6 +99,24 @@ pub struct TableOptions {
     /// File extension to pick up in a directory (default: the format's).
     #[serde(default)]
     pub file_extension: Option<String>,
+    /// CSV: what to do with malformed rows, as in Spark: PERMISSIVE,
+    /// DROPMALFORMED or FAILFAST. Unset: DataFusion's native reader, which
+    /// fails on a malformed row.
+    #[serde(default)]
+    pub mode: Option<crate::csv::CsvMode>,
+    /// CSV: a field with this text is null.
+    #[serde(default)]
+    pub null_value: Option<String>,
+    /// CSV, PERMISSIVE: an extra string column holding the raw malformed line.
+    #[serde(default)]
+    pub column_name_of_corrupt_record: Option<String>,
+}
+
+impl TableOptions {
+    /// Spark-style CSV handling was asked for.
+    pub fn wants_spark_csv(&self) -> bool {
+        self.mode.is_some() || self.null_value.is_some() || self.column_name_of_corrupt_record.is_some()
+    }
 }
 
 /// One step of a DataFrame-style job. Expressions are SQL expression strings.

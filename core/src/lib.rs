@@ -11,6 +11,7 @@
 //! (executor), HTTP. Nothing here knows which backend runs a task.
 
 pub mod codec;
+pub mod csv;
 pub mod error;
 pub mod ids;
 pub mod job;

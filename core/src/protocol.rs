@@ -104,6 +104,9 @@ pub struct TaskMetrics {
     pub output_rows: u64,
     pub output_bytes: u64,
     pub elapsed_ms: u64,
+    /// CSV rows skipped by DROPMALFORMED scans.
+    #[serde(default)]
+    pub malformed_rows_dropped: u64,
 }
 
 /// A failed task as it crosses the wire: classified, with a message for the user.

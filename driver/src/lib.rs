@@ -95,6 +95,8 @@ pub struct JobOutcome {
     pub task_attempts: usize,
     pub output_rows: u64,
     pub shuffle_bytes: u64,
+    /// CSV rows skipped by DROPMALFORMED tables.
+    pub malformed_rows_dropped: u64,
     pub elapsed: Duration,
     pub result: JobResult,
 }
@@ -154,6 +156,7 @@ impl Driver {
                         task_attempts: 0,
                         output_rows: 0,
                         shuffle_bytes: 0,
+                        malformed_rows_dropped: 0,
                         elapsed: start.elapsed(),
                         result: JobResult::Skipped { location: spec.location.clone() },
                     });
@@ -203,6 +206,7 @@ impl Driver {
             task_attempts: results.attempts,
             output_rows,
             shuffle_bytes,
+            malformed_rows_dropped: stage_metric(&results, |_| true, |m| m.malformed_rows_dropped),
             elapsed: start.elapsed(),
             result,
         })

@@ -12,7 +12,8 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use datafusion::sql::parser::DFParser;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use ignis_core::csv::{CsvScanOptions, CsvTable};
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Format, JobSpec, TableSpec};
 use ignis_core::session::session_context;
@@ -155,6 +156,9 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
                 read = read.schema(s);
             }
             ctx.register_csv(name, location, read).await?;
+            if opts.wants_spark_csv() {
+                register_spark_csv(ctx, name, table, &extension).await?;
+            }
         }
         Format::Parquet => {
             let mut read = ParquetReadOptions::new().file_extension(&extension);
@@ -162,6 +166,17 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
                 read = read.schema(s);
             }
             ctx.register_parquet(name, location, read).await?;
+            if schema.is_none() {
+                // Merge across files as Spark's mergeSchema does: a column some
+                // files lack is null there, so every merged column is nullable.
+                let merged = ctx.table_provider(name).await?.schema();
+                let nullable = Schema::new(
+                    merged.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+                );
+                ctx.deregister_table(name)?;
+                let read = ParquetReadOptions::new().file_extension(&extension).schema(&nullable);
+                ctx.register_parquet(name, location, read).await?;
+            }
         }
         Format::Json => {
             let mut read = JsonReadOptions::default().file_extension(&extension);
@@ -171,6 +186,33 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             ctx.register_json(name, location, read).await?;
         }
     }
+    Ok(())
+}
+
+/// Replace the native CSV table `name` (registered, so its schema is known
+/// or inferred) with Ignis's Spark-style reader over the same files.
+async fn register_spark_csv(ctx: &SessionContext, name: &str, table: &TableSpec, extension: &str) -> Result<()> {
+    let schema = ctx.table_provider(name).await?.schema();
+    let url = ListingTableUrl::parse(&table.location)?;
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url.object_store())?;
+    let mut metas: Vec<_> = url.list_all_files(&state, store.as_ref(), extension).await?.try_collect().await?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let base = url.object_store();
+    let files = metas.iter().map(|m| format!("{}{}", base.as_str(), m.location)).collect();
+    let o = &table.options;
+    let byte = |s: &Option<String>, default: u8| s.as_deref().and_then(|s| s.bytes().next()).unwrap_or(default);
+    let options = CsvScanOptions {
+        header: o.header.unwrap_or(true),
+        delimiter: byte(&o.delimiter, b','),
+        quote: byte(&o.quote, b'"'),
+        escape: o.escape.as_deref().and_then(|s| s.bytes().next()),
+        null_value: o.null_value.clone(),
+        mode: o.mode.unwrap_or_default(),
+        corrupt_column: o.column_name_of_corrupt_record.clone(),
+    };
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, Arc::new(CsvTable::new(files, schema, options)))?;
     Ok(())
 }
 

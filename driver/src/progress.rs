@@ -87,8 +87,13 @@ impl Progress {
 }
 
 pub fn summary(o: &JobOutcome) -> String {
+    let dropped = if o.malformed_rows_dropped > 0 {
+        format!(", {} malformed rows dropped", o.malformed_rows_dropped)
+    } else {
+        String::new()
+    };
     format!(
-        "job {} finished in {:.2}s: {} stages, {} tasks ({} attempts), {} result rows, {} shuffled",
+        "job {} finished in {:.2}s: {} stages, {} tasks ({} attempts), {} result rows, {} shuffled{dropped}",
         o.job_id,
         o.elapsed.as_secs_f64(),
         o.stages,

@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
+use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput};
 use ignis_core::session::session_config;
@@ -89,7 +91,8 @@ impl Executor {
             }
             TaskOutput::Files { staging, file_stem, format, partition_by } => {
                 let files =
-                    output::write_files(plan, partition, task_ctx, staging, file_stem, *format, partition_by).await?;
+                    output::write_files(plan.clone(), partition, task_ctx, staging, file_stem, *format, partition_by)
+                        .await?;
                 let rows = files.iter().map(|f| f.rows).sum();
                 let bytes = files.iter().map(|f| f.bytes).sum();
                 (TaskResultOutput::Files { files }, rows, bytes)
@@ -101,7 +104,18 @@ impl Executor {
             partition: req.partition,
             attempt: req.attempt,
             output,
-            metrics: TaskMetrics { output_rows, output_bytes, elapsed_ms: start.elapsed().as_millis() as u64 },
+            metrics: TaskMetrics {
+                output_rows,
+                output_bytes,
+                elapsed_ms: start.elapsed().as_millis() as u64,
+                malformed_rows_dropped: sum_metric(&plan, MALFORMED_ROWS_DROPPED),
+            },
         })
     }
+}
+
+/// A named counter summed over every operator of a plan.
+fn sum_metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    let own = plan.metrics().and_then(|m| m.sum_by_name(name)).map(|v| v.as_usize() as u64).unwrap_or(0);
+    own + plan.children().into_iter().map(|c| sum_metric(c, name)).sum::<u64>()
 }

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test on any error")]
 
 mod common;
+mod csv_modes;
 mod errors;
+mod formats;
 mod orders;
 mod parity;
 mod retry;
