@@ -97,3 +97,30 @@ fn a_job_failing_mid_run_leaves_the_previous_output_exactly() {
     assert!(!out.status.success());
     assert_eq!(snapshot(&dir), before, "old output untouched, no staged files visible");
 }
+
+#[test]
+fn csv_and_json_output_hold_the_rows() {
+    let ws = orders_workspace();
+    let mut expected_us = 0;
+    for (product, n) in us_orders_by_product(&ws.path().join("data")) {
+        assert!(!product.is_empty());
+        expected_us += n;
+    }
+    for format in ["csv", "json"] {
+        let job = format!(
+            "sql = \"SELECT country, count(*) AS n FROM orders GROUP BY country\"\n\
+             [tables.orders]\nformat = 'csv'\nlocation = 'data/'\n\
+             [output.write]\nformat = '{format}'\nlocation = 'out/{format}'\npartition_by = ['country']\n"
+        );
+        std::fs::write(ws.path().join("fmt.toml"), job).unwrap();
+        run_ok(ws.path(), "fmt.toml");
+        let dir = ws.path().join(format!("out/{format}/country=US"));
+        let files = data_files(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].ends_with(&format!(".{format}")));
+        let text = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+        let expected =
+            if format == "csv" { format!("n\n{expected_us}\n") } else { format!("{{\"n\":{expected_us}}}\n") };
+        assert_eq!(text, expected);
+    }
+}
