@@ -36,6 +36,9 @@ pub enum IgnisError {
     /// A task failed on an executor; the message comes from there.
     #[error("{message}")]
     Task { kind: ErrorKind, message: String },
+    /// The job was cancelled before it finished.
+    #[error("job cancelled")]
+    Cancelled,
     /// A bug in Ignis.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,7 +69,11 @@ impl IgnisError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            IgnisError::Job(_) | IgnisError::Plan(_) | IgnisError::Input(_) | IgnisError::Output(_) => ErrorKind::User,
+            IgnisError::Job(_)
+            | IgnisError::Plan(_)
+            | IgnisError::Input(_)
+            | IgnisError::Output(_)
+            | IgnisError::Cancelled => ErrorKind::User,
             IgnisError::DataFusion(e) => datafusion_kind(e),
             IgnisError::Arrow(e) => arrow_kind(e),
             IgnisError::Parquet(_) => ErrorKind::User,

@@ -317,6 +317,28 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A job that arrives without a file (over HTTP) has no directory to resolve
+    /// relative paths against: every location must be absolute or a URL.
+    pub fn require_absolute_locations(&self) -> Result<()> {
+        let check = |location: &str, field: &str| {
+            if has_url_scheme(location) || Path::new(location).is_absolute() {
+                Ok(())
+            } else {
+                Err(IgnisError::Job(format!(
+                    "{field}: {location:?} is a relative path; a submitted job needs an absolute path or a URL \
+                     (file://, s3://)"
+                )))
+            }
+        };
+        for (name, table) in &self.tables {
+            check(&table.location, &format!("tables.{name}.location"))?;
+        }
+        if let OutputSpec::Write(w) = &self.output {
+            check(&w.location, "output.location")?;
+        }
+        Ok(())
+    }
+
     /// Checks serde cannot express; messages name the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         match (&self.sql, &self.steps) {

@@ -141,6 +141,65 @@ impl TaskRequest {
     }
 }
 
+/// What an executor host sends when it joins a driver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterHost {
+    pub protocol_version: u32,
+    /// A name for status output, e.g. the host name.
+    pub name: String,
+    /// Tasks the host runs at once.
+    pub slots: u32,
+}
+
+/// The driver's answer to [`RegisterHost`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostRegistered {
+    pub executor_id: String,
+    /// How often the driver expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// A host's periodic sign of life.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The host finishes its running tasks and takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// A task handed to an executor host; the result goes back under `task_key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    pub task_key: u64,
+    pub request: TaskRequest,
+}
+
+/// How a task attempt ended, as an executor host reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Succeeded(TaskResult),
+    Failed(TaskFailure),
+}
+
+impl From<Result<TaskResult, TaskFailure>> for TaskOutcome {
+    fn from(r: Result<TaskResult, TaskFailure>) -> Self {
+        match r {
+            Ok(result) => Self::Succeeded(result),
+            Err(failure) => Self::Failed(failure),
+        }
+    }
+}
+
+impl From<TaskOutcome> for Result<TaskResult, TaskFailure> {
+    fn from(o: TaskOutcome) -> Self {
+        match o {
+            TaskOutcome::Succeeded(result) => Ok(result),
+            TaskOutcome::Failed(failure) => Err(failure),
+        }
+    }
+}
+
 mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;

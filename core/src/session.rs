@@ -39,6 +39,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionC
     let state = SessionStateBuilder::new()
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()
+        .with_runtime_env(crate::store::runtime_env())
         .build();
     SessionContext::new_with_state(state)
 }

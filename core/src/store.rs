@@ -5,12 +5,82 @@
 use std::sync::Arc;
 
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
 
 use crate::error::{IgnisError, Result};
+
+/// The runtime every Ignis process uses: local files plus `s3://` buckets,
+/// each S3 store built on first use from the standard AWS environment.
+pub fn runtime_env() -> Arc<RuntimeEnv> {
+    let registry = Arc::new(StoreRegistry::default());
+    let built = RuntimeEnvBuilder::new().with_object_store_registry(registry).build_arc();
+    // Building a runtime with only a registry cannot fail; fall back to the default if it ever does.
+    built.unwrap_or_else(|_| Arc::new(RuntimeEnv::default()))
+}
+
+/// Object stores by URL: the local filesystem, and S3 buckets configured the
+/// AWS way (`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, or the
+/// container and instance credential providers).
+#[derive(Debug, Default)]
+pub struct StoreRegistry {
+    known: DefaultObjectStoreRegistry,
+}
+
+impl ObjectStoreRegistry for StoreRegistry {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        match url.scheme() {
+            "s3" | "s3a" => {
+                let store = s3_store(url).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                self.known.register_store(url, store.clone());
+                Ok(store)
+            }
+            scheme => Err(datafusion::error::DataFusionError::External(Box::new(IgnisError::Input(format!(
+                "unsupported storage scheme '{scheme}' in {url}: use file:// or s3://"
+            ))))),
+        }
+    }
+}
+
+fn s3_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| IgnisError::Input(format!("S3 location {url} names no bucket")))?;
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // `from_env` reads AWS_DEFAULT_REGION; the AWS SDKs also honour AWS_REGION.
+    if let Ok(region) = std::env::var("AWS_REGION") {
+        builder = builder.with_region(region);
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+    if let Some(endpoint) = endpoint {
+        // An explicit endpoint is an S3-compatible server: path-style
+        // addressing, and plain HTTP when the URL says so.
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            .with_endpoint(endpoint);
+    }
+    let store = builder.build().map_err(|e| IgnisError::Input(format!("cannot use S3 bucket '{bucket}': {e}")))?;
+    Ok(Arc::new(store))
+}
 
 /// The store that serves `url` and the object path within it.
 pub fn resolve(env: &RuntimeEnv, url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {

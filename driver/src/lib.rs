@@ -26,8 +26,10 @@
 pub mod backend;
 pub mod commit;
 pub mod datagen;
+pub mod hosts;
 mod plan;
 pub mod scheduler;
+pub mod service;
 pub mod stages;
 mod steps;
 
@@ -138,11 +140,24 @@ impl Driver {
 
     /// Run a job to completion. `events` sees every stage and task transition.
     pub async fn run(&self, job: &JobSpec, events: &(dyn Fn(JobEvent) + Send + Sync)) -> Result<JobOutcome> {
+        self.run_job(JobId::generate(), job, events, std::future::pending()).await
+    }
+
+    /// Run a job under a given id until it finishes or `cancel` completes; a
+    /// cancelled job cleans up like a failed one and returns
+    /// [`IgnisError::Cancelled`].
+    pub async fn run_job(
+        &self,
+        job_id: JobId,
+        job: &JobSpec,
+        events: &(dyn Fn(JobEvent) + Send + Sync),
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<JobOutcome> {
         let start = Instant::now();
-        let job_id = JobId::generate();
         let planned = plan::plan_job(job).await?;
         let graph = StageGraph::cut(planned.physical)?;
         let env = planned.ctx.runtime_env();
+        events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });
 
         let pending = match &job.output {
             OutputSpec::Collect => None,
@@ -180,7 +195,10 @@ impl Driver {
             target,
         };
 
-        let run = scheduler::run_graph(&graph, self.backend.clone(), &settings, events).await;
+        let run = tokio::select! {
+            run = scheduler::run_graph(&graph, self.backend.clone(), &settings, events) => run,
+            () = cancel => Err(IgnisError::Cancelled),
+        };
         let finished = match run {
             Ok(results) => finish(&planned.ctx, &graph, &results, pending.as_ref()).await.map(|r| (r, results)),
             Err(e) => Err(e),

@@ -1,6 +1,8 @@
-//! The `ignis` command line: run or explain a job in local mode, and generate
-//! the example data.
+//! The `ignis` command line: run or explain a job in local mode; serve the
+//! driver API, run an executor host, and submit, follow or cancel jobs on a
+//! driver; generate the example data.
 
+mod client;
 mod progress;
 
 use std::path::PathBuf;
@@ -33,6 +35,34 @@ enum Command {
     },
     /// Print a job's stage DAG without running it.
     Explain { job: PathBuf },
+    /// Run the driver as a service: the job API over HTTP, tasks on executor hosts.
+    Serve(ServeArgs),
+    /// Run an executor host: register with a driver and run its tasks until SIGTERM (then drain).
+    Executor(ExecutorArgs),
+    /// Submit a job file to a driver, follow its progress, print the result.
+    Submit {
+        job: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Rows of a collected result to print.
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show a job's status on a driver, or list your jobs.
+    Status {
+        job: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a running job on a driver.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Write the deterministic example orders data as CSV files.
     GenOrders {
         /// Directory to write `orders-{i}.csv` into.
@@ -57,6 +87,66 @@ struct LocalArgs {
     shuffle_root: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The driver's URL.
+    #[arg(long, env = "IGNIS_DRIVER", default_value = "http://127.0.0.1:7077")]
+    driver: String,
+    /// Your API key.
+    #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IGNIS_LISTEN", default_value = "127.0.0.1:7077")]
+    listen: std::net::SocketAddr,
+    /// Where shuffle objects go: a directory or an object store URL (s3://bucket/prefix).
+    #[arg(long, env = "IGNIS_SHUFFLE_ROOT")]
+    shuffle_root: Option<String>,
+    /// A file of API keys, `tenant:key` per line.
+    #[arg(long, env = "IGNIS_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// API keys as `tenant:key,tenant:key` (added to the file's).
+    #[arg(long, env = "IGNIS_API_KEYS", hide_env_values = true)]
+    api_keys: Option<String>,
+    /// The secret executor hosts present.
+    #[arg(long, env = "IGNIS_EXECUTOR_SECRET", hide_env_values = true)]
+    executor_secret: Option<String>,
+    /// Run tasks on N in-process workers instead of executor hosts.
+    #[arg(long)]
+    local_executors: Option<usize>,
+    /// Seconds without a heartbeat after which a host is lost and its tasks re-run.
+    #[arg(long, default_value_t = 30.0)]
+    executor_timeout: f64,
+    /// Seconds between host heartbeats.
+    #[arg(long, default_value_t = 3.0)]
+    heartbeat_interval: f64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+}
+
+#[derive(clap::Args)]
+struct ExecutorArgs {
+    /// The driver's URL.
+    #[arg(long, env = "IGNIS_DRIVER", default_value = "http://127.0.0.1:7077")]
+    driver: String,
+    /// The executor secret the driver was given.
+    #[arg(long, env = "IGNIS_EXECUTOR_SECRET", hide_env_values = true)]
+    executor_secret: String,
+    /// Tasks to run at once (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// A name for status output (default: host name and process id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Fault injection for tests: wait this long before running each task.
+    #[arg(long, env = "IGNIS_TEST_TASK_DELAY_MS", default_value_t = 0, hide = true)]
+    task_delay_ms: u64,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IGNIS_LOG").unwrap_or_else(|_| "warn".into()))
@@ -77,6 +167,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { job, local, show } => runtime.block_on(run(job, local, show)),
         Command::Explain { job } => runtime.block_on(explain(job)),
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Executor(args) => runtime.block_on(executor(args)),
+        Command::Submit { job, client, show, detach } => runtime.block_on(submit(job, client, show, detach)),
+        Command::Status { job, client } => runtime.block_on(status(job, client)),
+        Command::Cancel { job, client } => runtime.block_on(async move {
+            let status = client::Client::new(&client.driver, client.api_key)?.cancel(&job).await?;
+            println!("job {} cancelling ({:?})", status.id, status.state);
+            Ok(())
+        }),
         Command::GenOrders { out, rows, files, seed } => {
             ignis_driver::datagen::write_orders(&out, rows, files, seed)
                 .with_context(|| format!("writing orders to {}", out.display()))?;
@@ -98,13 +197,18 @@ async fn explain(job: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> {
-    let spec = load(&job)?;
+fn driver_config(shuffle_root: Option<String>) -> anyhow::Result<DriverConfig> {
     let mut config = DriverConfig::default();
-    if let Some(root) = local.shuffle_root {
+    if let Some(root) = shuffle_root {
         let cwd = std::env::current_dir()?;
         config.shuffle_root = ignis_core::job::resolve_location(&root, &cwd)?;
     }
+    Ok(config)
+}
+
+async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> {
+    let spec = load(&job)?;
+    let config = driver_config(local.shuffle_root)?;
     let executors =
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let driver = Driver::local(executors, config);
@@ -115,29 +219,169 @@ async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> 
     print_outcome(&outcome, show)
 }
 
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use ignis_driver::hosts::{HostsBackend, HostsConfig};
+    use ignis_driver::service::{AuthConfig, ServiceConfig};
+
+    let mut keys = std::collections::HashMap::new();
+    if let Some(file) = &args.api_keys_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        keys.extend(AuthConfig::parse_keys(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(text) = &args.api_keys {
+        keys.extend(AuthConfig::parse_keys(text, "IGNIS_API_KEYS").map_err(anyhow::Error::msg)?);
+    }
+    let auth = AuthConfig::new(keys, args.executor_secret.clone()).map_err(anyhow::Error::msg)?;
+    let seconds = |s: f64, flag: &str| {
+        std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{flag} must be a positive number"))
+    };
+    let config = driver_config(args.shuffle_root)?;
+    let (driver, hosts) = match args.local_executors {
+        Some(n) => (Driver::local(n, config), None),
+        None => {
+            if args.executor_secret.is_none() {
+                anyhow::bail!("executor hosts need a secret: give --executor-secret or IGNIS_EXECUTOR_SECRET");
+            }
+            let hosts = HostsBackend::new(HostsConfig {
+                lost_after: seconds(args.executor_timeout, "executor-timeout")?,
+                heartbeat_interval: seconds(args.heartbeat_interval, "heartbeat-interval")?,
+            });
+            (Driver::new(hosts.clone(), config), Some(hosts))
+        }
+    };
+    let service = ServiceConfig { auth, max_body_bytes: args.max_body_bytes };
+    let router =
+        ignis_driver::service::router(std::sync::Arc::new(driver), hosts, service).map_err(anyhow::Error::msg)?;
+    eprintln!("ignis driver listening on http://{}", args.listen);
+    ignis_driver::service::serve(router, args.listen, stop_signal())
+        .await
+        .with_context(|| format!("serving on {}", args.listen))
+}
+
+async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    use ignis_executor::host::{HostConfig, run_host};
+
+    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2));
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host = if host.is_empty() { "executor".to_string() } else { host };
+        format!("{host}-{}", std::process::id())
+    });
+    let config = HostConfig {
+        driver: args.driver,
+        secret: args.executor_secret,
+        slots,
+        name,
+        poll_wait: std::time::Duration::from_secs(10),
+        task_delay: std::time::Duration::from_millis(args.task_delay_ms),
+    };
+    let (drain, drained) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        drain.send_replace(true);
+    });
+    eprintln!("ignis executor host {} ({} slots) joining {}", config.name, config.slots, config.driver);
+    run_host(config, drained).await?;
+    Ok(())
+}
+
+async fn submit(job: PathBuf, args: ClientArgs, show: usize, detach: bool) -> anyhow::Result<()> {
+    let spec = load(&job)?;
+    let client = client::Client::new(&args.driver, args.api_key)?;
+    let id = client.submit(&spec).await?;
+    if detach {
+        println!("{id}");
+        return Ok(());
+    }
+    let name = spec.name.clone().unwrap_or_else(|| "job".into());
+    let progress = progress::Progress::new(&name);
+    let status = client.wait(&id, |s| progress.status(s)).await?;
+    match status.state {
+        ignis_driver::service::JobState::Succeeded => {}
+        state => {
+            let message = status.error.map(|e| e.message).unwrap_or_default();
+            anyhow::bail!("job {id} {}: {message}", format!("{state:?}").to_lowercase());
+        }
+    }
+    if status.output.is_some() {
+        let w = client.written(&id).await?;
+        if w.skipped {
+            println!("output {} already holds data and mode = ignore: nothing to do", w.location);
+        } else {
+            println!("wrote {} rows in {} files to {}", w.rows, w.files, w.location);
+        }
+    } else {
+        let batches = client.rows(&id).await?;
+        print_rows(&batches, show, status.metrics.output_rows)?;
+    }
+    eprintln!("{}", progress::remote_summary(&status));
+    Ok(())
+}
+
+async fn status(job: Option<String>, args: ClientArgs) -> anyhow::Result<()> {
+    let client = client::Client::new(&args.driver, args.api_key)?;
+    let statuses = match job {
+        Some(id) => vec![client.status(&id).await?],
+        None => client.list().await?,
+    };
+    for s in statuses {
+        let state = format!("{:?}", s.state).to_lowercase();
+        println!("{}  {:<10} {:<20} {:.1}s", s.id, state, s.name.as_deref().unwrap_or("-"), s.elapsed_ms as f64 / 1e3);
+        for st in &s.stages {
+            println!(
+                "  stage {}: {}/{} done, {} running, {} pending, {} failed attempts",
+                st.id, st.succeeded, st.tasks, st.running, st.pending, st.failed_attempts
+            );
+        }
+        if let Some(e) = &s.error {
+            println!("  error ({}): {}", e.code, e.message);
+        }
+    }
+    Ok(())
+}
+
+fn print_rows(batches: &[datafusion::arrow::record_batch::RecordBatch], show: usize, total: u64) -> anyhow::Result<()> {
+    let mut shown = Vec::new();
+    let mut left = show;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(b.num_rows());
+        shown.push(b.slice(0, take));
+        left -= take;
+    }
+    if shown.is_empty()
+        && let Some(b) = batches.first()
+    {
+        shown.push(b.slice(0, 0));
+    }
+    println!("{}", pretty_format_batches(&shown)?);
+    if total > show as u64 {
+        println!("only showing top {show} of {total} rows");
+    }
+    Ok(())
+}
+
 fn print_outcome(outcome: &JobOutcome, show: usize) -> anyhow::Result<()> {
     match &outcome.result {
-        JobResult::Rows { batches, .. } => {
-            let mut shown = Vec::new();
-            let mut left = show;
-            for b in batches {
-                if left == 0 {
-                    break;
-                }
-                let take = left.min(b.num_rows());
-                shown.push(b.slice(0, take));
-                left -= take;
-            }
-            if shown.is_empty()
-                && let Some(b) = batches.first()
-            {
-                shown.push(b.slice(0, 0));
-            }
-            println!("{}", pretty_format_batches(&shown)?);
-            if outcome.output_rows > show as u64 {
-                println!("only showing top {show} of {} rows", outcome.output_rows);
-            }
-        }
+        JobResult::Rows { batches, .. } => print_rows(batches, show, outcome.output_rows)?,
         JobResult::Written(c) => {
             println!("wrote {} rows in {} files to {}", c.rows, c.files.len(), c.location);
         }

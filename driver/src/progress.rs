@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use ignis_core::ids::StageId;
 use ignis_driver::JobOutcome;
 use ignis_driver::scheduler::JobEvent;
+use ignis_driver::service::{JobMetrics, JobStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Progress {
@@ -36,17 +37,49 @@ impl Progress {
         }
     }
 
+    fn stage_bar(&self, stage: StageId, tasks: usize) -> StageBar {
+        let bar = self.bars.add(ProgressBar::new(tasks as u64));
+        bar.set_style(
+            ProgressStyle::with_template("[{prefix}] {bar:30.cyan/blue} {pos}/{len} tasks {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{} stage {stage}", self.name));
+        StageBar { bar, tasks, running: 0, done: 0 }
+    }
+
+    /// Show a remote job's status (polled from the driver) the same way.
+    pub fn status(&self, status: &JobStatus) {
+        let Ok(mut state) = self.state.lock() else { return };
+        for s in status.stages.iter().filter(|s| s.running + s.succeeded + s.failed_attempts > 0) {
+            let stage = StageId(s.id);
+            let bar = state.entry(stage).or_insert_with(|| self.stage_bar(stage, s.tasks));
+            if bar.done == bar.tasks {
+                continue;
+            }
+            bar.running = s.running;
+            bar.done = s.succeeded;
+            bar.bar.set_position(s.succeeded as u64);
+            bar.bar.set_message(format!("({} running)", s.running));
+            if s.succeeded == s.tasks {
+                self.stage_done(stage, bar);
+            }
+        }
+    }
+
+    fn stage_done(&self, stage: StageId, s: &StageBar) {
+        s.bar.finish_with_message("done");
+        if !self.interactive {
+            eprintln!("[{} stage {stage}] {}/{} tasks done", self.name, s.done, s.tasks);
+        }
+    }
+
     pub fn event(&self, event: JobEvent) {
         let Ok(mut state) = self.state.lock() else { return };
         match event {
+            JobEvent::Planned { .. } => {}
             JobEvent::StageSubmitted { stage, tasks } => {
-                let bar = self.bars.add(ProgressBar::new(tasks as u64));
-                bar.set_style(
-                    ProgressStyle::with_template("[{prefix}] {bar:30.cyan/blue} {pos}/{len} tasks {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar.set_prefix(format!("{} stage {stage}", self.name));
-                state.insert(stage, StageBar { bar, tasks, running: 0, done: 0 });
+                let bar = self.stage_bar(stage, tasks);
+                state.insert(stage, bar);
             }
             JobEvent::TaskStarted { stage, .. } => {
                 if let Some(s) = state.get_mut(&stage) {
@@ -75,11 +108,8 @@ impl Progress {
                 }
             }
             JobEvent::StageCompleted { stage } => {
-                if let Some(s) = state.get_mut(&stage) {
-                    s.bar.finish_with_message("done");
-                    if !self.interactive {
-                        eprintln!("[{} stage {stage}] {}/{} tasks done", self.name, s.done, s.tasks);
-                    }
+                if let Some(s) = state.get(&stage) {
+                    self.stage_done(stage, s);
                 }
             }
         }
@@ -87,20 +117,34 @@ impl Progress {
 }
 
 pub fn summary(o: &JobOutcome) -> String {
-    let dropped = if o.malformed_rows_dropped > 0 {
-        format!(", {} malformed rows dropped", o.malformed_rows_dropped)
+    let metrics = JobMetrics {
+        tasks: o.tasks,
+        task_attempts: o.task_attempts,
+        output_rows: o.output_rows,
+        shuffle_bytes: o.shuffle_bytes,
+        malformed_rows_dropped: o.malformed_rows_dropped,
+    };
+    summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
+}
+
+/// The summary of a job run on a driver service.
+pub fn remote_summary(s: &JobStatus) -> String {
+    summary_line(&s.id, s.elapsed_ms, s.stages.len(), &s.metrics)
+}
+
+fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> String {
+    let dropped = if m.malformed_rows_dropped > 0 {
+        format!(", {} malformed rows dropped", m.malformed_rows_dropped)
     } else {
         String::new()
     };
     format!(
-        "job {} finished in {:.2}s: {} stages, {} tasks ({} attempts), {} result rows, {} shuffled{dropped}",
-        o.job_id,
-        o.elapsed.as_secs_f64(),
-        o.stages,
-        o.tasks,
-        o.task_attempts,
-        o.output_rows,
-        human_bytes(o.shuffle_bytes)
+        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{dropped}",
+        elapsed_ms as f64 / 1000.0,
+        m.tasks,
+        m.task_attempts,
+        m.output_rows,
+        human_bytes(m.shuffle_bytes)
     )
 }
 

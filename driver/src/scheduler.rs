@@ -24,11 +24,35 @@ use crate::stages::{Exchange, Stage, StageGraph};
 /// What happens while a job runs, for progress display and status.
 #[derive(Clone, Debug)]
 pub enum JobEvent {
-    StageSubmitted { stage: StageId, tasks: usize },
-    TaskStarted { stage: StageId, partition: u32, attempt: u32 },
-    TaskSucceeded { stage: StageId, partition: u32, attempt: u32, metrics: TaskMetrics },
-    TaskFailed { stage: StageId, partition: u32, attempt: u32, message: String, will_retry: bool },
-    StageCompleted { stage: StageId },
+    /// The job was cut into these stages (id, tasks), before any runs.
+    Planned {
+        stages: Vec<(StageId, usize)>,
+    },
+    StageSubmitted {
+        stage: StageId,
+        tasks: usize,
+    },
+    TaskStarted {
+        stage: StageId,
+        partition: u32,
+        attempt: u32,
+    },
+    TaskSucceeded {
+        stage: StageId,
+        partition: u32,
+        attempt: u32,
+        metrics: TaskMetrics,
+    },
+    TaskFailed {
+        stage: StageId,
+        partition: u32,
+        attempt: u32,
+        message: String,
+        will_retry: bool,
+    },
+    StageCompleted {
+        stage: StageId,
+    },
 }
 
 /// Where the result stage's tasks put their rows.
@@ -55,6 +79,9 @@ pub struct StageResults {
     pub attempts: usize,
 }
 
+/// How often queued tasks look again for free capacity while none finishes.
+const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 type TaskFuture<'a> = BoxFuture<'a, (StageId, u32, u32, std::result::Result<TaskResult, TaskFailure>)>;
 
 pub async fn run_graph(
@@ -69,7 +96,6 @@ pub async fn run_graph(
     let mut running: FuturesUnordered<TaskFuture<'_>> = FuturesUnordered::new();
     // Tasks wait here until the backend has a free slot, so "running" means running.
     let mut queue: VecDeque<TaskRequest> = VecDeque::new();
-    let capacity = backend.capacity().max(1);
     let mut attempts = 0usize;
 
     let launch = |req: TaskRequest| -> TaskFuture<'_> {
@@ -99,6 +125,8 @@ pub async fn run_graph(
             }
             requests.insert(stage.id, template);
         }
+        // Capacity changes as executor hosts come and go.
+        let capacity = backend.capacity().max(1);
         while running.len() < capacity
             && let Some(req) = queue.pop_front()
         {
@@ -107,7 +135,11 @@ pub async fn run_graph(
             running.push(launch(req));
         }
 
-        let Some((stage_id, partition, attempt, outcome)) = running.next().await else {
+        let next = tokio::select! {
+            next = running.next() => next,
+            () = tokio::time::sleep(CAPACITY_RECHECK), if !queue.is_empty() => continue,
+        };
+        let Some((stage_id, partition, attempt, outcome)) = next else {
             break;
         };
         match outcome {

@@ -3,9 +3,10 @@
 //! shuffle object (the plan root is a `ShuffleWriterExec`) or to result files
 //! staged for the driver to commit.
 //!
-//! Used in-process by the driver (local mode) and, later, by executor hosts
-//! and the Lambda handler. Scheduling, retries and commit belong to the driver.
+//! Used in-process by the driver (local mode), by executor hosts ([`host`]:
+//! pull tasks from a driver over HTTP) and, later, by the Lambda handler. Scheduling, retries and commit belong to the driver.
 
+pub mod host;
 mod output;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ pub struct Executor {
 
 impl Default for Executor {
     fn default() -> Self {
-        Self::new(Arc::new(RuntimeEnv::default()))
+        Self::new(ignis_core::store::runtime_env())
     }
 }
 

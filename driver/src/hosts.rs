@@ -1,0 +1,294 @@
+//! The `hosts` backend: executor host processes register with the driver,
+//! heartbeat, and pull tasks. A host that misses heartbeats for longer than
+//! `lost_after` is declared lost; the tasks it was running fail as transient
+//! and the scheduler runs them again on the hosts that remain.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ignis_core::error::ErrorKind;
+use ignis_core::protocol::{PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskFailure, TaskRequest, TaskResult};
+use serde::Serialize;
+use tokio::sync::{Notify, oneshot};
+
+use crate::backend::TaskBackend;
+
+type Reply = oneshot::Sender<Result<TaskResult, TaskFailure>>;
+
+#[derive(Clone, Debug)]
+pub struct HostsConfig {
+    /// A host silent for this long is lost.
+    pub lost_after: Duration,
+    /// How often hosts are asked to heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        Self { lost_after: Duration::from_secs(30), heartbeat_interval: Duration::from_secs(3) }
+    }
+}
+
+pub struct HostsBackend {
+    state: Mutex<State>,
+    /// Woken when a task is queued or a host's state changes.
+    wake: Notify,
+    config: HostsConfig,
+}
+
+#[derive(Default)]
+struct State {
+    hosts: HashMap<String, Host>,
+    queue: VecDeque<u64>,
+    tasks: HashMap<u64, Pending>,
+    next_task: u64,
+    next_host: u64,
+}
+
+struct Host {
+    name: String,
+    slots: u32,
+    running: Vec<u64>,
+    draining: bool,
+    last_seen: Instant,
+    tasks_done: u64,
+}
+
+struct Pending {
+    request: TaskRequest,
+    reply: Option<Reply>,
+}
+
+/// One host as `GET /v1/executors` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostInfo {
+    pub id: String,
+    pub name: String,
+    pub slots: u32,
+    pub running_tasks: usize,
+    pub tasks_done: u64,
+    pub draining: bool,
+    pub last_seen_ms_ago: u64,
+}
+
+/// Why a host request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostError {
+    UnknownHost,
+    ProtocolMismatch(u32),
+}
+
+impl HostsBackend {
+    pub fn new(config: HostsConfig) -> Arc<Self> {
+        let backend = Arc::new(Self { state: Mutex::default(), wake: Notify::new(), config });
+        let weak = Arc::downgrade(&backend);
+        tokio::spawn(async move {
+            loop {
+                let Some(backend) = weak.upgrade() else { return };
+                let period = (backend.config.lost_after / 4).max(Duration::from_millis(50));
+                backend.reap_lost_hosts();
+                drop(backend);
+                tokio::time::sleep(period).await;
+            }
+        });
+        backend
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.config.heartbeat_interval
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, req: &RegisterHost) -> Result<String, HostError> {
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(HostError::ProtocolMismatch(req.protocol_version));
+        }
+        let mut state = self.lock();
+        state.next_host += 1;
+        let id = format!("exec-{}", state.next_host);
+        let host = Host {
+            name: req.name.clone(),
+            slots: req.slots.max(1),
+            running: vec![],
+            draining: false,
+            last_seen: Instant::now(),
+            tasks_done: 0,
+        };
+        state.hosts.insert(id.clone(), host);
+        drop(state);
+        tracing::info!(executor = %id, name = %req.name, slots = req.slots, "executor host registered");
+        self.wake.notify_waiters();
+        Ok(id)
+    }
+
+    pub fn heartbeat(&self, id: &str, draining: bool) -> Result<(), HostError> {
+        let mut state = self.lock();
+        let host = state.hosts.get_mut(id).ok_or(HostError::UnknownHost)?;
+        host.last_seen = Instant::now();
+        let started_draining = draining && !host.draining;
+        host.draining |= draining;
+        drop(state);
+        if started_draining {
+            tracing::info!(executor = %id, "executor host is draining");
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// A host leaves: whatever it still runs is re-run elsewhere.
+    pub fn leave(&self, id: &str) -> Result<(), HostError> {
+        let host = self.lock().hosts.remove(id).ok_or(HostError::UnknownHost)?;
+        self.fail_tasks(&host, &format!("executor host {} ({id}) left", host.name));
+        tracing::info!(executor = %id, "executor host left");
+        Ok(())
+    }
+
+    /// The next task for host `id`, waiting up to `wait` for one.
+    pub async fn next_task(&self, id: &str, wait: Duration) -> Result<Option<TaskAssignment>, HostError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(assignment) = self.try_assign(id)? {
+                return Ok(Some(assignment));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn try_assign(&self, id: &str) -> Result<Option<TaskAssignment>, HostError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let host = state.hosts.get_mut(id).ok_or(HostError::UnknownHost)?;
+        host.last_seen = Instant::now();
+        if host.draining || host.running.len() >= host.slots as usize {
+            return Ok(None);
+        }
+        while let Some(key) = state.queue.pop_front() {
+            // A task whose job was cancelled is gone from `tasks`.
+            if let Some(pending) = state.tasks.get(&key) {
+                host.running.push(key);
+                return Ok(Some(TaskAssignment { task_key: key, request: pending.request.clone() }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A host reports a task's outcome. Returns whether it was accepted: a
+    /// result from a host that no longer owns the task (it was declared lost
+    /// and the task re-run) is dropped.
+    pub fn complete(&self, id: &str, key: u64, outcome: Result<TaskResult, TaskFailure>) -> Result<bool, HostError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let host = state.hosts.get_mut(id).ok_or(HostError::UnknownHost)?;
+        host.last_seen = Instant::now();
+        let Some(pos) = host.running.iter().position(|k| *k == key) else { return Ok(false) };
+        host.running.swap_remove(pos);
+        host.tasks_done += 1;
+        let reply = state.tasks.remove(&key).and_then(|mut p| p.reply.take());
+        drop(guard);
+        self.wake.notify_waiters();
+        Ok(reply.is_some_and(|r| r.send(outcome).is_ok()))
+    }
+
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        let state = self.lock();
+        let mut hosts: Vec<HostInfo> = state
+            .hosts
+            .iter()
+            .map(|(id, h)| HostInfo {
+                id: id.clone(),
+                name: h.name.clone(),
+                slots: h.slots,
+                running_tasks: h.running.len(),
+                tasks_done: h.tasks_done,
+                draining: h.draining,
+                last_seen_ms_ago: h.last_seen.elapsed().as_millis() as u64,
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        hosts
+    }
+
+    fn reap_lost_hosts(&self) {
+        let lost: Vec<(String, Host)> = {
+            let mut state = self.lock();
+            let ids: Vec<String> = state
+                .hosts
+                .iter()
+                .filter(|(_, h)| h.last_seen.elapsed() > self.config.lost_after)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter().filter_map(|id| state.hosts.remove(&id).map(|h| (id, h))).collect()
+        };
+        for (id, host) in lost {
+            tracing::warn!(executor = %id, name = %host.name, tasks = host.running.len(), "executor host lost");
+            let silent = self.config.lost_after.as_secs_f64();
+            self.fail_tasks(&host, &format!("executor host {} ({id}) was lost (silent for over {silent}s)", host.name));
+        }
+    }
+
+    fn fail_tasks(&self, host: &Host, message: &str) {
+        let replies: Vec<Reply> = {
+            let mut state = self.lock();
+            host.running.iter().filter_map(|k| state.tasks.remove(k).and_then(|mut p| p.reply.take())).collect()
+        };
+        for reply in replies {
+            let _ = reply.send(Err(TaskFailure { kind: ErrorKind::Transient, message: message.to_string() }));
+        }
+        self.wake.notify_waiters();
+    }
+}
+
+/// Forgets a queued or running task when the scheduler stops waiting for it
+/// (job failed or cancelled).
+struct Forget<'a> {
+    backend: &'a HostsBackend,
+    key: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.backend.lock().tasks.remove(&self.key);
+    }
+}
+
+#[async_trait]
+impl TaskBackend for HostsBackend {
+    async fn run(&self, request: TaskRequest) -> Result<TaskResult, TaskFailure> {
+        let (tx, rx) = oneshot::channel();
+        let key = {
+            let mut state = self.lock();
+            state.next_task += 1;
+            let key = state.next_task;
+            state.tasks.insert(key, Pending { request, reply: Some(tx) });
+            state.queue.push_back(key);
+            key
+        };
+        let _forget = Forget { backend: self, key };
+        self.wake.notify_waiters();
+        rx.await.unwrap_or_else(|_| {
+            Err(TaskFailure { kind: ErrorKind::Internal, message: "the task was dropped by the hosts backend".into() })
+        })
+    }
+
+    /// Free slots across live hosts that take work; at least 1 so a job can
+    /// queue a task while waiting for the first host.
+    fn capacity(&self) -> usize {
+        let state = self.lock();
+        let slots: usize = state.hosts.values().filter(|h| !h.draining).map(|h| h.slots as usize).sum();
+        slots.max(1)
+    }
+
+    fn name(&self) -> &str {
+        "hosts"
+    }
+}

@@ -1,0 +1,305 @@
+//! Jobs submitted over HTTP: each runs in the background on the driver, and
+//! its status (stages, task counts by state, attempts, metrics, error) is
+//! kept for `GET /v1/jobs/{id}`. Every job belongs to the tenant that
+//! submitted it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ignis_core::error::{ErrorKind, IgnisError};
+use ignis_core::ids::JobId;
+use ignis_core::job::JobSpec;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::error::{ErrorBody, user_error_code};
+use crate::scheduler::JobEvent;
+use crate::{Driver, JobOutcome, JobResult};
+
+/// Finished jobs kept for status and results; the oldest go first.
+const RETAINED_JOBS: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        self != JobState::Running
+    }
+}
+
+/// What `GET /v1/jobs/{id}` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub name: Option<String>,
+    pub state: JobState,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_at_ms: u64,
+    pub elapsed_ms: u64,
+    pub stages: Vec<StageStatus>,
+    pub metrics: JobMetrics,
+    pub error: Option<ErrorBody>,
+    /// Where a finished `write` job put its files.
+    pub output: Option<WrittenOutput>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StageStatus {
+    pub id: u32,
+    pub tasks: usize,
+    pub pending: usize,
+    pub running: usize,
+    pub succeeded: usize,
+    /// Attempts that failed (retried or not).
+    pub failed_attempts: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobMetrics {
+    pub tasks: usize,
+    pub task_attempts: usize,
+    pub output_rows: u64,
+    pub shuffle_bytes: u64,
+    pub malformed_rows_dropped: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WrittenOutput {
+    pub location: String,
+    pub files: usize,
+    pub rows: u64,
+    /// `mode = ignore` found data at the location and wrote nothing.
+    pub skipped: bool,
+}
+
+pub struct JobEntry {
+    pub id: JobId,
+    pub tenant: String,
+    name: Option<String>,
+    submitted_at_ms: u64,
+    started: Instant,
+    cancel: watch::Sender<bool>,
+    progress: Mutex<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    state: Option<JobState>,
+    elapsed_ms: Option<u64>,
+    stages: BTreeMap<u32, StageStatus>,
+    metrics: JobMetrics,
+    error: Option<ErrorBody>,
+    output: Option<WrittenOutput>,
+    result: Option<Arc<JobResult>>,
+}
+
+impl JobEntry {
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn state(&self) -> JobState {
+        self.progress().state.unwrap_or(JobState::Running)
+    }
+
+    /// The rows or files of a succeeded job.
+    pub fn result(&self) -> Option<Arc<JobResult>> {
+        self.progress().result.clone()
+    }
+
+    /// Ask the job to stop; returns false when it had already finished.
+    pub fn cancel(&self) -> bool {
+        if self.state().is_finished() {
+            return false;
+        }
+        self.cancel.send_replace(true);
+        true
+    }
+
+    pub fn status(&self) -> JobStatus {
+        let p = self.progress();
+        JobStatus {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            state: p.state.unwrap_or(JobState::Running),
+            submitted_at_ms: self.submitted_at_ms,
+            elapsed_ms: p.elapsed_ms.unwrap_or_else(|| self.started.elapsed().as_millis() as u64),
+            stages: p.stages.values().cloned().collect(),
+            metrics: p.metrics.clone(),
+            error: p.error.clone(),
+            output: p.output.clone(),
+        }
+    }
+
+    fn apply(&self, event: JobEvent) {
+        let mut p = self.progress();
+        match event {
+            JobEvent::Planned { stages } => {
+                for (id, tasks) in stages {
+                    p.stages.insert(id.0, StageStatus { id: id.0, tasks, pending: tasks, ..Default::default() });
+                }
+            }
+            JobEvent::StageSubmitted { .. } | JobEvent::StageCompleted { .. } => {}
+            JobEvent::TaskStarted { stage, .. } => {
+                p.metrics.task_attempts += 1;
+                if let Some(s) = p.stages.get_mut(&stage.0) {
+                    s.pending = s.pending.saturating_sub(1);
+                    s.running += 1;
+                }
+            }
+            JobEvent::TaskSucceeded { stage, .. } => {
+                if let Some(s) = p.stages.get_mut(&stage.0) {
+                    s.running = s.running.saturating_sub(1);
+                    s.succeeded += 1;
+                }
+            }
+            JobEvent::TaskFailed { stage, will_retry, .. } => {
+                if let Some(s) = p.stages.get_mut(&stage.0) {
+                    s.running = s.running.saturating_sub(1);
+                    s.failed_attempts += 1;
+                    if will_retry {
+                        s.pending += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self, outcome: ignis_core::error::Result<JobOutcome>) {
+        let mut p = self.progress();
+        p.elapsed_ms = Some(self.started.elapsed().as_millis() as u64);
+        match outcome {
+            Ok(o) => {
+                p.state = Some(JobState::Succeeded);
+                p.metrics = JobMetrics {
+                    tasks: o.tasks,
+                    task_attempts: o.task_attempts,
+                    output_rows: o.output_rows,
+                    shuffle_bytes: o.shuffle_bytes,
+                    malformed_rows_dropped: o.malformed_rows_dropped,
+                };
+                p.output = match &o.result {
+                    JobResult::Rows { .. } => None,
+                    JobResult::Written(c) => Some(WrittenOutput {
+                        location: c.location.clone(),
+                        files: c.files.len(),
+                        rows: c.rows,
+                        skipped: false,
+                    }),
+                    JobResult::Skipped { location } => {
+                        Some(WrittenOutput { location: location.clone(), files: 0, rows: 0, skipped: true })
+                    }
+                };
+                p.result = Some(Arc::new(o.result));
+            }
+            Err(IgnisError::Cancelled) => {
+                p.state = Some(JobState::Cancelled);
+                p.error = Some(ErrorBody { code: "cancelled".into(), message: "the job was cancelled".into() });
+            }
+            Err(e) => {
+                p.state = Some(JobState::Failed);
+                p.error = Some(job_error(&e));
+            }
+        }
+    }
+}
+
+/// A failed job's error as its owner sees it: user errors in full, our own
+/// failures without internals.
+fn job_error(e: &IgnisError) -> ErrorBody {
+    match e.kind() {
+        ErrorKind::User => ErrorBody { code: user_error_code(e).into(), message: e.to_string() },
+        ErrorKind::Transient => ErrorBody { code: "task_failed".into(), message: e.to_string() },
+        ErrorKind::Internal => {
+            tracing::error!(error = %e, "job failed with an internal error");
+            ErrorBody {
+                code: "internal".into(),
+                message: "the job failed with an internal error; see the driver log".into(),
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct JobRegistry {
+    jobs: Mutex<(BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>)>,
+}
+
+impl JobRegistry {
+    fn lock(&self) -> MutexGuard<'_, (BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>)> {
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Start `job` in the background for `tenant`; `done` runs when it ends.
+    pub fn submit(
+        &self,
+        driver: Arc<Driver>,
+        tenant: String,
+        job: JobSpec,
+        done: impl FnOnce(&JobEntry) + Send + 'static,
+    ) -> Arc<JobEntry> {
+        let (cancel, mut cancelled) = watch::channel(false);
+        let submitted_at_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+        let entry = Arc::new(JobEntry {
+            id: JobId::generate(),
+            tenant,
+            name: job.name.clone(),
+            submitted_at_ms,
+            started: Instant::now(),
+            cancel,
+            progress: Mutex::default(),
+        });
+        self.insert(entry.clone());
+        let running = entry.clone();
+        tokio::spawn(async move {
+            let events = |e: JobEvent| running.apply(e);
+            let cancel = async move {
+                // An error means the sender is gone, which never happens while the job runs.
+                let _ = cancelled.wait_for(|c| *c).await;
+            };
+            let outcome = driver.run_job(running.id.clone(), &job, &events, cancel).await;
+            running.finish(outcome);
+            done(&running);
+        });
+        entry
+    }
+
+    fn insert(&self, entry: Arc<JobEntry>) {
+        let mut guard = self.lock();
+        let (jobs, order) = &mut *guard;
+        order.push_back(entry.id.clone());
+        jobs.insert(entry.id.clone(), entry);
+        while order.len() > RETAINED_JOBS {
+            let Some(pos) = order.iter().position(|id| jobs.get(id).is_none_or(|j| j.state().is_finished())) else {
+                break;
+            };
+            if let Some(id) = order.remove(pos) {
+                jobs.remove(&id);
+            }
+        }
+    }
+
+    /// The job `id` if `tenant` owns it: another tenant's job looks absent.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<JobEntry>> {
+        self.lock().0.get(&JobId::from(id)).filter(|j| j.tenant == tenant).cloned()
+    }
+
+    /// `tenant`'s jobs, newest first.
+    pub fn list(&self, tenant: &str) -> Vec<Arc<JobEntry>> {
+        let guard = self.lock();
+        guard.1.iter().rev().filter_map(|id| guard.0.get(id)).filter(|j| j.tenant == tenant).cloned().collect()
+    }
+
+    pub fn running(&self) -> usize {
+        self.lock().0.values().filter(|j| !j.state().is_finished()).count()
+    }
+}

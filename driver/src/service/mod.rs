@@ -1,0 +1,333 @@
+//! The driver as a service (`ignis serve`): the job API over HTTP (axum),
+//! executor host registration and task hand-out, metrics, and the OpenAPI
+//! document. Routes and shapes follow `openapi.yaml` next to this file.
+
+mod auth;
+mod error;
+mod executors;
+mod jobs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::ipc::writer::StreamWriter;
+use ignis_core::job::JobSpec;
+use serde::Serialize;
+
+pub use auth::AuthConfig;
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorEnvelope};
+pub use jobs::{JobMetrics, JobState, JobStatus, StageStatus, WrittenOutput};
+
+use crate::hosts::HostsBackend;
+use crate::{Driver, JobResult};
+use auth::Tenant;
+use jobs::{JobEntry, JobRegistry};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
+
+/// Media type of Arrow IPC stream results.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+pub struct ServiceConfig {
+    pub auth: AuthConfig,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+pub struct AppState {
+    driver: Arc<Driver>,
+    hosts: Option<Arc<HostsBackend>>,
+    jobs: JobRegistry,
+    auth: AuthConfig,
+    metrics: Metrics,
+    openapi: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Metrics {
+    jobs_submitted: AtomicU64,
+    jobs_succeeded: AtomicU64,
+    jobs_failed: AtomicU64,
+    jobs_cancelled: AtomicU64,
+    task_attempts: AtomicU64,
+    shuffle_bytes: AtomicU64,
+}
+
+/// The router of the driver service. `hosts` is the executor-host backend
+/// when the driver runs tasks on hosts (the executor routes answer 404 otherwise).
+pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: ServiceConfig) -> Result<Router, String> {
+    let openapi = serde_yaml::from_str(OPENAPI_YAML).map_err(|e| format!("bad built-in OpenAPI document: {e}"))?;
+    let state = Arc::new(AppState {
+        driver,
+        hosts,
+        jobs: JobRegistry::default(),
+        auth: config.auth,
+        metrics: Metrics::default(),
+        openapi,
+    });
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_doc))
+        .route("/metrics", get(metrics))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/jobs/{id}/result", get(job_result))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/explain", post(explain))
+        .merge(executors::routes())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state))
+}
+
+/// Serve `router` on `listen` until `shutdown` completes.
+pub async fn serve(
+    router: Router,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "driver listening");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi_doc(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.openapi.clone()).into_response()
+}
+
+/// A request body as a job spec; errors name the field.
+fn parse_job(body: Result<Bytes, BytesRejection>) -> ApiResult<JobSpec> {
+    let body = body.map_err(body_error)?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
+    let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
+    job.require_absolute_locations().map_err(ApiError::from_job_error)?;
+    job.resolve_paths(std::path::Path::new("/")).map_err(ApiError::from_job_error)?;
+    Ok(job)
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+    } else {
+        ApiError::bad_request("bad_body", rejection.body_text())
+    }
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    id: String,
+    state: JobState,
+}
+
+async fn submit_job(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let job = parse_job(body)?;
+    // Plan now so a bad query is answered at once, like Spark's analysis errors.
+    state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
+    state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+    let finished = state.clone();
+    let entry = state.jobs.submit(state.driver.clone(), tenant, job, move |job| finished.record_finished(job));
+    tracing::info!(job = %entry.id, tenant = %entry.tenant, "job submitted");
+    let location = format!("/v1/jobs/{}", entry.id);
+    let body = axum::Json(Submitted { id: entry.id.to_string(), state: JobState::Running });
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
+}
+
+impl AppState {
+    fn record_finished(&self, job: &JobEntry) {
+        let status = job.status();
+        let counter = match status.state {
+            JobState::Succeeded => &self.metrics.jobs_succeeded,
+            JobState::Cancelled => &self.metrics.jobs_cancelled,
+            _ => &self.metrics.jobs_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.task_attempts.fetch_add(status.metrics.task_attempts as u64, Ordering::Relaxed);
+        self.metrics.shuffle_bytes.fetch_add(status.metrics.shuffle_bytes, Ordering::Relaxed);
+        tracing::info!(job = %job.id, state = ?status.state, elapsed_ms = status.elapsed_ms, "job finished");
+    }
+
+    fn job(&self, tenant: &str, id: &str) -> ApiResult<Arc<JobEntry>> {
+        self.jobs.get(tenant, id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+    }
+}
+
+#[derive(Serialize)]
+struct JobList {
+    jobs: Vec<JobStatus>,
+}
+
+async fn list_jobs(State(state): State<Arc<AppState>>, Tenant(tenant): Tenant) -> axum::Json<JobList> {
+    axum::Json(JobList { jobs: state.jobs.list(&tenant).iter().map(|j| j.status()).collect() })
+}
+
+async fn job_status(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<JobStatus>> {
+    Ok(axum::Json(state.job(&tenant, &id)?.status()))
+}
+
+async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<JobStatus>> {
+    let job = state.job(&tenant, &id)?;
+    if !job.cancel() {
+        return Err(ApiError::conflict("job_finished", format!("job {id} has already finished")));
+    }
+    Ok(axum::Json(job.status()))
+}
+
+/// Collected rows as JSON, or as an Arrow IPC stream when asked for.
+async fn job_result(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let job = state.job(&tenant, &id)?;
+    let Some(result) = job.result() else {
+        let why = match job.state() {
+            JobState::Running => "is still running",
+            JobState::Cancelled => "was cancelled",
+            _ => "failed; its status says why",
+        };
+        return Err(ApiError::conflict("no_result", format!("job {id} {why}")));
+    };
+    match result.as_ref() {
+        JobResult::Rows { schema, batches } => {
+            let wants_arrow =
+                headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(ARROW_STREAM));
+            if wants_arrow {
+                let mut buf = Vec::new();
+                let mut writer = StreamWriter::try_new(&mut buf, schema).map_err(ApiError::internal)?;
+                for b in batches {
+                    writer.write(b).map_err(ApiError::internal)?;
+                }
+                writer.finish().map_err(ApiError::internal)?;
+                drop(writer);
+                return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], buf).into_response());
+            }
+            Ok(axum::Json(rows_json(schema, batches)?).into_response())
+        }
+        JobResult::Written(_) | JobResult::Skipped { .. } => Ok(axum::Json(job.status().output).into_response()),
+    }
+}
+
+fn rows_json(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+) -> ApiResult<serde_json::Value> {
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    for b in batches {
+        writer.write(b).map_err(ApiError::internal)?;
+    }
+    writer.finish().map_err(ApiError::internal)?;
+    let bytes = writer.into_inner();
+    let rows: serde_json::Value = if bytes.is_empty() {
+        serde_json::json!([])
+    } else {
+        serde_json::from_slice(&bytes).map_err(ApiError::internal)?
+    };
+    let columns: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    Ok(serde_json::json!({"columns": columns, "rows": rows}))
+}
+
+#[derive(Serialize)]
+struct Explained {
+    stages: Vec<ExplainedStage>,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct ExplainedStage {
+    id: u32,
+    tasks: usize,
+    inputs: Vec<u32>,
+}
+
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    Tenant(_tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<axum::Json<Explained>> {
+    let job = parse_job(body)?;
+    let graph = state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
+    let stages = graph
+        .stages
+        .iter()
+        .map(|s| ExplainedStage { id: s.id.0, tasks: s.tasks, inputs: s.inputs.iter().map(|i| i.0).collect() })
+        .collect();
+    Ok(axum::Json(Explained { stages, text: graph.display(&Driver::describe_output(&job)) }))
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = &state.metrics;
+    let hosts = state.hosts.as_ref().map(|h| h.hosts()).unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    line("ignis_jobs_submitted_total", "counter", "Jobs accepted.", &[("", m.jobs_submitted.load(Ordering::Relaxed))]);
+    line(
+        "ignis_jobs_finished_total",
+        "counter",
+        "Jobs finished, by final state.",
+        &[
+            ("{state=\"succeeded\"}", m.jobs_succeeded.load(Ordering::Relaxed)),
+            ("{state=\"failed\"}", m.jobs_failed.load(Ordering::Relaxed)),
+            ("{state=\"cancelled\"}", m.jobs_cancelled.load(Ordering::Relaxed)),
+        ],
+    );
+    line("ignis_jobs_running", "gauge", "Jobs running now.", &[("", state.jobs.running() as u64)]);
+    line(
+        "ignis_task_attempts_total",
+        "counter",
+        "Task attempts of finished jobs, retries included.",
+        &[("", m.task_attempts.load(Ordering::Relaxed))],
+    );
+    line(
+        "ignis_shuffle_bytes_total",
+        "counter",
+        "Shuffle bytes written by finished jobs.",
+        &[("", m.shuffle_bytes.load(Ordering::Relaxed))],
+    );
+    line("ignis_executor_hosts", "gauge", "Registered executor hosts.", &[("", hosts.len() as u64)]);
+    line(
+        "ignis_executor_running_tasks",
+        "gauge",
+        "Tasks running on executor hosts.",
+        &[("", hosts.iter().map(|h| h.running_tasks as u64).sum())],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
