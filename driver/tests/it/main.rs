@@ -1,8 +1,9 @@
 //! Integration tests of the driver: the real `ignis` binary and the library,
-//! in local mode on local files.
+//! in local mode on local files, and in cluster mode against real processes.
 
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test on any error")]
 
+mod cluster;
 mod common;
 mod csv_modes;
 mod errors;
