@@ -230,11 +230,14 @@ fn job_error(e: &IgnisError) -> ErrorBody {
 
 #[derive(Default)]
 pub struct JobRegistry {
-    jobs: Mutex<(BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>)>,
+    jobs: Mutex<Jobs>,
 }
 
+/// Jobs by id, and their ids in submission order.
+type Jobs = (BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>);
+
 impl JobRegistry {
-    fn lock(&self) -> MutexGuard<'_, (BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>)> {
+    fn lock(&self) -> MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
