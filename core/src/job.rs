@@ -318,17 +318,24 @@ impl JobSpec {
     }
 
     /// A job that arrives without a file (over HTTP) has no directory to resolve
-    /// relative paths against: every location must be absolute or a URL.
-    pub fn require_absolute_locations(&self) -> Result<()> {
+    /// relative paths against: every location must be absolute or a URL; and
+    /// unless `allow_local_files`, it must be object storage, not the driver's disk.
+    pub fn check_submitted_locations(&self, allow_local_files: bool) -> Result<()> {
         let check = |location: &str, field: &str| {
-            if has_url_scheme(location) || Path::new(location).is_absolute() {
-                Ok(())
-            } else {
-                Err(IgnisError::Job(format!(
+            let is_url = has_url_scheme(location);
+            if !is_url && !Path::new(location).is_absolute() {
+                return Err(IgnisError::Job(format!(
                     "{field}: {location:?} is a relative path; a submitted job needs an absolute path or a URL \
-                     (file://, s3://)"
-                )))
+                     (s3://)"
+                )));
             }
+            if !allow_local_files && (!is_url || location.starts_with("file:")) {
+                return Err(IgnisError::Job(format!(
+                    "{field}: {location:?} is on the driver's local disk; this driver only reads and writes \
+                     object storage (s3://) unless started with --allow-local-files"
+                )));
+            }
+            Ok(())
         };
         for (name, table) in &self.tables {
             check(&table.location, &format!("tables.{name}.location"))?;

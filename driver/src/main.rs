@@ -126,6 +126,10 @@ struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Let jobs read and write files on the driver's disk (file:// URLs and
+    /// absolute paths); off by default, since tenants share the driver.
+    #[arg(long)]
+    allow_local_files: bool,
 }
 
 #[derive(clap::Args)]
@@ -265,7 +269,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Driver::new(hosts.clone(), config), Some(hosts))
         }
     };
-    let service = ServiceConfig { auth, max_body_bytes: args.max_body_bytes };
+    let service =
+        ServiceConfig { auth, max_body_bytes: args.max_body_bytes, allow_local_files: args.allow_local_files };
     let router =
         ignis_driver::service::router(std::sync::Arc::new(driver), hosts, service).map_err(anyhow::Error::msg)?;
     eprintln!("ignis driver listening on http://{}", args.listen);

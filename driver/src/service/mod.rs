@@ -41,6 +41,8 @@ pub struct ServiceConfig {
     pub auth: AuthConfig,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Let jobs read and write the driver's local files (file:// and paths).
+    pub allow_local_files: bool,
 }
 
 pub struct AppState {
@@ -48,6 +50,7 @@ pub struct AppState {
     hosts: Option<Arc<HostsBackend>>,
     jobs: JobRegistry,
     auth: AuthConfig,
+    allow_local_files: bool,
     metrics: Metrics,
     openapi: serde_json::Value,
 }
@@ -71,6 +74,7 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         hosts,
         jobs: JobRegistry::default(),
         auth: config.auth,
+        allow_local_files: config.allow_local_files,
         metrics: Metrics::default(),
         openapi,
     });
@@ -112,11 +116,11 @@ async fn openapi_doc(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// A request body as a job spec; errors name the field.
-fn parse_job(body: Result<Bytes, BytesRejection>) -> ApiResult<JobSpec> {
+fn parse_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<JobSpec> {
     let body = body.map_err(body_error)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
     let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
-    job.require_absolute_locations().map_err(ApiError::from_job_error)?;
+    job.check_submitted_locations(state.allow_local_files).map_err(ApiError::from_job_error)?;
     job.resolve_paths(std::path::Path::new("/")).map_err(ApiError::from_job_error)?;
     Ok(job)
 }
@@ -140,7 +144,7 @@ async fn submit_job(
     Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let job = parse_job(body)?;
+    let job = parse_job(&state, body)?;
     // Plan now so a bad query is answered at once, like Spark's analysis errors.
     state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
     state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +281,7 @@ async fn explain(
     Tenant(_tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Explained>> {
-    let job = parse_job(body)?;
+    let job = parse_job(&state, body)?;
     let graph = state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
     let stages = graph
         .stages

@@ -409,6 +409,11 @@ async fn check_bad_requests(cluster: &Cluster) {
     let bad = json!({"sql": "SELEC 1"});
     let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(bad)).await;
     assert_eq!(status, 400, "{body}");
+    // The driver's own disk is off limits unless it was started to allow it.
+    let local = json!({"tables": {"t": {"format": "csv", "location": "/etc/"}}, "sql": "SELECT * FROM t"});
+    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(local)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--allow-local-files"), "{body}");
     // A relative path cannot be resolved on the driver.
     let rel = json!({"tables": {"t": {"format": "csv", "location": "data/t.csv"}}, "sql": "SELECT * FROM t"});
     let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(rel)).await;
