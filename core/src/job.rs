@@ -232,6 +232,10 @@ pub struct JobConfig {
     /// Compression of shuffle data: lz4 (default), zstd or none.
     #[serde(default)]
     pub shuffle_compression: Option<ShuffleCompression>,
+    /// Where the tasks run: `local`, `hosts` or `lambda`, among the backends
+    /// the driver was started with (default: the driver's default backend).
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

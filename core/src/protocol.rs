@@ -200,6 +200,15 @@ impl From<TaskOutcome> for Result<TaskResult, TaskFailure> {
     }
 }
 
+/// The payload of one Lambda invocation: a task, inline or, when its JSON
+/// would pass the invoke payload limit, as the URL of an object holding it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LambdaInvocation {
+    Task(TaskRequest),
+    TaskRef { url: String },
+}
+
 mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;

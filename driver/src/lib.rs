@@ -27,6 +27,7 @@ pub mod backend;
 pub mod commit;
 pub mod datagen;
 pub mod hosts;
+pub mod lambda;
 mod plan;
 pub mod scheduler;
 pub mod service;
@@ -69,7 +70,8 @@ impl Default for DriverConfig {
 }
 
 pub struct Driver {
-    backend: Arc<dyn TaskBackend>,
+    /// The backends jobs can choose with `config.backend`; the first is the default.
+    backends: Vec<Arc<dyn TaskBackend>>,
     config: DriverConfig,
 }
 
@@ -109,12 +111,47 @@ impl Driver {
         Self::new(Arc::new(LocalBackend::new(executors)), config)
     }
 
+    /// A driver whose jobs run on `backend` unless they ask for another.
     pub fn new(backend: Arc<dyn TaskBackend>, config: DriverConfig) -> Self {
-        Self { backend, config }
+        Self { backends: vec![backend], config }
     }
 
-    pub fn backend(&self) -> &Arc<dyn TaskBackend> {
-        &self.backend
+    /// Offer another backend to jobs that ask for it by name; a backend of
+    /// the same name replaces the earlier one.
+    pub fn with_backend(mut self, backend: Arc<dyn TaskBackend>) -> Self {
+        match self.backends.iter_mut().find(|b| b.name() == backend.name()) {
+            Some(slot) => *slot = backend,
+            None => self.backends.push(backend),
+        }
+        self
+    }
+
+    /// Make the backend called `name` the default.
+    pub fn with_default_backend(mut self, name: &str) -> Result<Self> {
+        let at = self.backends.iter().position(|b| b.name() == name).ok_or_else(|| self.unknown_backend(name))?;
+        let chosen = self.backends.remove(at);
+        self.backends.insert(0, chosen);
+        Ok(self)
+    }
+
+    /// The backend a job's tasks run on; an error names the backends there are.
+    pub fn backend_for(&self, job: &JobSpec) -> Result<&Arc<dyn TaskBackend>> {
+        match job.config.backend.as_deref() {
+            None => Ok(&self.backends[0]),
+            Some(name) => self.backends.iter().find(|b| b.name() == name).ok_or_else(|| self.unknown_backend(name)),
+        }
+    }
+
+    /// Names of the backends, the default first.
+    pub fn backend_names(&self) -> Vec<&str> {
+        self.backends.iter().map(|b| b.name()).collect()
+    }
+
+    fn unknown_backend(&self, name: &str) -> IgnisError {
+        IgnisError::Job(format!(
+            "config.backend: this driver has no backend '{name}'; it runs tasks on: {}",
+            self.backend_names().join(", ")
+        ))
     }
 
     /// Where a job's result goes, in words, for explain output.
@@ -154,6 +191,7 @@ impl Driver {
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<JobOutcome> {
         let start = Instant::now();
+        let backend = self.backend_for(job)?.clone();
         let planned = plan::plan_job(job).await?;
         let graph = StageGraph::cut(planned.physical)?;
         let env = planned.ctx.runtime_env();
@@ -196,7 +234,7 @@ impl Driver {
         };
 
         let run = tokio::select! {
-            run = scheduler::run_graph(&graph, self.backend.clone(), &settings, events) => run,
+            run = scheduler::run_graph(&graph, backend, &settings, events) => run,
             () = cancel => Err(IgnisError::Cancelled),
         };
         let finished = match run {

@@ -35,7 +35,7 @@ enum Command {
     },
     /// Print a job's stage DAG without running it.
     Explain { job: PathBuf },
-    /// Run the driver as a service: the job API over HTTP, tasks on executor hosts.
+    /// Run the driver as a service: the job API over HTTP, tasks on executor hosts, Lambda or in-process workers.
     Serve(ServeArgs),
     /// Run an executor host: register with a driver and run its tasks until SIGTERM (then drain).
     Executor(ExecutorArgs),
@@ -114,9 +114,32 @@ struct ServeArgs {
     /// The secret executor hosts present.
     #[arg(long, env = "IGNIS_EXECUTOR_SECRET", hide_env_values = true)]
     executor_secret: Option<String>,
-    /// Run tasks on N in-process workers instead of executor hosts.
+    /// Offer the `local` backend: N in-process workers.
     #[arg(long)]
     local_executors: Option<usize>,
+    /// Offer the `lambda` backend: invoke this ignis-lambda function (name or ARN) per task.
+    #[arg(long, env = "IGNIS_LAMBDA_FUNCTION")]
+    lambda_function: Option<String>,
+    /// Version or alias of the Lambda function to invoke.
+    #[arg(long, env = "IGNIS_LAMBDA_QUALIFIER")]
+    lambda_qualifier: Option<String>,
+    /// Lambda API endpoint, for an emulator or a VPC endpoint (default: the region's).
+    #[arg(long, env = "IGNIS_LAMBDA_ENDPOINT_URL")]
+    lambda_endpoint_url: Option<String>,
+    /// Lambda invocations in flight at once, over all jobs.
+    #[arg(long, default_value_t = 32)]
+    lambda_concurrency: usize,
+    /// Seconds after which a task attempt on Lambda fails (the driver enforces it).
+    #[arg(long, default_value_t = 900.0)]
+    lambda_task_timeout: f64,
+    /// Task requests whose JSON is larger than this many bytes go to Lambda by
+    /// object-store reference (at most the 6 MB payload limit).
+    #[arg(long, default_value_t = ignis_driver::lambda::PAYLOAD_LIMIT - (64 << 10))]
+    lambda_inline_limit: usize,
+    /// The backend of jobs that do not choose one in `config.backend`
+    /// (default: local, else hosts, else lambda, whichever is offered).
+    #[arg(long, value_parser = ["local", "hosts", "lambda"])]
+    default_backend: Option<String>,
     /// Seconds without a heartbeat after which a host is lost and its tasks re-run.
     #[arg(long, default_value_t = 30.0)]
     executor_timeout: f64,
@@ -241,6 +264,7 @@ async fn stop_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use ignis_driver::hosts::{HostsBackend, HostsConfig};
+    use ignis_driver::lambda::{LambdaBackend, LambdaConfig};
     use ignis_driver::service::{AuthConfig, ServiceConfig};
 
     let mut keys = std::collections::HashMap::new();
@@ -256,24 +280,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{flag} must be a positive number"))
     };
     let config = driver_config(args.shuffle_root)?;
-    let (driver, hosts) = match args.local_executors {
-        Some(n) => (Driver::local(n, config), None),
-        None => {
-            if args.executor_secret.is_none() {
-                anyhow::bail!("executor hosts need a secret: give --executor-secret or IGNIS_EXECUTOR_SECRET");
-            }
+    let mut backends: Vec<std::sync::Arc<dyn ignis_driver::backend::TaskBackend>> = Vec::new();
+    if let Some(n) = args.local_executors {
+        backends.push(std::sync::Arc::new(ignis_driver::backend::LocalBackend::new(n)));
+    }
+    let hosts = match &args.executor_secret {
+        Some(_) => {
             let hosts = HostsBackend::new(HostsConfig {
                 lost_after: seconds(args.executor_timeout, "executor-timeout")?,
                 heartbeat_interval: seconds(args.heartbeat_interval, "heartbeat-interval")?,
             });
-            (Driver::new(hosts.clone(), config), Some(hosts))
+            backends.push(hosts.clone());
+            Some(hosts)
         }
+        None => None,
     };
+    if let Some(function) = args.lambda_function {
+        let limit = ignis_driver::lambda::PAYLOAD_LIMIT;
+        if args.lambda_inline_limit > limit {
+            anyhow::bail!("--lambda-inline-limit must be at most Lambda's payload limit of {limit} bytes");
+        }
+        if !config.shuffle_root.starts_with("s3://") {
+            tracing::warn!(
+                shuffle_root = %config.shuffle_root,
+                "Lambda functions reach shuffle data only in object storage: give an s3:// --shuffle-root"
+            );
+        }
+        let mut lambda = LambdaConfig::new(function, config.shuffle_root.clone());
+        lambda.qualifier = args.lambda_qualifier;
+        lambda.endpoint_url = args.lambda_endpoint_url;
+        lambda.concurrency = args.lambda_concurrency.max(1);
+        lambda.task_timeout = seconds(args.lambda_task_timeout, "lambda-task-timeout")?;
+        lambda.inline_limit = args.lambda_inline_limit;
+        backends.push(std::sync::Arc::new(LambdaBackend::new(lambda).await));
+    }
+    let mut backends = backends.into_iter();
+    let Some(first) = backends.next() else {
+        anyhow::bail!(
+            "no backend to run tasks on: give --local-executors N, --executor-secret (executor hosts) \
+             or --lambda-function"
+        );
+    };
+    let mut driver = backends.fold(Driver::new(first, config), Driver::with_backend);
+    if let Some(name) = &args.default_backend {
+        driver = driver.with_default_backend(name)?;
+    }
     let service =
         ServiceConfig { auth, max_body_bytes: args.max_body_bytes, allow_local_files: args.allow_local_files };
+    let names = driver.backend_names().join(", ");
     let router =
         ignis_driver::service::router(std::sync::Arc::new(driver), hosts, service).map_err(anyhow::Error::msg)?;
-    eprintln!("ignis driver listening on http://{}", args.listen);
+    eprintln!("ignis driver listening on http://{} (backends: {names})", args.listen);
     ignis_driver::service::serve(router, args.listen, stop_signal())
         .await
         .with_context(|| format!("serving on {}", args.listen))

@@ -2,5 +2,6 @@
 //! engines every `.slt` file runs on, single-node DataFusion (the oracle) and
 //! Ignis distributed in local mode (every exchange through object storage).
 
+pub mod cluster;
 pub mod engines;
 pub mod tpch;

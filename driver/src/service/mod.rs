@@ -121,6 +121,7 @@ fn parse_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
     let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
     job.check_submitted_locations(state.allow_local_files).map_err(ApiError::from_job_error)?;
+    state.driver.backend_for(&job).map_err(ApiError::from_job_error)?;
     job.resolve_paths(std::path::Path::new("/")).map_err(ApiError::from_job_error)?;
     Ok(job)
 }

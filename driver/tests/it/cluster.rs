@@ -4,19 +4,14 @@
 //! mode; a host killed mid-stage must not change the answer; tenants must not
 //! see each other's jobs.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use ignis_core::job::{JobSpec, OutputSpec, TableSpec};
-use ignis_driver::{Driver, DriverConfig, JobResult};
-use object_store::aws::AmazonS3Builder;
+use ignis_core::job::{JobSpec, OutputSpec};
+use ignis_tests::cluster::{
+    Api, Processes, failed_attempts, free_port, local_rows, on_s3, s3_env, s3_store, sorted, start_s3, tpch_job,
+    upload, wait_until,
+};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 use crate::common::repo_root;
@@ -26,60 +21,25 @@ const ALICE: &str = "alice-key-0001";
 const BOB: &str = "bob-key-0002";
 const SECRET: &str = "executor-secret-0003";
 
-/// Child processes, killed when the test ends however it ends.
-struct Processes(Vec<(String, Child)>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn moto_binary() -> String {
-    std::env::var("IGNIS_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_string())
-}
-
 struct Cluster {
     procs: Processes,
     s3_endpoint: String,
-    driver: String,
-    http: reqwest::Client,
-    logs: tempfile::TempDir,
+    api: Api,
 }
 
 impl Cluster {
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("AWS_ENDPOINT_URL", &self.s3_endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("IGNIS_EXECUTOR_SECRET", SECRET)
-            .env("IGNIS_LOG", "info");
-    }
-
     fn spawn(&mut self, name: &str, args: &[&str], extra_env: &[(&str, &str)]) -> u32 {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ignis"));
-        cmd.args(args);
-        self.env(&mut cmd);
+        cmd.args(args).env("IGNIS_EXECUTOR_SECRET", SECRET).env("IGNIS_LOG", "info");
+        s3_env(&mut cmd, &self.s3_endpoint);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(self.logs.path().join(format!("{name}.log"))).unwrap();
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let pid = child.id();
-        self.procs.0.push((name.to_string(), child));
-        pid
+        self.procs.spawn(name, cmd)
     }
 
     fn start_executor(&mut self, name: &str, slots: &str, delay_ms: &str) -> u32 {
-        let driver = self.driver.clone();
+        let driver = self.api.base.clone();
         self.spawn(
             name,
             &["executor", "--driver", &driver, "--slots", slots, "--name", name],
@@ -88,7 +48,7 @@ impl Cluster {
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
+        self.procs.log(name)
     }
 
     async fn request(
@@ -98,52 +58,19 @@ impl Cluster {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.driver));
-        if let Some(key) = key {
-            req = req.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            req = req.header("content-type", "application/json").body(body.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        self.api.request(method, path, key, body).await
     }
 
     async fn submit(&self, job: &JobSpec) -> String {
-        let (status, body) = self
-            .request(reqwest::Method::POST, "/v1/jobs", Some(ALICE), Some(serde_json::to_value(job).unwrap()))
-            .await;
-        assert_eq!(status, 202, "submit answered {body}");
-        body["id"].as_str().unwrap().to_string()
+        self.api.submit(ALICE, job).await
     }
 
     async fn wait(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, body) = self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
-            assert_eq!(status, 200, "{body}");
-            if body["state"] != "running" {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not finish: {body}\n{}", self.log("driver"));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.api.wait(ALICE, id).await
     }
 
-    async fn rows(&self, id: &str) -> Vec<RecordBatch> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}/result", self.driver))
-            .bearer_auth(ALICE)
-            .header("accept", ignis_driver::service::ARROW_STREAM)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let bytes = resp.bytes().await.unwrap();
-        StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap().collect::<Result<_, _>>().unwrap()
+    async fn rows(&self, id: &str) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
+        self.api.rows(ALICE, id).await
     }
 
     async fn executors(&self) -> Vec<Value> {
@@ -153,35 +80,10 @@ impl Cluster {
 }
 
 async fn start_cluster() -> Cluster {
-    let logs = tempfile::tempdir().unwrap();
-    let s3_port = free_port();
+    let mut procs = Processes::new();
+    let s3_endpoint = start_s3(&mut procs, BUCKET).await;
     let driver_port = free_port();
-    let mut cluster = Cluster {
-        procs: Processes(vec![]),
-        s3_endpoint: format!("http://127.0.0.1:{s3_port}"),
-        driver: format!("http://127.0.0.1:{driver_port}"),
-        http: reqwest::Client::new(),
-        logs,
-    };
-    let moto = Command::new(moto_binary())
-        .args(["-H", "127.0.0.1", "-p", &s3_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start the S3 server {} ({e}); scripts/test installs it (moto[server])", moto_binary())
-        });
-    cluster.procs.0.push(("moto".into(), moto));
-    wait_until("the S3 server", || async {
-        cluster
-            .http
-            .put(format!("{}/{BUCKET}", cluster.s3_endpoint))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-
+    let mut cluster = Cluster { procs, s3_endpoint, api: Api::new(format!("http://127.0.0.1:{driver_port}")) };
     let listen = format!("127.0.0.1:{driver_port}");
     let shuffle = format!("s3://{BUCKET}/_shuffle");
     let keys = format!("alice:{ALICE},bob:{BOB}");
@@ -199,90 +101,14 @@ async fn start_cluster() -> Cluster {
         "65536",
     ];
     cluster.spawn("driver", &args, &[("IGNIS_API_KEYS", &keys)]);
-    wait_until("the driver", || async {
-        cluster.http.get(format!("{}/healthz", cluster.driver)).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    cluster.api.wait_healthy().await;
     cluster
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The test's own client of the bucket, for uploading inputs and listing outputs.
-fn s3(endpoint: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .with_bucket_name(BUCKET)
-            .build()
-            .unwrap(),
-    )
-}
-
-/// Copy every file under `dir` to `s3://BUCKET/{prefix}/…`.
-async fn upload(store: &dyn ObjectStore, dir: &Path, prefix: &str) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type().unwrap().is_dir() {
-            Box::pin(upload(store, &entry.path(), &format!("{prefix}/{name}"))).await;
-        } else {
-            let bytes = std::fs::read(entry.path()).unwrap();
-            store.put(&ObjectPath::from(format!("{prefix}/{name}")), PutPayload::from(bytes)).await.unwrap();
-        }
-    }
-}
-
-/// The same job with every table read from S3 instead of local files.
-fn on_s3(job: &JobSpec, locations: &[(&str, String)]) -> JobSpec {
-    let mut job = job.clone();
-    for (name, location) in locations {
-        job.tables.get_mut(*name).unwrap().location = location.clone();
-    }
-    job
-}
-
-async fn local_rows(job: &JobSpec) -> Vec<RecordBatch> {
-    let outcome = Driver::local(2, DriverConfig::default()).run(job, &|_| {}).await.unwrap();
-    match outcome.result {
-        JobResult::Rows { batches, .. } => batches,
-        other => panic!("expected rows, got {other:?}"),
-    }
-}
-
-/// Rows as sorted text lines, so row order across partitions does not matter.
-fn sorted(batches: &[RecordBatch]) -> Vec<String> {
-    let text = pretty_format_batches(batches).unwrap().to_string();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
-fn tpch_job(tables: &std::collections::BTreeMap<String, TableSpec>, query: &str) -> JobSpec {
-    let sql = std::fs::read_to_string(repo_root().join(format!("tests/tpch/queries/{query}.sql"))).unwrap();
-    JobSpec {
-        name: Some(query.into()),
-        tables: tables.clone(),
-        sql: Some(sql),
-        config: ignis_core::job::JobConfig { shuffle_partitions: Some(3), ..Default::default() },
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let mut cluster = start_cluster().await;
-    let store = s3(&cluster.s3_endpoint);
+    let store = s3_store(&cluster.s3_endpoint, BUCKET);
 
     // Data: the orders example and TPC-H at a small scale, uploaded to S3.
     let orders_dir = repo_root().join("examples/orders");
@@ -342,7 +168,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     Command::new("kill").args(["-9", &slow.to_string()]).status().unwrap();
     let status = cluster.wait(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
-    let failed: u64 = status["stages"].as_array().unwrap().iter().map(|s| s["failed_attempts"].as_u64().unwrap()).sum();
+    let failed = failed_attempts(&status);
     assert!(failed >= 1, "the lost host's tasks were not re-run: {status}");
     assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await));
     assert!(cluster.log("driver").contains("executor host lost"), "{}", cluster.log("driver"));
@@ -355,7 +181,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let job_file = tempfile::NamedTempFile::with_suffix(".json").unwrap();
     std::fs::write(job_file.path(), serde_json::to_string(&show_s3).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ignis"))
-        .args(["submit", job_file.path().to_str().unwrap(), "--driver", &cluster.driver])
+        .args(["submit", job_file.path().to_str().unwrap(), "--driver", &cluster.api.base])
         .env("IGNIS_API_KEY", ALICE)
         .output()
         .unwrap();
@@ -364,7 +190,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     assert!(stdout.contains("| router     | 527    | 3003  |"), "{stdout}");
 
     // Draining: SIGTERM makes a host finish, leave the driver, and exit cleanly.
-    let (_, host_b) = cluster.procs.0.iter_mut().find(|(n, _)| n == "host-b").unwrap();
+    let host_b = cluster.procs.child("host-b");
     Command::new("kill").args(["-TERM", &host_b.id().to_string()]).status().unwrap();
     let exit = host_b.wait().unwrap();
     assert!(exit.success(), "drained host exited with {exit}");
