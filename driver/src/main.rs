@@ -169,6 +169,10 @@ struct ExecutorArgs {
     /// A name for status output (default: host name and process id).
     #[arg(long)]
     name: Option<String>,
+    /// Serve `GET /healthz` here for readiness probes: 200 while registered
+    /// with the driver and taking tasks, 503 while joining or draining.
+    #[arg(long, env = "IGNIS_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
     /// Fault injection for tests: wait this long before running each task.
     #[arg(long, env = "IGNIS_TEST_TASK_DELAY_MS", default_value_t = 0, hide = true)]
     task_delay_ms: u64,
@@ -337,7 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    use ignis_executor::host::{HostConfig, run_host};
+    use ignis_executor::host::{HostConfig, HostState, run_host};
 
     let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2));
     let name = args.name.unwrap_or_else(|| {
@@ -359,7 +363,29 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         drain.send_replace(true);
     });
     eprintln!("ignis executor host {} ({} slots) joining {}", config.name, config.slots, config.driver);
-    run_host(config, drained).await?;
+    let (state, states) = tokio::sync::watch::channel(HostState::Joining);
+    if let Some(addr) = args.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        let probe = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(move || {
+                let now = *states.borrow();
+                async move {
+                    match now {
+                        HostState::Ready => (axum::http::StatusCode::OK, "ok"),
+                        HostState::Joining => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "joining the driver"),
+                        HostState::Draining => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, probe).await {
+                tracing::warn!(error = %e, "health endpoint stopped");
+            }
+        });
+    }
+    run_host(config, drained, state).await?;
     Ok(())
 }
 

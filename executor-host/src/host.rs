@@ -32,17 +32,36 @@ pub struct HostConfig {
     pub task_delay: Duration,
 }
 
+/// Where a host is in its life, for a readiness probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostState {
+    /// Not (or no longer) registered with the driver.
+    Joining,
+    /// Registered, taking tasks.
+    Ready,
+    /// Finishing its running tasks, taking no new ones.
+    Draining,
+}
+
 /// Run a host until `drain` fires: then finish the running tasks, take no new
-/// ones, leave the driver, and return.
-pub async fn run_host(config: HostConfig, mut drain: watch::Receiver<bool>) -> Result<()> {
+/// ones, leave the driver, and return. `state` follows the host's life.
+pub async fn run_host(
+    config: HostConfig,
+    mut drain: watch::Receiver<bool>,
+    state: watch::Sender<HostState>,
+) -> Result<()> {
     let client = DriverClient::new(&config)?;
     let executor = Executor::default();
     let draining = Arc::new(AtomicBool::new(false));
     loop {
+        state.send_replace(HostState::Joining);
         let registered = client.register(&config, &mut drain).await?;
         let Some(registered) = registered else { return Ok(()) };
         let id = registered.executor_id.clone();
         tracing::info!(executor = %id, driver = %config.driver, slots = config.slots, "registered with the driver");
+        if !draining.load(Ordering::SeqCst) {
+            state.send_replace(HostState::Ready);
+        }
         let lost = Arc::new(AtomicBool::new(false));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..config.slots.max(1) {
@@ -67,6 +86,7 @@ pub async fn run_host(config: HostConfig, mut drain: watch::Receiver<bool>) -> R
                         Ok(false) => {
                             tracing::warn!(executor = %id, "the driver no longer knows this host; registering again");
                             lost.store(true, Ordering::SeqCst);
+                            state.send_replace(HostState::Joining);
                         }
                         Err(e) => tracing::warn!(executor = %id, error = %e, "heartbeat failed"),
                     }
@@ -75,6 +95,7 @@ pub async fn run_host(config: HostConfig, mut drain: watch::Receiver<bool>) -> R
                     if changed.is_err() || *drain.borrow() {
                         tracing::info!(executor = %id, "draining: finishing running tasks, taking no new ones");
                         draining.store(true, Ordering::SeqCst);
+                        state.send_replace(HostState::Draining);
                         let _ = client.heartbeat(&id, &Heartbeat { draining: true }).await;
                     }
                 }

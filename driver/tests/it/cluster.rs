@@ -119,9 +119,18 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let tpch_s3: Vec<(&str, String)> =
         ignis_tests::tpch::TABLES.iter().map(|t| (*t, format!("s3://{BUCKET}/tpch/{t}/"))).collect();
 
-    cluster.start_executor("host-a", "2", "0");
+    let health = format!("127.0.0.1:{}", free_port());
+    let driver = cluster.api.base.clone();
+    let host_a = ["executor", "--driver", &driver, "--slots", "2", "--name", "host-a", "--health-listen", &health];
+    cluster.spawn("host-a", &host_a, &[]);
     cluster.start_executor("host-b", "2", "0");
     wait_until("two executor hosts", || async { cluster.executors().await.len() == 2 }).await;
+    // host-a's readiness probe says ready once it has joined.
+    wait_until("host-a's readiness", || async {
+        let probe = cluster.api.http.get(format!("http://{health}/healthz")).send().await;
+        probe.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     // The orders example, collect variant: same rows as local mode.
     let show = JobSpec::from_file(&orders_dir.join("show.toml")).unwrap();
