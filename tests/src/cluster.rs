@@ -143,6 +143,27 @@ pub async fn upload(store: &dyn ObjectStore, dir: &Path, prefix: &str) {
     }
 }
 
+/// The test data on S3: the orders example under `orders/`, TPC-H at SF 0.01
+/// (two files per table) under `tpch/`.
+pub struct TestData {
+    pub orders_dir: PathBuf,
+    /// The TPC-H tables as local files, for the local-mode answers.
+    pub tpch_local: BTreeMap<String, TableSpec>,
+    /// The TPC-H tables' S3 locations, for [`on_s3`].
+    pub tpch_s3: Vec<(&'static str, String)>,
+    _tpch_dir: tempfile::TempDir,
+}
+
+pub async fn upload_test_data(store: &dyn ObjectStore, bucket: &str) -> TestData {
+    let orders_dir = repo_root().join("examples/orders");
+    upload(store, &orders_dir.join("data"), "orders").await;
+    let tpch_dir = tempfile::tempdir().unwrap();
+    let tpch_local = crate::tpch::generate(tpch_dir.path(), 0.01, 2).unwrap();
+    upload(store, tpch_dir.path(), "tpch").await;
+    let tpch_s3 = crate::tpch::TABLES.iter().map(|t| (*t, format!("s3://{bucket}/tpch/{t}/"))).collect();
+    TestData { orders_dir, tpch_local, tpch_s3, _tpch_dir: tpch_dir }
+}
+
 /// The same job with the named tables read from other locations.
 pub fn on_s3(job: &JobSpec, locations: &[(&str, String)]) -> JobSpec {
     let mut job = job.clone();

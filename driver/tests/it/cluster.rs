@@ -8,13 +8,11 @@ use std::process::Command;
 
 use ignis_core::job::{JobSpec, OutputSpec};
 use ignis_tests::cluster::{
-    Api, Processes, failed_attempts, free_port, local_rows, on_s3, s3_env, s3_store, sorted, start_s3, tpch_job,
-    upload, wait_until,
+    Api, Processes, TestData, failed_attempts, free_port, local_rows, on_s3, s3_env, s3_store, sorted, start_s3,
+    tpch_job, upload_test_data, wait_until,
 };
 use object_store::path::Path as ObjectPath;
 use serde_json::{Value, json};
-
-use crate::common::repo_root;
 
 const BUCKET: &str = "ignis-e2e";
 const ALICE: &str = "alice-key-0001";
@@ -111,13 +109,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let store = s3_store(&cluster.s3_endpoint, BUCKET);
 
     // Data: the orders example and TPC-H at a small scale, uploaded to S3.
-    let orders_dir = repo_root().join("examples/orders");
-    upload(store.as_ref(), &orders_dir.join("data"), "orders").await;
-    let tpch_dir = tempfile::tempdir().unwrap();
-    let tpch_local = ignis_tests::tpch::generate(tpch_dir.path(), 0.01, 2).unwrap();
-    upload(store.as_ref(), tpch_dir.path(), "tpch").await;
-    let tpch_s3: Vec<(&str, String)> =
-        ignis_tests::tpch::TABLES.iter().map(|t| (*t, format!("s3://{BUCKET}/tpch/{t}/"))).collect();
+    let TestData { orders_dir, tpch_local, tpch_s3, .. } = &upload_test_data(store.as_ref(), BUCKET).await;
 
     let health = format!("127.0.0.1:{}", free_port());
     let driver = cluster.api.base.clone();
@@ -158,8 +150,8 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
 
     // Two TPC-H queries: same answers as local mode on local files.
     for query in ["q1", "q3"] {
-        let local = tpch_job(&tpch_local, query);
-        let id = cluster.submit(&on_s3(&local, &tpch_s3)).await;
+        let local = tpch_job(tpch_local, query);
+        let id = cluster.submit(&on_s3(&local, tpch_s3)).await;
         let status = cluster.wait(&id).await;
         assert_eq!(status["state"], "succeeded", "{query}: {status}");
         assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await), "{query}");
@@ -168,8 +160,8 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     // A slow host is killed while it runs tasks; the job completes with the same rows.
     let slow = cluster.start_executor("host-slow", "2", "3000");
     wait_until("the slow host", || async { cluster.executors().await.len() == 3 }).await;
-    let local = tpch_job(&tpch_local, "q3");
-    let id = cluster.submit(&on_s3(&local, &tpch_s3)).await;
+    let local = tpch_job(tpch_local, "q3");
+    let id = cluster.submit(&on_s3(&local, tpch_s3)).await;
     wait_until("the slow host to run a task", || async {
         cluster.executors().await.iter().any(|e| e["name"] == "host-slow" && e["running_tasks"].as_u64() > Some(0))
     })

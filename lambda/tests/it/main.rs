@@ -14,8 +14,8 @@ use std::process::Command;
 
 use ignis_core::job::{JobSpec, OutputSpec};
 use ignis_tests::cluster::{
-    Api, Processes, failed_attempts, free_port, local_rows, on_s3, repo_root, s3_env, s3_store, sorted, start_s3,
-    tpch_job, upload, wait_until,
+    Api, Processes, TestData, failed_attempts, free_port, local_rows, on_s3, s3_env, s3_store, sorted, start_s3,
+    tpch_job, upload_test_data, wait_until,
 };
 use object_store::path::Path as ObjectPath;
 
@@ -116,13 +116,7 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
     let lambda = setup.start_lambda("fn", INSTANCES, &[("IGNIS_TEST_FAIL_TASK", "1/0")]).await;
 
     // Data: the orders example and TPC-H at a small scale, on S3.
-    let orders_dir = repo_root().join("examples/orders");
-    upload(store.as_ref(), &orders_dir.join("data"), "orders").await;
-    let tpch_dir = tempfile::tempdir().unwrap();
-    let tpch_local = ignis_tests::tpch::generate(tpch_dir.path(), 0.01, 2).unwrap();
-    upload(store.as_ref(), tpch_dir.path(), "tpch").await;
-    let tpch_s3: Vec<(&str, String)> =
-        ignis_tests::tpch::TABLES.iter().map(|t| (*t, format!("s3://{BUCKET}/tpch/{t}/"))).collect();
+    let TestData { orders_dir, tpch_local, tpch_s3, .. } = &upload_test_data(store.as_ref(), BUCKET).await;
     let orders_s3 = [("orders", format!("s3://{BUCKET}/orders/"))];
 
     // A driver offering local workers (its default) and the function.
@@ -161,8 +155,8 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
 
     // Two TPC-H queries, several stages each: local mode's answers.
     for query in ["q3", "q5"] {
-        let local = tpch_job(&tpch_local, query);
-        let id = driver.submit(KEY, &on_lambda(on_s3(&local, &tpch_s3))).await;
+        let local = tpch_job(tpch_local, query);
+        let id = driver.submit(KEY, &on_lambda(on_s3(&local, tpch_s3))).await;
         let status = driver.wait(KEY, &id).await;
         assert_eq!(status["state"], "succeeded", "{query}: {status}");
         assert_eq!(sorted(&driver.rows(KEY, &id).await), sorted(&local_rows(&local).await), "{query}");
@@ -189,8 +183,8 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
     let by_ref = setup
         .start_driver("driver-refs", &lambda, &["--lambda-function", FUNCTION, "--lambda-inline-limit", "1024"])
         .await;
-    let local = tpch_job(&tpch_local, "q3");
-    let id = by_ref.submit(KEY, &on_s3(&local, &tpch_s3)).await;
+    let local = tpch_job(tpch_local, "q3");
+    let id = by_ref.submit(KEY, &on_s3(&local, tpch_s3)).await;
     let status = by_ref.wait(KEY, &id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(sorted(&by_ref.rows(KEY, &id).await), sorted(&local_rows(&local).await));
