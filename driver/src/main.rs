@@ -327,7 +327,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut driver = backends.fold(Driver::new(first, config), Driver::with_backend);
     if let Some(name) = &args.default_backend {
-        driver = driver.with_default_backend(name)?;
+        let offered = driver.backend_names().join(", ");
+        driver = driver.with_default_backend(name).map_err(|_| {
+            anyhow::anyhow!("--default-backend {name}: that backend is not offered; this driver offers: {offered}")
+        })?;
     }
     let service =
         ServiceConfig { auth, max_body_bytes: args.max_body_bytes, allow_local_files: args.allow_local_files };
