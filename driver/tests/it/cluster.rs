@@ -49,16 +49,6 @@ impl Cluster {
         self.procs.log(name)
     }
 
-    async fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.api.request(method, path, key, body).await
-    }
-
     async fn submit(&self, job: &JobSpec) -> String {
         self.api.submit(ALICE, job).await
     }
@@ -72,7 +62,7 @@ impl Cluster {
     }
 
     async fn executors(&self) -> Vec<Value> {
-        let (_, body) = self.request(reqwest::Method::GET, "/v1/executors", Some(ALICE), None).await;
+        let (_, body) = self.api.request(reqwest::Method::GET, "/v1/executors", Some(ALICE), None).await;
         body["executors"].as_array().cloned().unwrap_or_default()
     }
 }
@@ -203,24 +193,24 @@ async fn check_auth_and_isolation(cluster: &Cluster, alice_job: &str) {
     use reqwest::Method;
     let job_path = format!("/v1/jobs/{alice_job}");
     // No key, a wrong key, the executor secret on the job API.
-    assert_eq!(cluster.request(Method::GET, &job_path, None, None).await.0, 401);
-    assert_eq!(cluster.request(Method::GET, &job_path, Some("not-a-key-at-all"), None).await.0, 401);
-    assert_eq!(cluster.request(Method::GET, &job_path, Some(SECRET), None).await.0, 403);
+    assert_eq!(cluster.api.request(Method::GET, &job_path, None, None).await.0, 401);
+    assert_eq!(cluster.api.request(Method::GET, &job_path, Some("not-a-key-at-all"), None).await.0, 401);
+    assert_eq!(cluster.api.request(Method::GET, &job_path, Some(SECRET), None).await.0, 403);
     // Bob cannot see, read, or cancel Alice's job, and his list is empty.
-    let (status, body) = cluster.request(Method::GET, &job_path, Some(BOB), None).await;
+    let (status, body) = cluster.api.request(Method::GET, &job_path, Some(BOB), None).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");
-    assert_eq!(cluster.request(Method::GET, &format!("{job_path}/result"), Some(BOB), None).await.0, 404);
-    assert_eq!(cluster.request(Method::POST, &format!("{job_path}/cancel"), Some(BOB), None).await.0, 404);
-    let (_, list) = cluster.request(Method::GET, "/v1/jobs", Some(BOB), None).await;
+    assert_eq!(cluster.api.request(Method::GET, &format!("{job_path}/result"), Some(BOB), None).await.0, 404);
+    assert_eq!(cluster.api.request(Method::POST, &format!("{job_path}/cancel"), Some(BOB), None).await.0, 404);
+    let (_, list) = cluster.api.request(Method::GET, "/v1/jobs", Some(BOB), None).await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 0, "{list}");
-    let (_, list) = cluster.request(Method::GET, "/v1/jobs", Some(ALICE), None).await;
+    let (_, list) = cluster.api.request(Method::GET, "/v1/jobs", Some(ALICE), None).await;
     assert!(list["jobs"].as_array().unwrap().iter().any(|j| j["id"] == alice_job));
     // A tenant key cannot register as an executor; an old protocol is refused.
     let register = json!({"protocol_version": ignis_core::protocol::PROTOCOL_VERSION, "name": "x", "slots": 1});
-    assert_eq!(cluster.request(Method::POST, "/v1/executors", Some(ALICE), Some(register)).await.0, 403);
+    assert_eq!(cluster.api.request(Method::POST, "/v1/executors", Some(ALICE), Some(register)).await.0, 403);
     let old = json!({"protocol_version": 0, "name": "old", "slots": 1});
-    let (status, body) = cluster.request(Method::POST, "/v1/executors", Some(SECRET), Some(old)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/executors", Some(SECRET), Some(old)).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("version 0"), "{body}");
 }
@@ -229,34 +219,34 @@ async fn check_bad_requests(cluster: &Cluster) {
     use reqwest::Method;
     // A misspelt field is named.
     let bad = json!({"sql": "SELECT 1", "outptu": "collect"});
-    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(bad)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(bad)).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("outptu"), "{body}");
     // Bad SQL is refused at submit, with its position.
     let bad = json!({"sql": "SELEC 1"});
-    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(bad)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(bad)).await;
     assert_eq!(status, 400, "{body}");
     // The driver's own disk is off limits unless it was started to allow it.
     let local = json!({"tables": {"t": {"format": "csv", "location": "/etc/"}}, "sql": "SELECT * FROM t"});
-    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(local)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(local)).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("--allow-local-files"), "{body}");
     // A relative path cannot be resolved on the driver.
     let rel = json!({"tables": {"t": {"format": "csv", "location": "data/t.csv"}}, "sql": "SELECT * FROM t"});
-    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(rel)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(rel)).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("tables.t.location"), "{body}");
     // Too large a body: 413, as JSON.
     let huge = json!({"sql": format!("SELECT '{}'", "x".repeat(100_000))});
-    let (status, body) = cluster.request(Method::POST, "/v1/jobs", Some(ALICE), Some(huge)).await;
+    let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(huge)).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
     // Unknown job, unknown route.
-    assert_eq!(cluster.request(Method::GET, "/v1/jobs/job-nope", Some(ALICE), None).await.0, 404);
-    let (status, body) = cluster.request(Method::GET, "/v1/nothing", Some(ALICE), None).await;
+    assert_eq!(cluster.api.request(Method::GET, "/v1/jobs/job-nope", Some(ALICE), None).await.0, 404);
+    let (status, body) = cluster.api.request(Method::GET, "/v1/nothing", Some(ALICE), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
     // Metrics are Prometheus text.
-    let (status, body) = cluster.request(Method::GET, "/metrics", None, None).await;
+    let (status, body) = cluster.api.request(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, 200);
     assert!(body.as_str().unwrap().contains("ignis_jobs_finished_total{state=\"succeeded\"}"), "{body}");
 }
