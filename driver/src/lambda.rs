@@ -84,23 +84,19 @@ impl LambdaBackend {
     /// A backend with credentials and region from the standard AWS
     /// environment (variables, profile, container or instance role).
     pub async fn new(config: LambdaConfig) -> Self {
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(http_client())
             .retry_config(aws_config::retry::RetryConfig::disabled());
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        Self {
-            client: aws_sdk_lambda::Client::new(&sdk),
-            slots: Semaphore::new(config.concurrency.max(1)),
-            config,
-            env: store::runtime_env(),
-        }
+        Self::with_client(config, aws_sdk_lambda::Client::new(&sdk))
+    }
+
+    /// A backend invoking through `client` (its retries should be off).
+    pub fn with_client(config: LambdaConfig, client: aws_sdk_lambda::Client) -> Self {
+        Self { client, slots: Semaphore::new(config.concurrency.max(1)), config, env: store::runtime_env() }
     }
 
     /// The invoke payload: the request itself, or a reference to a stored copy.
@@ -226,6 +222,14 @@ impl LambdaBackend {
     }
 }
 
+/// hyper 1 with rustls on ring: the HTTP stack the rest of Ignis already builds.
+fn http_client() -> aws_sdk_lambda::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
 enum Invoke {
     FunctionError(String),
     Retry(TaskFailure),
@@ -316,7 +320,93 @@ fn backoff(tries: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
+    use axum::http::{HeaderMap, StatusCode};
+    use ignis_core::ids::{JobId, StageId};
+    use ignis_core::job::ShuffleCompression;
+    use ignis_core::protocol::{PROTOCOL_VERSION, TaskOutput};
+
     use super::*;
+
+    /// A stand-in for the Lambda API on loopback, answering invokes the way
+    /// real Lambda does (the emulator test covers the emulator's ways):
+    /// `throttles` times 429, then each answer in `then`, the last repeated.
+    async fn lambda_api(throttles: usize, then: Vec<(HeaderMap, String)>) -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/2015-03-31/functions/{name}/invocations",
+            axum::routing::post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let then = then.clone();
+                async move {
+                    if n < throttles {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("x-amzn-errortype", "TooManyRequestsException".parse().unwrap());
+                        let body = r#"{"Type":"User","message":"Rate Exceeded.","Reason":"ReservedFunctionConcurrentInvocationLimitExceeded"}"#;
+                        return (StatusCode::TOO_MANY_REQUESTS, headers, body.to_string());
+                    }
+                    let (headers, body) = then[(n - throttles).min(then.len() - 1)].clone();
+                    (StatusCode::OK, headers, body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, calls)
+    }
+
+    fn backend(url: &str) -> LambdaBackend {
+        let sdk = aws_sdk_lambda::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(url)
+            .http_client(http_client())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        LambdaBackend::with_client(
+            LambdaConfig::new("ignis-lambda", "file:///tmp/unused"),
+            aws_sdk_lambda::Client::from_conf(sdk),
+        )
+    }
+
+    fn request() -> TaskRequest {
+        TaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            job_id: JobId::from("job-1"),
+            stage_id: StageId(1),
+            partition: 0,
+            attempt: 0,
+            plan: vec![1, 2, 3],
+            inputs: vec![],
+            output: TaskOutput::Shuffle { root: "file:///tmp/unused".into(), compression: ShuffleCompression::Lz4 },
+            batch_size: 8192,
+        }
+    }
+
+    #[tokio::test]
+    async fn throttles_are_retried_and_a_function_error_fails_the_attempt() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amz-function-error", "Unhandled".parse().unwrap());
+        let body = r#"{"errorType":"Runtime.ExitError","errorMessage":"signal: killed"}"#.to_string();
+        let (url, calls) = lambda_api(2, vec![(headers, body)]).await;
+        let failure = backend(&url).run(request()).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "two throttles, then the invoke that ran");
+        assert_eq!(failure.kind, ErrorKind::Transient);
+        assert_eq!(failure.message, "function error: Runtime.ExitError: signal: killed");
+    }
+
+    #[tokio::test]
+    async fn an_outcome_that_is_not_ignis_says_so() {
+        let (url, _) = lambda_api(0, vec![(HeaderMap::new(), r#"{"statusCode":200}"#.into())]).await;
+        let failure = backend(&url).run(request()).await.unwrap_err();
+        assert_eq!(failure.kind, ErrorKind::Internal);
+        assert!(failure.message.contains("is it ignis-lambda?"), "{}", failure.message);
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {
