@@ -54,7 +54,9 @@ pub async fn run_host(
     let executor = Executor::default();
     let draining = Arc::new(AtomicBool::new(false));
     loop {
-        state.send_replace(HostState::Joining);
+        if !draining.load(Ordering::SeqCst) {
+            state.send_replace(HostState::Joining);
+        }
         let registered = client.register(&config, &mut drain).await?;
         let Some(registered) = registered else { return Ok(()) };
         let id = registered.executor_id.clone();
@@ -86,7 +88,9 @@ pub async fn run_host(
                         Ok(false) => {
                             tracing::warn!(executor = %id, "the driver no longer knows this host; registering again");
                             lost.store(true, Ordering::SeqCst);
-                            state.send_replace(HostState::Joining);
+                            if !draining.load(Ordering::SeqCst) {
+                                state.send_replace(HostState::Joining);
+                            }
                         }
                         Err(e) => tracing::warn!(executor = %id, error = %e, "heartbeat failed"),
                     }
