@@ -31,7 +31,6 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 use futures::stream;
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IgnisError, Result};
@@ -196,8 +195,7 @@ impl ExecutionPlan for CsvScanExec {
             batch_size: context.session_config().batch_size(),
         };
         let batches = stream::once(async move {
-            let (store, path) = store::resolve(&context.runtime_env(), &reader.file)?;
-            let bytes = store.get(&path).await?.bytes().await?;
+            let bytes = store::read(&context.runtime_env(), &reader.file).await?;
             let (batches, n) = reader.parse(&bytes)?;
             dropped.add(n);
             Ok::<_, IgnisError>(stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))

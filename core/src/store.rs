@@ -90,6 +90,19 @@ pub fn resolve(env: &RuntimeEnv, url: &str) -> Result<(Arc<dyn ObjectStore>, Pat
     Ok((store, listing.prefix().clone()))
 }
 
+/// The whole object at `url`.
+pub async fn read(env: &RuntimeEnv, url: &str) -> Result<bytes::Bytes> {
+    let (store, path) = resolve(env, url)?;
+    Ok(store.get(&path).await?.bytes().await?)
+}
+
+/// Write the object at `url`, replacing any that is there.
+pub async fn write(env: &RuntimeEnv, url: &str, payload: object_store::PutPayload) -> Result<()> {
+    let (store, path) = resolve(env, url)?;
+    store.put(&path, payload).await?;
+    Ok(())
+}
+
 /// `base` joined with a relative `/`-separated path.
 pub fn join(base: &str, relative: &str) -> String {
     let base = base.trim_end_matches('/');

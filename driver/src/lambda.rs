@@ -23,11 +23,11 @@ use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::operation::invoke::{InvokeError, InvokeOutput};
 use aws_sdk_lambda::primitives::Blob;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use ignis_core::error::{ErrorKind, IgnisError};
+use ignis_core::error::ErrorKind;
 use ignis_core::protocol::{LambdaInvocation, TaskFailure, TaskOutcome, TaskRequest, TaskResult};
 use ignis_core::shuffle::job_shuffle_prefix;
 use ignis_core::store;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -110,12 +110,7 @@ impl LambdaBackend {
             &format!("requests/{}-{}-{}.json", request.stage_id, request.partition, request.attempt),
         );
         let body = serde_json::to_vec(request).map_err(internal)?;
-        let put = async {
-            let (store, path) = store::resolve(&self.env, &url)?;
-            store.put(&path, PutPayload::from(body)).await?;
-            Ok::<_, IgnisError>(())
-        };
-        put.await.map_err(|e| TaskFailure {
+        store::write(&self.env, &url, PutPayload::from(body)).await.map_err(|e| TaskFailure {
             kind: ErrorKind::Transient,
             message: format!("storing the task request at {url}: {e}"),
         })?;

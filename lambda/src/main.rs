@@ -22,13 +22,11 @@
 use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnv;
-use ignis_core::error::IgnisError;
 use ignis_core::ids::StageId;
 use ignis_core::protocol::{LambdaInvocation, TaskOutcome, TaskRequest};
 use ignis_core::store;
 use ignis_executor::Executor;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use object_store::ObjectStoreExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -91,12 +89,9 @@ impl Function {
 
     /// A request the driver stored because it passed the payload limit.
     async fn fetch_request(&self, url: &str) -> Result<TaskRequest, Diagnostic> {
-        let read = async {
-            let (store, path) = store::resolve(&self.env, url)?;
-            let bytes = store.get(&path).await?.bytes().await?;
-            Ok::<_, IgnisError>(bytes)
-        };
-        let bytes = read.await.map_err(|e| invocation_error(format!("reading the task request at {url}: {e}")))?;
+        let bytes = store::read(&self.env, url)
+            .await
+            .map_err(|e| invocation_error(format!("reading the task request at {url}: {e}")))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| invocation_error(format!("the task request at {url} is not valid: {e}")))
     }

@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 
 use crate::error::{IgnisError, Result};
 use crate::job::ShuffleCompression;
@@ -108,8 +108,7 @@ impl ShuffleWriterExec {
                 chunks.push(bytes);
             }
         }
-        let (store, path) = store::resolve(ctx.runtime_env().as_ref(), url)?;
-        store.put(&path, PutPayload::from_iter(chunks)).await?;
+        store::write(ctx.runtime_env().as_ref(), url, PutPayload::from_iter(chunks)).await?;
         Ok(metas)
     }
 
