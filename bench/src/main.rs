@@ -89,7 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let workloads = workloads(args.only.as_deref())?;
     let shuffle_root = dir_url(&data.join("_shuffle"))?;
-    let driver = Driver::local(parallelism, DriverConfig { shuffle_root });
+    let driver = Driver::local(parallelism, DriverConfig { shuffle_root, ..DriverConfig::default() });
     let df = datafusion_context(&tables, parallelism).await?;
     let out_dir = data.join("_out");
 

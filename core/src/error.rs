@@ -17,6 +17,10 @@ pub enum IgnisError {
     /// The input data cannot be read as declared (missing file, bad value).
     #[error("{0}")]
     Input(String),
+    /// A user-defined function failed: it trapped, hit a limit, or reported an
+    /// error (names the function), or a component cannot be used.
+    #[error("{0}")]
+    Udf(String),
     /// Output location or mode conflict (for example mode = error and data exists).
     #[error("{0}")]
     Output(String),
@@ -73,6 +77,7 @@ impl IgnisError {
             | IgnisError::Plan(_)
             | IgnisError::Input(_)
             | IgnisError::Output(_)
+            | IgnisError::Udf(_)
             | IgnisError::Cancelled => ErrorKind::User,
             IgnisError::DataFusion(e) => datafusion_kind(e),
             IgnisError::Arrow(e) => arrow_kind(e),

@@ -41,6 +41,11 @@ pub struct JobSpec {
     /// A DataFrame-style chain of steps, the alternative to `sql`.
     #[serde(default)]
     pub steps: Option<Vec<Step>>,
+    /// Wasm UDF components whose functions the query may call: a name given
+    /// at upload, a digest (`sha256:<hex>`), or (local mode) a path to a
+    /// `.wasm` file, relative to the job file.
+    #[serde(default)]
+    pub udfs: Vec<String>,
     #[serde(default)]
     pub output: OutputSpec,
     #[serde(default)]
@@ -318,6 +323,11 @@ impl JobSpec {
         if let OutputSpec::Write(w) = &mut self.output {
             w.location = resolve_location(&w.location, base)?;
         }
+        for udf in &mut self.udfs {
+            if is_wasm_path(udf) && !Path::new(udf.as_str()).is_absolute() {
+                *udf = base.join(udf.as_str()).to_string_lossy().into_owned();
+            }
+        }
         Ok(())
     }
 
@@ -346,6 +356,14 @@ impl JobSpec {
         }
         if let OutputSpec::Write(w) = &self.output {
             check(&w.location, "output.location")?;
+        }
+        for (i, udf) in self.udfs.iter().enumerate() {
+            if is_wasm_path(udf) {
+                return Err(IgnisError::Job(format!(
+                    "udfs[{i}]: {udf:?} is a file path; upload the component first (`ignis udf upload`, \
+                     POST /v1/udfs) and name it here by its name or digest"
+                )));
+            }
         }
         Ok(())
     }
@@ -528,4 +546,9 @@ location = "a.csv"
         let err = JobSpec::parse(text, "json", "j").unwrap_err().to_string();
         assert!(err.contains("unknown table 'nope'"), "{err}");
     }
+}
+
+/// A `udfs` entry that names a component file rather than an uploaded component.
+pub fn is_wasm_path(entry: &str) -> bool {
+    entry.ends_with(".wasm")
 }

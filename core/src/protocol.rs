@@ -9,7 +9,7 @@ use crate::ids::{JobId, StageId};
 use crate::job::{Format, ShuffleCompression};
 
 /// Bumped on any incompatible change to these types or to the plan codec.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRequest {
@@ -27,6 +27,18 @@ pub struct TaskRequest {
     pub inputs: Vec<StageInput>,
     pub output: TaskOutput,
     pub batch_size: usize,
+    /// Wasm components whose functions the plan calls (by name).
+    #[serde(default)]
+    pub udfs: Vec<UdfRef>,
+}
+
+/// A Wasm UDF component: its content address and where its bytes are.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UdfRef {
+    /// `sha256:<hex>` of the bytes; an executor checks it before running them.
+    pub digest: String,
+    /// Object URL of the component, e.g. `s3://bucket/udfs/components/<hex>.wasm`.
+    pub url: String,
 }
 
 /// Where the shuffle readers of one upstream stage find their data:

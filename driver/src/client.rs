@@ -1,4 +1,4 @@
-//! The CLI's side of the driver API: submit, follow, fetch, cancel.
+//! The CLI's side of the driver API: submit, follow, fetch, cancel, upload UDFs.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::record_batch::RecordBatch;
 use ignis_core::job::JobSpec;
 use ignis_driver::service::{ARROW_STREAM, ErrorEnvelope, JobStatus, WrittenOutput};
+use ignis_driver::udfs::RegisteredUdf;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -71,6 +72,26 @@ impl Client {
 
     pub async fn cancel(&self, id: &str) -> anyhow::Result<JobStatus> {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base))).await
+    }
+
+    /// Upload a Wasm UDF component under `name`.
+    pub async fn upload_udf(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<RegisteredUdf> {
+        let request = self
+            .http
+            .post(format!("{}/v1/udfs", self.base))
+            .query(&[("name", name)])
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes);
+        self.json(request).await
+    }
+
+    pub async fn list_udfs(&self) -> anyhow::Result<Vec<RegisteredUdf>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            udfs: Vec<RegisteredUdf>,
+        }
+        let list: List = self.json(self.http.get(format!("{}/v1/udfs", self.base))).await?;
+        Ok(list.udfs)
     }
 
     /// A collect job's rows, as Arrow.

@@ -33,6 +33,7 @@ pub mod scheduler;
 pub mod service;
 pub mod stages;
 mod steps;
+pub mod udfs;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,19 +45,24 @@ use datafusion::prelude::SessionContext;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::{JobId, StageId};
 use ignis_core::job::{JobSpec, OutputSpec};
+use ignis_core::protocol::UdfRef;
 use ignis_core::shuffle::{ShuffleReaderExec, job_shuffle_prefix};
 use ignis_core::store;
+use ignis_executor::udf::Component;
 
 use crate::backend::{LocalBackend, TaskBackend};
 use crate::commit::{Committed, PendingWrite};
 use crate::scheduler::{JobEvent, ResultTarget, RunSettings, StageResults};
 use crate::stages::{Exchange, StageGraph};
+use crate::udfs::UdfRegistry;
 
 /// Driver-wide settings (per-job settings live in the job's `config`).
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
     /// URL under which shuffle objects are written, e.g. `file:///tmp/ignis-shuffle`.
     pub shuffle_root: String,
+    /// URL of the UDF registry (see [`udfs`]), e.g. `s3://bucket/ignis/udfs/`.
+    pub udf_root: String,
 }
 
 impl Default for DriverConfig {
@@ -65,14 +71,29 @@ impl Default for DriverConfig {
         let shuffle_root = url::Url::from_directory_path(&dir)
             .map(|u| u.to_string())
             .unwrap_or_else(|()| "file:///tmp/ignis-shuffle/".to_string());
-        Self { shuffle_root }
+        Self { shuffle_root, udf_root: default_udf_root() }
     }
+}
+
+/// Where local mode keeps uploaded UDFs: `$IGNIS_UDF_ROOT`, else
+/// `$XDG_DATA_HOME/ignis/udfs`, else `~/.local/share/ignis/udfs`.
+pub fn default_udf_root() -> String {
+    if let Some(root) = std::env::var_os("IGNIS_UDF_ROOT") {
+        return root.to_string_lossy().into_owned();
+    }
+    let dir = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ignis/udfs");
+    url::Url::from_directory_path(&dir).map(|u| u.to_string()).unwrap_or_else(|()| dir.to_string_lossy().into_owned())
 }
 
 pub struct Driver {
     /// The backends jobs can choose with `config.backend`; the first is the default.
     backends: Vec<Arc<dyn TaskBackend>>,
     config: DriverConfig,
+    udfs: UdfRegistry,
 }
 
 /// What a finished job produced.
@@ -113,7 +134,8 @@ impl Driver {
 
     /// A driver whose jobs run on `backend` unless they ask for another.
     pub fn new(backend: Arc<dyn TaskBackend>, config: DriverConfig) -> Self {
-        Self { backends: vec![backend], config }
+        let udfs = UdfRegistry::new(config.udf_root.clone(), ignis_core::store::runtime_env());
+        Self { backends: vec![backend], config, udfs }
     }
 
     /// Offer another backend to jobs that ask for it by name; a backend of
@@ -169,9 +191,25 @@ impl Driver {
         }
     }
 
+    /// The UDF registry jobs take their components from.
+    pub fn udfs(&self) -> &UdfRegistry {
+        &self.udfs
+    }
+
+    /// The job's UDF components, resolved (names as the local tenant's) and loaded.
+    async fn job_udfs(&self, job: &JobSpec) -> Result<(Vec<UdfRef>, Vec<Arc<Component>>)> {
+        if job.udfs.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let refs = self.udfs.resolve(udfs::LOCAL_TENANT, &job.udfs).await?;
+        let components = self.udfs.load(&refs).await?;
+        Ok((refs, components))
+    }
+
     /// Plan and cut a job without running it.
     pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
-        let planned = plan::plan_job(job).await?;
+        let (_, components) = self.job_udfs(job).await?;
+        let planned = plan::plan_job(job, &components).await?;
         StageGraph::cut(planned.physical)
     }
 
@@ -192,7 +230,8 @@ impl Driver {
     ) -> Result<JobOutcome> {
         let start = Instant::now();
         let backend = self.backend_for(job)?.clone();
-        let planned = plan::plan_job(job).await?;
+        let (udf_refs, components) = self.job_udfs(job).await?;
+        let planned = plan::plan_job(job, &components).await?;
         let graph = StageGraph::cut(planned.physical)?;
         let env = planned.ctx.runtime_env();
         events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });
@@ -231,6 +270,7 @@ impl Driver {
             batch_size: job.config.batch_size(),
             max_task_attempts: job.config.max_task_attempts(),
             target,
+            udfs: udf_refs,
         };
 
         let run = tokio::select! {

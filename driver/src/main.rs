@@ -4,6 +4,7 @@
 
 mod client;
 mod progress;
+mod udf_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Wasm UDFs: create, build, upload and list components.
+    #[command(subcommand)]
+    Udf(udf_cmd::UdfCommand),
     /// Write the deterministic example orders data as CSV files.
     GenOrders {
         /// Directory to write `orders-{i}.csv` into.
@@ -85,6 +89,9 @@ struct LocalArgs {
     /// Where shuffle objects go: a directory or an object store URL.
     #[arg(long, env = "IGNIS_SHUFFLE_ROOT")]
     shuffle_root: Option<String>,
+    /// The UDF registry jobs name components from (default: ~/.local/share/ignis/udfs).
+    #[arg(long, env = "IGNIS_UDF_ROOT")]
+    udf_root: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +112,10 @@ struct ServeArgs {
     /// Where shuffle objects go: a directory or an object store URL (s3://bucket/prefix).
     #[arg(long, env = "IGNIS_SHUFFLE_ROOT")]
     shuffle_root: Option<String>,
+    /// Where uploaded UDF components are kept: a directory or an object store URL
+    /// that every executor can read (s3://bucket/udfs). Default: ~/.local/share/ignis/udfs.
+    #[arg(long, env = "IGNIS_UDF_ROOT")]
+    udf_root: Option<String>,
     /// A file of API keys, `tenant:key` per line.
     #[arg(long, env = "IGNIS_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
@@ -207,6 +218,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("job {} cancelling ({:?})", status.id, status.state);
             Ok(())
         }),
+        Command::Udf(command) => runtime.block_on(udf_cmd::run(command)),
         Command::GenOrders { out, rows, files, seed } => {
             ignis_driver::datagen::write_orders(&out, rows, files, seed)
                 .with_context(|| format!("writing orders to {}", out.display()))?;
@@ -228,18 +240,21 @@ async fn explain(job: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn driver_config(shuffle_root: Option<String>) -> anyhow::Result<DriverConfig> {
+fn driver_config(shuffle_root: Option<String>, udf_root: Option<String>) -> anyhow::Result<DriverConfig> {
     let mut config = DriverConfig::default();
+    let cwd = std::env::current_dir()?;
     if let Some(root) = shuffle_root {
-        let cwd = std::env::current_dir()?;
         config.shuffle_root = ignis_core::job::resolve_location(&root, &cwd)?;
+    }
+    if let Some(root) = udf_root {
+        config.udf_root = ignis_core::job::resolve_location(&root, &cwd)?;
     }
     Ok(config)
 }
 
 async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> {
     let spec = load(&job)?;
-    let config = driver_config(local.shuffle_root)?;
+    let config = driver_config(local.shuffle_root, local.udf_root)?;
     let executors =
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let driver = Driver::local(executors, config);
@@ -283,7 +298,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let seconds = |s: f64, flag: &str| {
         std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{flag} must be a positive number"))
     };
-    let config = driver_config(args.shuffle_root)?;
+    let config = driver_config(args.shuffle_root, args.udf_root)?;
     let mut backends: Vec<std::sync::Arc<dyn ignis_driver::backend::TaskBackend>> = Vec::new();
     if let Some(n) = args.local_executors {
         backends.push(std::sync::Arc::new(ignis_driver::backend::LocalBackend::new(n)));

@@ -17,6 +17,7 @@ use ignis_core::csv::{CsvScanOptions, CsvTable};
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Format, JobSpec, TableSpec};
 use ignis_core::session::session_context;
+use ignis_executor::udf::{Component, datafusion_functions};
 
 use crate::steps;
 
@@ -26,8 +27,14 @@ pub struct PlannedJob {
     pub physical: Arc<dyn ExecutionPlan>,
 }
 
-pub async fn plan_job(job: &JobSpec) -> Result<PlannedJob> {
+/// Plan a job; `udfs` are the components whose functions it may call.
+pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJob> {
     let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size());
+    for component in udfs {
+        let (scalars, aggregates) = datafusion_functions(component)?;
+        scalars.into_iter().for_each(|f| ctx.register_udf(f));
+        aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
+    }
     register_tables(&ctx, &job.tables).await?;
     let df = match (&job.sql, &job.steps) {
         (Some(sql), _) => plan_sql(&ctx, sql).await?,

@@ -14,7 +14,7 @@ use ignis_core::ids::{JobId, StageId};
 use ignis_core::job::{Format, ShuffleCompression};
 use ignis_core::protocol::{
     PROTOCOL_VERSION, PieceLocation, StageInput, TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult,
-    TaskResultOutput,
+    TaskResultOutput, UdfRef,
 };
 use ignis_core::store;
 
@@ -71,6 +71,8 @@ pub struct RunSettings {
     pub batch_size: usize,
     pub max_task_attempts: u32,
     pub target: ResultTarget,
+    /// Wasm components the plans call.
+    pub udfs: Vec<UdfRef>,
 }
 
 /// Accepted task results: `results[stage][partition]`, plus attempt counts.
@@ -221,6 +223,7 @@ fn stage_request(
         inputs,
         output,
         batch_size: settings.batch_size,
+        udfs: settings.udfs.clone(),
     })
 }
 

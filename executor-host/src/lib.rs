@@ -4,10 +4,12 @@
 //! staged for the driver to commit.
 //!
 //! Used in-process by the driver (local mode), by executor hosts ([`host`]:
-//! pull tasks from a driver over HTTP) and, later, by the Lambda handler. Scheduling, retries and commit belong to the driver.
+//! pull tasks from a driver over HTTP) and by the Lambda handler. Wasm UDFs
+//! run in [`udf`]. Scheduling, retries and commit belong to the driver.
 
 pub mod host;
 mod output;
+pub mod udf;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,9 +22,10 @@ use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
 use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
-use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput};
+use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
 use ignis_core::session::session_config;
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
+use udf::UdfHost;
 
 /// Runs tasks. Cheap to share; holds the runtime (object stores, memory pool)
 /// that every task on this executor uses.
@@ -55,6 +58,44 @@ impl Executor {
             .clone()
     }
 
+    /// The task context plus every function of the given components, fetched
+    /// (and checked against their digests) on first use, then cached.
+    async fn with_udfs(&self, base: &TaskContext, udfs: &[UdfRef]) -> Result<Arc<TaskContext>> {
+        let host = UdfHost::global()?;
+        let mut scalars = base.scalar_functions().clone();
+        let mut aggregates = base.aggregate_functions().clone();
+        for udf in udfs {
+            let component = match host.get(&udf.digest) {
+                Some(c) => c,
+                None => {
+                    let bytes = ignis_core::store::read(&self.runtime, &udf.url).await?;
+                    let host = host.clone();
+                    let udf = udf.clone();
+                    tokio::task::spawn_blocking(move || host.load(&bytes, Some(&udf.digest), &udf.digest))
+                        .await
+                        .map_err(|e| IgnisError::internal(format!("component load panicked: {e}")))??
+                }
+            };
+            let (new_scalars, new_aggregates) = udf::datafusion_functions(&component)?;
+            for f in new_scalars {
+                scalars.insert(f.name().to_owned(), Arc::new(f));
+            }
+            for f in new_aggregates {
+                aggregates.insert(f.name().to_owned(), Arc::new(f));
+            }
+        }
+        Ok(Arc::new(TaskContext::new(
+            base.task_id(),
+            base.session_id(),
+            base.session_config().clone(),
+            scalars,
+            base.higher_order_functions().clone(),
+            aggregates,
+            base.window_functions().clone(),
+            base.runtime_env(),
+        )))
+    }
+
     /// Run one task attempt; a failure is classified for the driver's retry logic.
     pub async fn run_task(&self, request: TaskRequest) -> std::result::Result<TaskResult, TaskFailure> {
         let task = format!("task {}/{}.{}", request.stage_id, request.partition, request.attempt);
@@ -69,7 +110,10 @@ impl Executor {
     async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
         req.check_version()?;
         let start = Instant::now();
-        let task_ctx = self.task_context(req.batch_size);
+        let mut task_ctx = self.task_context(req.batch_size);
+        if !req.udfs.is_empty() {
+            task_ctx = self.with_udfs(&task_ctx, &req.udfs).await?;
+        }
         let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
         let partitions = plan.properties().output_partitioning().partition_count();

@@ -96,7 +96,7 @@ impl Distributed {
         let shuffle_root = url::Url::from_directory_path(shuffle_root)
             .map_err(|()| anyhow::anyhow!("shuffle root must be absolute"))?
             .to_string();
-        let driver = Driver::local(2, DriverConfig { shuffle_root });
+        let driver = Driver::local(2, DriverConfig { shuffle_root, ..DriverConfig::default() });
         let scratch = SingleNode::new(tables).await?.ctx;
         Ok(Self { driver, tables: tables.clone(), shuffle_partitions, setup: vec![], scratch })
     }

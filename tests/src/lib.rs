@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod engines;
+pub mod guests;
 pub mod tpch;

@@ -64,6 +64,7 @@ pub fn user_error_code(e: &IgnisError) -> &'static str {
         IgnisError::Job(_) => "invalid_job",
         IgnisError::Input(_) => "invalid_input",
         IgnisError::Output(_) => "output_conflict",
+        IgnisError::Udf(_) => "invalid_udf",
         IgnisError::Cancelled => "cancelled",
         IgnisError::Task { .. } => "task_failed",
         _ => "plan_error",

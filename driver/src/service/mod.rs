@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod executors;
 mod jobs;
+mod udfs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/explain", post(explain))
         .merge(executors::routes())
+        .merge(udfs::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
@@ -126,7 +128,7 @@ fn parse_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult
     Ok(job)
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
     } else {
@@ -145,7 +147,8 @@ async fn submit_job(
     Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let job = parse_job(&state, body)?;
+    let mut job = parse_job(&state, body)?;
+    udfs::resolve_names(&state, &tenant, &mut job).await?;
     // Plan now so a bad query is answered at once, like Spark's analysis errors.
     state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
     state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
@@ -279,10 +282,11 @@ struct ExplainedStage {
 
 async fn explain(
     State(state): State<Arc<AppState>>,
-    Tenant(_tenant): Tenant,
+    Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Explained>> {
-    let job = parse_job(&state, body)?;
+    let mut job = parse_job(&state, body)?;
+    udfs::resolve_names(&state, &tenant, &mut job).await?;
     let graph = state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
     let stages = graph
         .stages

@@ -11,4 +11,5 @@ mod formats;
 mod orders;
 mod parity;
 mod retry;
+mod udf;
 mod write_modes;

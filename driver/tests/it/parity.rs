@@ -30,7 +30,10 @@ fn tables_toml() -> &'static str {
 }
 
 async fn ignis_rows(ws: &Path, job: &JobSpec) -> Vec<RecordBatch> {
-    let config = DriverConfig { shuffle_root: url::Url::from_directory_path(ws.join("_shuffle")).unwrap().to_string() };
+    let config = DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.join("_shuffle")).unwrap().to_string(),
+        ..DriverConfig::default()
+    };
     let outcome = Driver::local(2, config).run(job, &|_| {}).await.unwrap();
     match outcome.result {
         JobResult::Rows { batches, .. } => batches,

@@ -46,7 +46,10 @@ impl TaskBackend for FailingBackend {
 }
 
 fn config(ws: &Path) -> DriverConfig {
-    DriverConfig { shuffle_root: url::Url::from_directory_path(ws.join("_shuffle")).unwrap().to_string() }
+    DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.join("_shuffle")).unwrap().to_string(),
+        ..DriverConfig::default()
+    }
 }
 
 fn job(ws: &Path, out: &str) -> JobSpec {

@@ -1,0 +1,332 @@
+//! Wasm UDFs end to end: the sandbox against misbehaving guests, the example
+//! UDFs in SQL (distributed, checked against the same logic as native
+//! DataFusion UDFs), the CLI (`ignis udf upload`, `ignis run`), and upload
+//! over HTTP with a job on an executor host.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::prelude::{CsvReadOptions, SessionContext};
+use ignis_core::job::JobSpec;
+use ignis_driver::{Driver, DriverConfig, JobResult};
+use ignis_executor::udf::{Limits, UdfHost};
+use ignis_tests::cluster::{Api, Processes, free_port, sorted, wait_until};
+use ignis_tests::guests::{component, register_native_example_udfs};
+use serde_json::json;
+
+use crate::common::*;
+
+const ORDERS_UDFS: &str = "examples/udfs/orders-udfs";
+const EVIL_UDFS: &str = "tests/guests/evil";
+
+/// A host with tight limits, so the evil guests hit them quickly.
+fn strict_host() -> (Arc<UdfHost>, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let limits = Limits { memory_bytes: 64 << 20, call_timeout: Duration::from_millis(500), stderr_bytes: 4096 };
+    (Arc::new(UdfHost::new(cache.path().to_path_buf(), limits).unwrap()), cache)
+}
+
+fn one_column(values: ArrayRef) -> RecordBatch {
+    let schema = Schema::new(vec![Field::new("arg0", values.data_type().clone(), true)]);
+    RecordBatch::try_new(Arc::new(schema), vec![values]).unwrap()
+}
+
+fn ints(values: &[i64]) -> RecordBatch {
+    one_column(Arc::new(Int64Array::from(values.to_vec())))
+}
+
+fn strings(values: &[&str]) -> RecordBatch {
+    one_column(Arc::new(StringArray::from(values.to_vec())))
+}
+
+#[test]
+fn evil_guests_are_contained_each_with_the_right_error() {
+    let (host, _cache) = strict_host();
+    let bytes = std::fs::read(component(EVIL_UDFS)).unwrap();
+    let evil = host.load(&bytes, None, "evil").unwrap();
+    let error = |name: &str, args: &RecordBatch| evil.call_scalar(name, args).unwrap_err().to_string();
+
+    let e = error("spin", &ints(&[1]));
+    assert!(e.contains("UDF spin (evil) was stopped after its time limit of 0.5 s"), "{e}");
+    let e = error("hog", &ints(&[1]));
+    assert!(e.contains("UDF hog (evil) ran out of memory (limit 64 MiB per call)"), "{e}");
+    let e = error("huge", &ints(&[1]));
+    assert!(e.contains("UDF huge (evil) ran out of memory"), "{e}");
+    let e = error("recurse", &ints(&[1]));
+    assert!(e.contains("UDF recurse (evil)") && (e.contains("call stack") || e.contains("trapped")), "{e}");
+    let e = error("boom", &ints(&[7]));
+    assert!(e.contains("UDF boom (evil) trapped"), "{e}");
+    assert!(e.contains("boom at 7") && e.contains("about to fail on 7"), "guest stderr is in the error: {e}");
+
+    // No files: not even a directory listing of the root.
+    let e = error("read_file", &strings(&["/etc/passwd"]));
+    assert!(e.contains("UDF read_file (evil) failed") && e.contains("cannot read /etc/passwd"), "{e}");
+    assert!(!e.contains("root:"), "file contents leaked: {e}");
+    let e = error("list_dir", &strings(&["/"]));
+    assert!(e.contains("cannot list /"), "{e}");
+    // No network.
+    let e = error("connect", &strings(&["127.0.0.1:22"]));
+    assert!(e.contains("cannot connect to 127.0.0.1:22"), "{e}");
+    // No environment: HOME is set here, the guest sees nothing.
+    assert!(std::env::var_os("HOME").is_some());
+    let out = evil.call_scalar("env_var", &strings(&["HOME"])).unwrap();
+    assert_eq!(out.column(0).null_count(), 1, "the guest saw HOME");
+    let out = evil.call_scalar("env_count", &ints(&[0])).unwrap();
+    assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 0);
+
+    // After all that, the same component still answers.
+    let out = evil.call_scalar("double", &ints(&[21, -4])).unwrap();
+    assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values(), &[42, -8]);
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+}
+
+#[test]
+fn a_thousand_evil_calls_leave_the_host_alive_with_flat_memory() {
+    let (host, _cache) = strict_host();
+    let bytes = std::fs::read(component(EVIL_UDFS)).unwrap();
+    let evil = host.load(&bytes, None, "evil").unwrap();
+    let one = ints(&[1]);
+    let path = strings(&["/etc/passwd"]);
+    let mut baseline = 0;
+    for i in 0..1000 {
+        let result = match i % 4 {
+            0 => evil.call_scalar("boom", &one),
+            1 => evil.call_scalar("recurse", &one),
+            2 => evil.call_scalar("huge", &one),
+            _ => evil.call_scalar("read_file", &path),
+        };
+        assert!(result.is_err(), "call {i} succeeded");
+        if i == 99 {
+            baseline = resident_bytes();
+        }
+    }
+    let grown = resident_bytes().saturating_sub(baseline);
+    assert!(grown < 32 << 20, "resident memory grew by {} MiB over 900 evil calls", grown >> 20);
+    let out = evil.call_scalar("double", &ints(&[5])).unwrap();
+    assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 10);
+}
+
+#[test]
+fn a_component_of_another_wit_version_or_no_component_is_refused() {
+    let (host, _cache) = strict_host();
+    let future = std::fs::read(component("tests/guests/future-version")).unwrap();
+    let e = host.load(&future, None, "future").unwrap_err().to_string();
+    assert!(e.contains("was built against ignis:udf@0.2.0, but this Ignis speaks ignis:udf@0.1.0"), "{e}");
+    let e = host.load(b"\0asm\x01\0\0\0", None, "core-module").unwrap_err().to_string();
+    assert!(e.contains("core-module is not a usable WebAssembly component"), "{e}");
+    let e = host.load(b"hello", None, "text").unwrap_err().to_string();
+    assert!(e.contains("text is not a usable WebAssembly component"), "{e}");
+    let bytes = std::fs::read(component(EVIL_UDFS)).unwrap();
+    let e = host.load(&bytes, Some("sha256:00"), "tampered").unwrap_err().to_string();
+    assert!(e.contains("refusing to run it"), "{e}");
+}
+
+/// The example UDFs in one query: grouped by a string scalar, summing a
+/// numeric scalar (with nulls), the aggregate per group; `GEO_MEAN` is
+/// replaced by the aggregate or by its native equivalent.
+const UDF_SQL: &str = "SELECT normalize(country || '  ' || product) AS market, count(*) AS orders, \
+     round(sum(with_tax(price * quantity, 20.0)), 2) AS gross, \
+     round(sum(with_tax(price, CASE WHEN quantity > 5 THEN NULL ELSE 7.5 END)), 4) AS mixed, \
+     round(GEO_MEAN, 6) AS geo_mean_price \
+     FROM orders GROUP BY 1";
+const GEO_MEAN_WASM: &str = "geo_mean(price)";
+const GEO_MEAN_NATIVE: &str = "exp(avg(CASE WHEN price > 0 THEN ln(price) END))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_udfs_in_sql_run_distributed_and_match_the_same_logic_native() {
+    let ws = orders_workspace();
+    let wasm = component(ORDERS_UDFS);
+    let sql = UDF_SQL.replace("GEO_MEAN", GEO_MEAN_WASM);
+    let job: JobSpec = toml_job(&format!(
+        "udfs = [{wasm:?}]\nsql = {sql:?}\n[tables.orders]\nformat = \"csv\"\nlocation = \"data/\"\n\
+         options = {{ header = true }}\n[config]\nshuffle_partitions = 3\n"
+    ));
+    let mut job = job;
+    job.resolve_paths(ws.path()).unwrap();
+    let config = DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
+        udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+    };
+    let driver = Driver::local(2, config);
+    let outcome = driver.run(&job, &|_| {}).await.unwrap();
+    assert!(outcome.stages >= 2 && outcome.tasks >= 7, "4 scan tasks and 3 reduce tasks: {outcome:?}");
+    let JobResult::Rows { batches, .. } = outcome.result else { panic!("collect job") };
+
+    let ctx = SessionContext::new();
+    register_native_example_udfs(&ctx);
+    ctx.register_csv("orders", ws.path().join("data").to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+    let native = ctx.sql(&UDF_SQL.replace("GEO_MEAN", GEO_MEAN_NATIVE)).await.unwrap().collect().await.unwrap();
+    let (ours, theirs) = (sorted(&batches), sorted(&native));
+    assert!(ours.len() > 20, "{ours:?}");
+    assert_eq!(ours, theirs);
+
+    // The aggregate without groups: partial states from every scan task merged in one.
+    let whole =
+        |geo: &str| format!("SELECT round({}, 6) AS g, count(*) AS n FROM orders", geo.replace("price", "quantity"));
+    let mut job = job.clone();
+    job.sql = Some(whole(GEO_MEAN_WASM));
+    let JobResult::Rows { batches, .. } = driver.run(&job, &|_| {}).await.unwrap().result else { panic!() };
+    let native = ctx.sql(&whole(GEO_MEAN_NATIVE)).await.unwrap().collect().await.unwrap();
+    assert_eq!(sorted(&batches), sorted(&native));
+}
+
+fn toml_job(text: &str) -> JobSpec {
+    JobSpec::parse(text, "toml", "test job").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_udf_fails_the_job_with_its_name_and_is_not_retried() {
+    let ws = orders_workspace();
+    let wasm = component(EVIL_UDFS);
+    let mut job = toml_job(&format!(
+        "udfs = [{wasm:?}]\nsql = \"SELECT sum(boom(quantity)) FROM orders\"\n[tables.orders]\nformat = \"csv\"\n\
+         location = \"data/\"\noptions = {{ header = true }}\n"
+    ));
+    job.resolve_paths(ws.path()).unwrap();
+    let config = DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
+        udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+    };
+    let driver = Driver::local(2, config);
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let events = |e: ignis_driver::scheduler::JobEvent| {
+        if matches!(e, ignis_driver::scheduler::JobEvent::TaskStarted { .. }) {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let e = driver.run(&job, &events).await.unwrap_err().to_string();
+    assert!(e.contains("UDF boom (sha256:") && e.contains("trapped") && e.contains("boom at"), "{e}");
+    assert!(attempts.into_inner() <= 4, "a user error in a UDF is not retried");
+
+    // A component name nobody uploaded.
+    let mut job = toml_job("udfs = [\"no-such-udfs\"]\nsql = \"SELECT 1\"\n");
+    job.resolve_paths(ws.path()).unwrap();
+    let e = driver.run(&job, &|_| {}).await.unwrap_err().to_string();
+    assert!(e.contains("udfs[0]: no component named \"no-such-udfs\" was uploaded"), "{e}");
+}
+
+#[test]
+fn cli_uploads_the_example_crate_locally_and_runs_the_example_job() {
+    let ws = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    let ignis = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ignis"))
+            .args(args)
+            .current_dir(&root)
+            .env("IGNIS_UDF_ROOT", ws.path().join("udfs"))
+            .env("IGNIS_SHUFFLE_ROOT", ws.path().join("shuffle"))
+            .env("CARGO_TARGET_DIR", component(ORDERS_UDFS).ancestors().nth(3).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ignis {args:?}: {}\n{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    };
+    let uploaded = ignis(&["udf", "upload", ORDERS_UDFS]);
+    assert!(uploaded.contains("uploaded orders-udfs (sha256:"), "{uploaded}");
+    assert!(uploaded.contains("scalar normalize(Utf8) -> Utf8"), "{uploaded}");
+    assert!(uploaded.contains("scalar with_tax(Float64, Float64) -> Float64"), "{uploaded}");
+    let listed = ignis(&["udf", "list"]);
+    assert!(listed.contains("orders-udfs (sha256:"), "{listed}");
+    let run = ignis(&["run", "examples/udfs/orders-udfs.toml"]);
+    // The CSV's first order: US, camera.
+    assert!(run.contains("| us-camera"), "{run}");
+    assert!(run.contains("market") && run.contains("gross_with_vat"), "{run}");
+}
+
+const ALICE: &str = "alice-key-0001";
+const BOB: &str = "bob-key-0002";
+const SECRET: &str = "executor-secret-0003";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
+    let ws = orders_workspace();
+    let mut procs = Processes::new();
+    let port = free_port();
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    let udf_root = ws.path().join("udfs");
+    let mut driver = Command::new(env!("CARGO_BIN_EXE_ignis"));
+    driver
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--allow-local-files", "--local-executors", "1"])
+        .args(["--executor-secret", SECRET, "--shuffle-root"])
+        .arg(ws.path().join("shuffle"))
+        .arg("--udf-root")
+        .arg(&udf_root)
+        .env("IGNIS_API_KEYS", format!("alice:{ALICE},bob:{BOB}"));
+    procs.spawn("driver", driver);
+    api.wait_healthy().await;
+    let mut host = Command::new(env!("CARGO_BIN_EXE_ignis"));
+    host.args(["executor", "--driver", &api.base, "--slots", "2", "--name", "host-a"])
+        .env("IGNIS_EXECUTOR_SECRET", SECRET)
+        .env("IGNIS_UDF_CACHE", ws.path().join("host-cache"));
+    procs.spawn("host-a", host);
+    wait_until("the executor host", || async {
+        let (_, body) = api.request(reqwest::Method::GET, "/v1/executors", Some(ALICE), None).await;
+        body["executors"].as_array().is_some_and(|e| e.len() == 1)
+    })
+    .await;
+
+    let upload = |name: &str, key: &str, bytes: Vec<u8>| {
+        let request = api.http.post(format!("{}/v1/udfs?name={name}", api.base)).bearer_auth(key).body(bytes);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let orders = std::fs::read(component(ORDERS_UDFS)).unwrap();
+    let (status, body) = upload("orders-udfs", ALICE, orders.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["digest"].as_str().unwrap().starts_with("sha256:"), "{body}");
+    let names: Vec<&str> = body["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["normalize", "with_tax"]);
+    // Not a component; another version of the world; a function name the tenant already has.
+    let (status, body) = upload("junk", ALICE, b"not wasm at all".to_vec()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_udf")), "{body}");
+    let future = std::fs::read(component("tests/guests/future-version")).unwrap();
+    let (status, body) = upload("future", ALICE, future).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("ignis:udf@0.2.0"), "{body}");
+    let (status, body) = upload("orders-copy", ALICE, orders.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("function 'normalize' is already defined"), "{body}");
+    // Bob's names are his own: the same component uploads fine for him.
+    let (status, body) = upload("orders-copy", BOB, orders).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, alice_list) = api.request(reqwest::Method::GET, "/v1/udfs", Some(ALICE), None).await;
+    assert_eq!(alice_list["udfs"].as_array().unwrap().len(), 1, "{alice_list}");
+    assert!(udf_root.join("components").read_dir().unwrap().count() == 1, "content-addressed: stored once");
+
+    // A job on the executor host calls the UDFs by the component's name.
+    let sql = "SELECT normalize(product) AS product, round(sum(with_tax(price, 20.0)), 2) AS gross \
+               FROM orders GROUP BY 1";
+    let data = ws.path().join("data");
+    let job = json!({
+        "udfs": ["orders-udfs"],
+        "sql": sql,
+        "tables": {"orders": {"format": "csv", "location": data, "options": {"header": true}}},
+        "config": {"backend": "hosts", "shuffle_partitions": 3}
+    });
+    let job: JobSpec = serde_json::from_value(job).unwrap();
+    let id = api.submit(ALICE, &job).await;
+    let status = api.wait(ALICE, &id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let rows = sorted(&api.rows(ALICE, &id).await);
+    let ctx = SessionContext::new();
+    register_native_example_udfs(&ctx);
+    ctx.register_csv("orders", data.to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+    assert_eq!(rows, sorted(&ctx.sql(sql).await.unwrap().collect().await.unwrap()));
+    assert!(ws.path().join("host-cache").read_dir().unwrap().count() >= 1, "the host cached the compiled component");
+
+    // Bob has no component of that name (his is "orders-copy").
+    let (status, body) =
+        api.request(reqwest::Method::POST, "/v1/jobs", Some(BOB), Some(serde_json::to_value(&job).unwrap())).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no component named \"orders-udfs\""), "{body}");
+}

@@ -1,0 +1,587 @@
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::logical_expr::Volatility;
+use ignis_core::error::{IgnisError, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "ignis:udf/udf",
+    });
+}
+
+use bindings::ignis::udf::types as wit;
+
+/// The WIT package (and version) this host speaks.
+pub const WIT_PACKAGE: &str = "ignis:udf@0.1.0";
+const WIT_NAMESPACE: &str = "ignis:udf/";
+const WIT_VERSION: &str = "0.1.0";
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The sandbox every call runs in.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// Wall time one call (one batch) may take.
+    pub call_timeout: Duration,
+    /// Guest stderr kept for the error message.
+    pub stderr_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_bytes: 256 << 20, call_timeout: Duration::from_secs(10), stderr_bytes: 16 << 10 }
+    }
+}
+
+/// `sha256:<hex>` of a component's bytes: how Ignis names a component.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// One function a component offers, as its `describe` told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub kind: FunctionKind,
+    pub volatility: Volatility,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FunctionKind {
+    Scalar { arguments: Vec<DataType>, returns: DataType },
+    Aggregate { arguments: Vec<DataType>, returns: DataType },
+    Transform,
+}
+
+/// What a store carries: the (empty) WASI context, captured stderr, and the
+/// memory limiter that remembers whether the limit was hit.
+struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct MemoryLimiter {
+    memory_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The process's Wasm engine, linker and component caches.
+pub struct UdfHost {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    loaded: Mutex<HashMap<String, Arc<Component>>>,
+}
+
+impl std::fmt::Debug for UdfHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdfHost").field("cache_dir", &self.cache_dir).field("limits", &self.limits).finish()
+    }
+}
+
+impl UdfHost {
+    /// The host of this process: one engine (and one epoch thread) for every
+    /// task. Precompiled components go under `$IGNIS_UDF_CACHE`, by default
+    /// `<temp dir>/ignis-udf-cache` (`/tmp` on Lambda).
+    pub fn global() -> Result<Arc<UdfHost>> {
+        static HOST: OnceLock<std::result::Result<Arc<UdfHost>, String>> = OnceLock::new();
+        HOST.get_or_init(|| {
+            let cache_dir = std::env::var_os("IGNIS_UDF_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("ignis-udf-cache"));
+            UdfHost::new(cache_dir, Limits::default()).map(Arc::new).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(IgnisError::Udf)
+    }
+
+    pub fn new(cache_dir: PathBuf, limits: Limits) -> Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(512)
+            .total_memories(256)
+            .total_tables(512)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| IgnisError::Udf(format!("cannot start the Wasm engine: {e}")))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("ignis-udf-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(IgnisError::Io)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| IgnisError::Udf(format!("cannot link WASI: {e}")))?;
+        std::fs::create_dir_all(&cache_dir)?;
+        Ok(Self { engine, linker, cache_dir, limits, loaded: Mutex::default() })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// An already loaded component.
+    pub fn get(&self, digest: &str) -> Option<Arc<Component>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+    }
+
+    /// Load a component from its bytes (checked against `digest` when given):
+    /// compile it (or take the precompiled artefact from the disk cache),
+    /// check it implements this host's world and version, and ask it to
+    /// describe its functions. `label` names it in errors.
+    pub fn load(self: &Arc<Self>, bytes: &[u8], digest: Option<&str>, label: &str) -> Result<Arc<Component>> {
+        let actual = digest_of(bytes);
+        if let Some(expected) = digest
+            && expected != actual
+        {
+            return Err(IgnisError::Udf(format!(
+                "component {label}: its bytes hash to {actual}, not {expected}; refusing to run it"
+            )));
+        }
+        if let Some(loaded) = self.get(&actual) {
+            return Ok(loaded);
+        }
+        let component = self.compile(bytes, &actual, label)?;
+        check_world(&self.engine, &component, label)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            IgnisError::Udf(format!(
+                "component {label} needs imports Ignis does not provide (a UDF gets no files, network or \
+                 environment): {e}"
+            ))
+        })?;
+        let pre = bindings::UdfPre::new(pre)
+            .map_err(|e| IgnisError::Udf(format!("component {label} does not implement {WIT_PACKAGE}: {e}")))?;
+        let mut loaded = Component {
+            digest: actual.clone(),
+            label: label.to_owned(),
+            host: self.clone(),
+            pre,
+            functions: Vec::new(),
+        };
+        loaded.functions = loaded.describe()?;
+        let loaded = Arc::new(loaded);
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(actual, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn compile(&self, bytes: &[u8], digest: &str, label: &str) -> Result<wasmtime::component::Component> {
+        let mut hasher = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let file =
+            self.cache_dir.join(format!("{}-{:016x}.cwasm", digest.trim_start_matches("sha256:"), hasher.finish()));
+        if file.exists() {
+            match self.deserialize(&file) {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "precompiled component unusable; recompiling")
+                }
+            }
+        }
+        let compiled = self.engine.precompile_component(bytes).map_err(|e| {
+            IgnisError::Udf(format!(
+                "{label} is not a usable WebAssembly component (build it with `ignis udf build`, \
+                 i.e. cargo build --target wasm32-wasip2): {}",
+                root_cause(&e)
+            ))
+        })?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &compiled)?;
+        std::fs::rename(&tmp, &file)?;
+        self.deserialize(&file)
+    }
+
+    #[allow(unsafe_code)]
+    fn deserialize(&self, file: &Path) -> Result<wasmtime::component::Component> {
+        // SAFETY: the file is one this host wrote with `precompile_component`
+        // of the same engine configuration (its name carries the engine's
+        // compatibility hash) into its own cache directory, renamed into place
+        // only once complete; wasmtime checks the header and version on load.
+        unsafe { wasmtime::component::Component::deserialize_file(&self.engine, file) }
+            .map_err(|e| IgnisError::Udf(format!("cannot load precompiled {}: {e}", file.display())))
+    }
+}
+
+/// The innermost cause of a wasmtime error, which is the readable one.
+fn root_cause(e: &wasmtime::Error) -> String {
+    e.chain().last().map(|c| c.to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// Refuse a component that was not built against this host's `ignis:udf` version.
+fn check_world(engine: &Engine, component: &wasmtime::component::Component, label: &str) -> Result<()> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let ours: Vec<&String> = exports.iter().filter(|name| name.starts_with(WIT_NAMESPACE)).collect();
+    if ours.is_empty() || !exports.iter().any(|name| name == "describe") {
+        return Err(IgnisError::Udf(format!(
+            "component {label} does not implement the {WIT_PACKAGE} world (it exports: {}); \
+             build it with the ignis-udf SDK",
+            if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+        )));
+    }
+    for name in ours {
+        let version = name.rsplit_once('@').map(|(_, v)| v).unwrap_or("(none)");
+        if version != WIT_VERSION {
+            return Err(IgnisError::Udf(format!(
+                "component {label} was built against ignis:udf@{version}, but this Ignis speaks {WIT_PACKAGE}; \
+                 rebuild it with a matching ignis-udf SDK"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A loaded component: ready to instantiate, with its functions described.
+pub struct Component {
+    digest: String,
+    label: String,
+    host: Arc<UdfHost>,
+    pre: bindings::UdfPre<Sandbox>,
+    functions: Vec<FunctionInfo>,
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component").field("digest", &self.digest).field("label", &self.label).finish()
+    }
+}
+
+/// A live instance: for one call (scalars), or for the accumulators of one
+/// task (aggregates). Dropped afterwards, whatever happened.
+struct Call {
+    label: String,
+    limits: Limits,
+    store: Store<Sandbox>,
+    stderr: MemoryOutputPipe,
+    instance: bindings::Udf,
+}
+
+impl Component {
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn functions(&self) -> &[FunctionInfo] {
+        &self.functions
+    }
+
+    pub fn function(&self, name: &str) -> Option<&FunctionInfo> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+
+    fn instantiate(&self, function: &str) -> Result<Call> {
+        let limits = &self.host.limits;
+        let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+        // Nothing granted: no preopened directories, no environment variables,
+        // no arguments, no sockets, no name lookups. stdout goes nowhere.
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let sandbox = Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { memory_bytes: limits.memory_bytes, hit: false },
+        };
+        let mut store = Store::new(&self.host.engine, sandbox);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        set_deadline(&mut store, limits);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            IgnisError::Udf(format!("UDF {function} ({}): cannot start an instance: {}", self.label, root_cause(&e)))
+        })?;
+        Ok(Call { label: self.label.clone(), limits: limits.clone(), store, stderr, instance })
+    }
+
+    /// Ask the component what it offers, and check the answer makes sense.
+    fn describe(&self) -> Result<Vec<FunctionInfo>> {
+        let mut call = self.instantiate("describe")?;
+        let described = call.instance.call_describe(&mut call.store);
+        let described = described.map_err(|e| call.failure("describe", e))?;
+        let mut functions: Vec<FunctionInfo> = Vec::with_capacity(described.len());
+        for f in described {
+            if !valid_name(&f.name) {
+                return Err(IgnisError::Udf(format!(
+                    "component {}: function name '{}' is not a valid SQL identifier (letters, digits, _)",
+                    self.label, f.name
+                )));
+            }
+            if functions.iter().any(|g| g.name == f.name) {
+                return Err(IgnisError::Udf(format!(
+                    "component {} describes two functions named '{}'",
+                    self.label, f.name
+                )));
+            }
+            functions.push(FunctionInfo {
+                name: f.name,
+                kind: match f.kind {
+                    wit::FunctionKind::Scalar(s) => FunctionKind::Scalar {
+                        arguments: s.arguments.iter().map(arrow_type).collect(),
+                        returns: arrow_type(&s.returns),
+                    },
+                    wit::FunctionKind::Aggregate(s) => FunctionKind::Aggregate {
+                        arguments: s.arguments.iter().map(arrow_type).collect(),
+                        returns: arrow_type(&s.returns),
+                    },
+                    wit::FunctionKind::Transform => FunctionKind::Transform,
+                },
+                volatility: match f.volatility {
+                    wit::Volatility::Immutable => Volatility::Immutable,
+                    wit::Volatility::Stable => Volatility::Stable,
+                    wit::Volatility::Volatile => Volatility::Volatile,
+                },
+                description: f.description,
+            });
+        }
+        if functions.is_empty() {
+            return Err(IgnisError::Udf(format!("component {} offers no functions", self.label)));
+        }
+        Ok(functions)
+    }
+
+    /// Call scalar function `name` on a batch of argument columns; returns the
+    /// result batch (one column, as many rows).
+    pub fn call_scalar(&self, name: &str, args: &RecordBatch) -> Result<RecordBatch> {
+        let bytes = write_ipc(args)?;
+        let mut call = self.instantiate(name)?;
+        let scalar = call.instance.ignis_udf_scalar();
+        let returned = scalar.call_call(&mut call.store, name, &bytes);
+        let returned = returned.map_err(|e| call.failure(name, e))?;
+        let out = returned.map_err(|e| call.udf_error(name, e))?;
+        read_ipc(&out)
+            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned unreadable data: {e}", self.label)))
+    }
+}
+
+/// The next call may run for `call_timeout` from now.
+fn set_deadline(store: &mut Store<Sandbox>, limits: &Limits) {
+    let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+}
+
+impl Call {
+    /// A trap, a limit or a host error, as the user should read it.
+    fn failure(&self, function: &str, e: wasmtime::Error) -> IgnisError {
+        let component = &self.label;
+        let limits = &self.limits;
+        let what = if self.store.data().limiter.hit {
+            format!("ran out of memory (limit {} MiB per call)", limits.memory_bytes >> 20)
+        } else {
+            match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => {
+                    format!("was stopped after its time limit of {:.1} s per call", limits.call_timeout.as_secs_f64())
+                }
+                Some(Trap::StackOverflow) => "exhausted its call stack (too deep recursion?)".to_owned(),
+                Some(trap) => format!("trapped: {trap}"),
+                None => format!("failed: {}", root_cause(&e)),
+            }
+        };
+        IgnisError::Udf(format!("UDF {function} ({component}) {what}{}", self.stderr_tail()))
+    }
+
+    /// An error the guest reported through the WIT `udf-error` variant.
+    fn udf_error(&self, function: &str, e: wit::UdfError) -> IgnisError {
+        let component = &self.label;
+        let what = match e {
+            wit::UdfError::UnknownFunction(m) => format!("is not in the component: {m}"),
+            wit::UdfError::InvalidArguments(m) => format!("got invalid arguments: {m}"),
+            wit::UdfError::InvalidData(m) => format!("could not read its input: {m}"),
+            wit::UdfError::Failed(m) => format!("failed: {m}"),
+        };
+        IgnisError::Udf(format!("UDF {function} ({component}) {what}{}", self.stderr_tail()))
+    }
+
+    fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if text.is_empty() { String::new() } else { format!("; its stderr: {text}") }
+    }
+}
+
+/// One instance holding the accumulators (one resource per group) of an
+/// aggregate for one task. After a trap or a limit it refuses further calls.
+pub struct AggregateInstance {
+    name: String,
+    call: Call,
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for AggregateInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregateInstance").field("name", &self.name).field("component", &self.call.label).finish()
+    }
+}
+
+/// An accumulator inside an [`AggregateInstance`].
+pub type AccumulatorHandle = wasmtime::component::ResourceAny;
+
+impl Component {
+    /// A fresh instance for aggregate `name`'s accumulators.
+    pub fn aggregate_instance(&self, name: &str) -> Result<AggregateInstance> {
+        Ok(AggregateInstance { name: name.to_owned(), call: self.instantiate(name)?, broken: None })
+    }
+}
+
+impl AggregateInstance {
+    /// Run one guest call with a fresh deadline; a trap breaks the instance.
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Call) -> wasmtime::Result<std::result::Result<T, wit::UdfError>>,
+    ) -> Result<T> {
+        if let Some(e) = &self.broken {
+            return Err(IgnisError::Udf(e.clone()));
+        }
+        set_deadline(&mut self.call.store, &self.call.limits);
+        match f(&mut self.call) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.call.udf_error(&self.name, e)),
+            Err(trap) => {
+                let e = self.call.failure(&self.name, trap);
+                self.broken = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    pub fn create(&mut self) -> Result<AccumulatorHandle> {
+        let name = self.name.clone();
+        self.guard(|c| c.instance.ignis_udf_aggregate().accumulator().call_create(&mut c.store, &name))
+    }
+
+    pub fn update(&mut self, acc: AccumulatorHandle, args: &RecordBatch) -> Result<()> {
+        let bytes = write_ipc(args)?;
+        self.guard(|c| c.instance.ignis_udf_aggregate().accumulator().call_update(&mut c.store, acc, &bytes))
+    }
+
+    pub fn state(&mut self, acc: AccumulatorHandle) -> Result<Vec<u8>> {
+        self.guard(|c| c.instance.ignis_udf_aggregate().accumulator().call_state(&mut c.store, acc))
+    }
+
+    pub fn merge(&mut self, acc: AccumulatorHandle, states: &[Vec<u8>]) -> Result<()> {
+        self.guard(|c| c.instance.ignis_udf_aggregate().accumulator().call_merge(&mut c.store, acc, states))
+    }
+
+    /// The final value: a one-row, one-column batch.
+    pub fn evaluate(&mut self, acc: AccumulatorHandle) -> Result<RecordBatch> {
+        let bytes = self.guard(|c| c.instance.ignis_udf_aggregate().accumulator().call_evaluate(&mut c.store, acc))?;
+        read_ipc(&bytes).map_err(|e| {
+            IgnisError::Udf(format!("UDF {} ({}) returned unreadable data: {e}", self.name, self.call.label))
+        })
+    }
+
+    /// Free an accumulator in the guest.
+    pub fn drop_accumulator(&mut self, acc: AccumulatorHandle) {
+        if self.broken.is_none() {
+            set_deadline(&mut self.call.store, &self.call.limits);
+            let _ = acc.resource_drop(&mut self.call.store);
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+fn arrow_type(t: &wit::DataType) -> DataType {
+    match t {
+        wit::DataType::Boolean => DataType::Boolean,
+        wit::DataType::Int8 => DataType::Int8,
+        wit::DataType::Int16 => DataType::Int16,
+        wit::DataType::Int32 => DataType::Int32,
+        wit::DataType::Int64 => DataType::Int64,
+        wit::DataType::Uint8 => DataType::UInt8,
+        wit::DataType::Uint16 => DataType::UInt16,
+        wit::DataType::Uint32 => DataType::UInt32,
+        wit::DataType::Uint64 => DataType::UInt64,
+        wit::DataType::Float32 => DataType::Float32,
+        wit::DataType::Float64 => DataType::Float64,
+        wit::DataType::Utf8 => DataType::Utf8,
+        wit::DataType::Binary => DataType::Binary,
+        wit::DataType::Date32 => DataType::Date32,
+        wit::DataType::Timestamp(t) => DataType::Timestamp(
+            match t.unit {
+                wit::TimeUnit::Second => TimeUnit::Second,
+                wit::TimeUnit::Millisecond => TimeUnit::Millisecond,
+                wit::TimeUnit::Microsecond => TimeUnit::Microsecond,
+                wit::TimeUnit::Nanosecond => TimeUnit::Nanosecond,
+            },
+            t.timezone.as_deref().map(Arc::from),
+        ),
+        wit::DataType::Decimal128(d) => DataType::Decimal128(d.precision, d.scale),
+    }
+}
+
+fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+fn read_ipc(bytes: &[u8]) -> Result<RecordBatch> {
+    let mut reader = StreamReader::try_new(bytes, None)?;
+    match reader.next() {
+        Some(batch) => Ok(batch?),
+        None => Ok(RecordBatch::new_empty(reader.schema())),
+    }
+}

@@ -1,0 +1,357 @@
+//! How Rust argument and result types map to Arrow columns.
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Decimal128Builder, PrimitiveBuilder, StringBuilder};
+use arrow_array::types::{
+    Date32Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Decimal128Array, PrimitiveArray, StringArray};
+use arrow_schema::{DataType, TimeUnit};
+
+use crate::Error;
+
+/// Days since 1970-01-01 (Arrow `Date32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Date(pub i32);
+
+/// Microseconds since 1970-01-01T00:00:00 UTC (Arrow `Timestamp(Microsecond)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+/// A decimal of precision `P` and scale `S`: the value is `unscaled / 10^S`
+/// (Arrow `Decimal128(P, S)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Decimal<const P: u8, const S: i8>(pub i128);
+
+fn downcast<'a, T: 'static>(array: &'a ArrayRef, expected: &DataType) -> Result<&'a T, Error> {
+    array
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| Error::InvalidArguments(format!("expected a {expected} column, got {}", array.data_type())))
+}
+
+/// A type a function can take as an argument.
+pub trait Arg<'a>: Sized {
+    /// The typed column the values are read from.
+    type Column;
+    fn data_type() -> DataType;
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error>;
+    /// The value at `row`; `None` for a null (the row's result is then null).
+    fn value(column: &Self::Column, row: usize) -> Option<Self>;
+}
+
+/// A type a function can return.
+pub trait Ret {
+    type Builder;
+    fn data_type() -> DataType;
+    fn builder(rows: usize) -> Self::Builder;
+    /// Appends the value; an `Err` fails the call with its text.
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String>;
+    fn append_null(builder: &mut Self::Builder);
+    fn finish(builder: Self::Builder) -> ArrayRef;
+}
+
+impl<'a, T: Arg<'a>> Arg<'a> for Option<T> {
+    type Column = T::Column;
+    fn data_type() -> DataType {
+        T::data_type()
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        T::column(array)
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        Some(T::value(column, row))
+    }
+}
+
+impl<T: Ret> Ret for Option<T> {
+    type Builder = T::Builder;
+    fn data_type() -> DataType {
+        T::data_type()
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        T::builder(rows)
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        match value {
+            Some(v) => T::append(builder, v),
+            None => {
+                T::append_null(builder);
+                Ok(())
+            }
+        }
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        T::append_null(builder)
+    }
+    fn finish(builder: Self::Builder) -> ArrayRef {
+        T::finish(builder)
+    }
+}
+
+impl<T: Ret, E: Display> Ret for Result<T, E> {
+    type Builder = T::Builder;
+    fn data_type() -> DataType {
+        T::data_type()
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        T::builder(rows)
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        match value {
+            Ok(v) => T::append(builder, v),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        T::append_null(builder)
+    }
+    fn finish(builder: Self::Builder) -> ArrayRef {
+        T::finish(builder)
+    }
+}
+
+/// Arg and Ret for a Rust type stored as-is in an Arrow primitive column.
+macro_rules! primitive {
+    ($rust:ty, $arrow:ty, $data_type:expr) => {
+        impl<'a> Arg<'a> for $rust {
+            type Column = &'a PrimitiveArray<$arrow>;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+                downcast(array, &$data_type)
+            }
+            fn value(column: &Self::Column, row: usize) -> Option<Self> {
+                if column.is_null(row) { None } else { Some(column.value(row) as $rust) }
+            }
+        }
+
+        impl Ret for $rust {
+            type Builder = PrimitiveBuilder<$arrow>;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn builder(rows: usize) -> Self::Builder {
+                PrimitiveBuilder::with_capacity(rows)
+            }
+            fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+                builder.append_value(value);
+                Ok(())
+            }
+            fn append_null(builder: &mut Self::Builder) {
+                builder.append_null()
+            }
+            fn finish(mut builder: Self::Builder) -> ArrayRef {
+                Arc::new(builder.finish())
+            }
+        }
+    };
+}
+
+primitive!(i8, Int8Type, DataType::Int8);
+primitive!(i16, Int16Type, DataType::Int16);
+primitive!(i32, Int32Type, DataType::Int32);
+primitive!(i64, Int64Type, DataType::Int64);
+primitive!(u8, UInt8Type, DataType::UInt8);
+primitive!(u16, UInt16Type, DataType::UInt16);
+primitive!(u32, UInt32Type, DataType::UInt32);
+primitive!(u64, UInt64Type, DataType::UInt64);
+primitive!(f32, Float32Type, DataType::Float32);
+primitive!(f64, Float64Type, DataType::Float64);
+
+/// Arg and Ret for a newtype over an Arrow primitive column's native value.
+macro_rules! wrapped {
+    ($rust:ident, $arrow:ty, $data_type:expr) => {
+        impl<'a> Arg<'a> for $rust {
+            type Column = &'a PrimitiveArray<$arrow>;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+                downcast(array, &$data_type)
+            }
+            fn value(column: &Self::Column, row: usize) -> Option<Self> {
+                if column.is_null(row) { None } else { Some($rust(column.value(row))) }
+            }
+        }
+
+        impl Ret for $rust {
+            type Builder = PrimitiveBuilder<$arrow>;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn builder(rows: usize) -> Self::Builder {
+                PrimitiveBuilder::with_capacity(rows).with_data_type($data_type)
+            }
+            fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+                builder.append_value(value.0);
+                Ok(())
+            }
+            fn append_null(builder: &mut Self::Builder) {
+                builder.append_null()
+            }
+            fn finish(mut builder: Self::Builder) -> ArrayRef {
+                Arc::new(builder.finish())
+            }
+        }
+    };
+}
+
+wrapped!(Date, Date32Type, DataType::Date32);
+wrapped!(Timestamp, TimestampMicrosecondType, DataType::Timestamp(TimeUnit::Microsecond, None));
+
+impl<'a, const P: u8, const S: i8> Arg<'a> for Decimal<P, S> {
+    type Column = &'a Decimal128Array;
+    fn data_type() -> DataType {
+        DataType::Decimal128(P, S)
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        if array.data_type() != &DataType::Decimal128(P, S) {
+            return Err(Error::InvalidArguments(format!(
+                "expected a {} column, got {}",
+                DataType::Decimal128(P, S),
+                array.data_type()
+            )));
+        }
+        downcast(array, &DataType::Decimal128(P, S))
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        if column.is_null(row) { None } else { Some(Decimal(column.value(row))) }
+    }
+}
+
+impl<const P: u8, const S: i8> Ret for Decimal<P, S> {
+    type Builder = Decimal128Builder;
+    fn data_type() -> DataType {
+        DataType::Decimal128(P, S)
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        Decimal128Builder::with_capacity(rows).with_data_type(DataType::Decimal128(P, S))
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        builder.append_value(value.0);
+        Ok(())
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        builder.append_null()
+    }
+    fn finish(mut builder: Self::Builder) -> ArrayRef {
+        Arc::new(builder.finish())
+    }
+}
+
+impl<'a> Arg<'a> for bool {
+    type Column = &'a BooleanArray;
+    fn data_type() -> DataType {
+        DataType::Boolean
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        downcast(array, &DataType::Boolean)
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        if column.is_null(row) { None } else { Some(column.value(row)) }
+    }
+}
+
+impl Ret for bool {
+    type Builder = BooleanBuilder;
+    fn data_type() -> DataType {
+        DataType::Boolean
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        BooleanBuilder::with_capacity(rows)
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        builder.append_value(value);
+        Ok(())
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        builder.append_null()
+    }
+    fn finish(mut builder: Self::Builder) -> ArrayRef {
+        Arc::new(builder.finish())
+    }
+}
+
+impl<'a> Arg<'a> for &'a str {
+    type Column = &'a StringArray;
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        downcast(array, &DataType::Utf8)
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        if column.is_null(row) { None } else { Some(column.value(row)) }
+    }
+}
+
+impl<'a> Arg<'a> for String {
+    type Column = &'a StringArray;
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        downcast(array, &DataType::Utf8)
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        if column.is_null(row) { None } else { Some(column.value(row).to_owned()) }
+    }
+}
+
+impl Ret for String {
+    type Builder = StringBuilder;
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        StringBuilder::with_capacity(rows, rows * 16)
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        builder.append_value(value);
+        Ok(())
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        builder.append_null()
+    }
+    fn finish(mut builder: Self::Builder) -> ArrayRef {
+        Arc::new(builder.finish())
+    }
+}
+
+impl<'a> Arg<'a> for &'a [u8] {
+    type Column = &'a BinaryArray;
+    fn data_type() -> DataType {
+        DataType::Binary
+    }
+    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
+        downcast(array, &DataType::Binary)
+    }
+    fn value(column: &Self::Column, row: usize) -> Option<Self> {
+        if column.is_null(row) { None } else { Some(column.value(row)) }
+    }
+}
+
+impl Ret for Vec<u8> {
+    type Builder = BinaryBuilder;
+    fn data_type() -> DataType {
+        DataType::Binary
+    }
+    fn builder(rows: usize) -> Self::Builder {
+        BinaryBuilder::with_capacity(rows, rows * 16)
+    }
+    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+        builder.append_value(value);
+        Ok(())
+    }
+    fn append_null(builder: &mut Self::Builder) {
+        builder.append_null()
+    }
+    fn finish(mut builder: Self::Builder) -> ArrayRef {
+        Arc::new(builder.finish())
+    }
+}
