@@ -178,6 +178,7 @@ fn ignis_job(
         OutputSpec::Collect
     };
     Ok(JobSpec {
+        udfs: Vec::new(),
         name: Some(w.name.clone()),
         tables: tables.clone(),
         sql: Some(w.sql.clone()),

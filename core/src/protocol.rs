@@ -39,6 +39,9 @@ pub struct UdfRef {
     pub digest: String,
     /// Object URL of the component, e.g. `s3://bucket/udfs/components/<hex>.wasm`.
     pub url: String,
+    /// How errors name the component: its upload name, file name or short digest.
+    #[serde(default)]
+    pub label: String,
 }
 
 /// Where the shuffle readers of one upstream stage find their data:
@@ -252,6 +255,7 @@ mod tests {
             inputs: vec![],
             output: TaskOutput::Shuffle { root: "file:///tmp/s".into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,
+            udfs: Vec::new(),
         };
         let json = serde_json::to_string(&req).unwrap();
         let back: TaskRequest = serde_json::from_str(&json).unwrap();

@@ -134,7 +134,12 @@ impl UdfRegistry {
     pub async fn resolve(&self, tenant: &str, entries: &[String]) -> Result<Vec<UdfRef>> {
         let mut refs: Vec<UdfRef> = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
+            let mut label = entry.clone();
             let digest = if is_wasm_path(entry) {
+                label = std::path::Path::new(entry)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| entry.clone());
                 let bytes = std::fs::read(entry)
                     .map_err(|e| IgnisError::Job(format!("udfs[{i}]: cannot read component {entry}: {e}")))?;
                 let digest = digest_of(&bytes);
@@ -148,6 +153,7 @@ impl UdfRegistry {
                 if object_store.head(&path).await.is_err() {
                     return Err(IgnisError::Job(format!("udfs[{i}]: no component with digest {entry} was uploaded")));
                 }
+                label = entry.chars().take(19).collect();
                 entry.to_ascii_lowercase()
             } else {
                 let url = self.name_url(tenant, entry);
@@ -165,7 +171,7 @@ impl UdfRegistry {
                 registered.digest
             };
             if !refs.iter().any(|r| r.digest == digest) {
-                refs.push(UdfRef { url: self.component_url(&digest), digest });
+                refs.push(UdfRef { url: self.component_url(&digest), digest, label });
             }
         }
         Ok(refs)
@@ -180,7 +186,7 @@ impl UdfRegistry {
                 Some(c) => c,
                 None => {
                     let bytes = store::read(&self.env, &r.url).await?;
-                    load_blocking(bytes, Some(r.digest.clone()), r.digest.clone()).await?
+                    load_blocking(bytes, Some(r.digest.clone()), r.label.clone()).await?
                 }
             };
             for f in component.functions() {

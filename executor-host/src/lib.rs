@@ -71,7 +71,7 @@ impl Executor {
                     let bytes = ignis_core::store::read(&self.runtime, &udf.url).await?;
                     let host = host.clone();
                     let udf = udf.clone();
-                    tokio::task::spawn_blocking(move || host.load(&bytes, Some(&udf.digest), &udf.digest))
+                    tokio::task::spawn_blocking(move || host.load(&bytes, Some(&udf.digest), &udf.label))
                         .await
                         .map_err(|e| IgnisError::internal(format!("component load panicked: {e}")))??
                 }

@@ -191,6 +191,7 @@ pub fn sorted(batches: &[RecordBatch]) -> Vec<String> {
 pub fn tpch_job(tables: &BTreeMap<String, TableSpec>, query: &str) -> JobSpec {
     let sql = std::fs::read_to_string(repo_root().join(format!("tests/tpch/queries/{query}.sql"))).unwrap();
     JobSpec {
+        udfs: Vec::new(),
         name: Some(query.into()),
         tables: tables.clone(),
         sql: Some(sql),

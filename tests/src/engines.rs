@@ -108,6 +108,7 @@ impl Distributed {
         }
         text.push_str(sql);
         JobSpec {
+            udfs: Vec::new(),
             name: None,
             tables: self.tables.clone(),
             sql: Some(text),

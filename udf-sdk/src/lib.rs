@@ -32,6 +32,9 @@ pub mod bindings {
     });
 }
 
+// The macros name the SDK as `ignis_udf`, which lets this crate's tests use them too.
+extern crate self as ignis_udf;
+
 mod aggregate;
 mod error;
 mod ipc;
@@ -89,5 +92,72 @@ impl Function {
             Function::Scalar(def) => def.name,
             Function::Aggregate(def) => def.name,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use crate::{__private, Error, Function, ipc};
+
+    /// Joins a name and a count; a null count reads as zero.
+    #[crate::scalar]
+    fn label(name: &str, count: Option<i64>) -> String {
+        format!("{name}:{}", count.unwrap_or(0))
+    }
+
+    #[crate::scalar(name = "safe_div")]
+    fn divide(a: f64, b: f64) -> Result<f64, String> {
+        if b == 0.0 { Err(format!("division of {a} by zero")) } else { Ok(a / b) }
+    }
+
+    const FUNCTIONS: &[Function] = &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION];
+
+    fn batch(columns: Vec<Arc<dyn Array>>) -> Vec<u8> {
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("arg{i}"), c.data_type().clone(), true))
+            .collect();
+        ipc::write_batch(&RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn describe_names_types_and_the_doc_comment() {
+        let described = __private::describe(FUNCTIONS);
+        assert_eq!(described[0].name, "label");
+        assert_eq!(described[0].description, "Joins a name and a count; a null count reads as zero.");
+        assert_eq!(described[1].name, "safe_div");
+    }
+
+    #[test]
+    fn nulls_skip_plain_arguments_and_reach_option_arguments() {
+        let names = StringArray::from(vec![Some("a"), None, Some("c")]);
+        let counts = Int64Array::from(vec![Some(1), Some(2), None]);
+        let out = __private::call_scalar(FUNCTIONS, "label", &batch(vec![Arc::new(names), Arc::new(counts)])).unwrap();
+        let out = ipc::read_batch(&out).unwrap();
+        let out = out.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![Some("a:1"), None, Some("c:0")]);
+        assert_eq!(out.data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn an_error_names_the_function_and_row_and_bad_calls_are_typed() {
+        let a = Float64Array::from(vec![1.0, 2.0]);
+        let b = Float64Array::from(vec![1.0, 0.0]);
+        let e = __private::call_scalar(FUNCTIONS, "safe_div", &batch(vec![Arc::new(a.clone()), Arc::new(b)]));
+        assert_eq!(e, Err(Error::Failed("safe_div failed on row 1 of the batch: division of 2 by zero".into())));
+        let e = __private::call_scalar(FUNCTIONS, "safe_div", &batch(vec![Arc::new(a.clone())]));
+        assert!(matches!(e, Err(Error::InvalidArguments(_))), "{e:?}");
+        let e = __private::call_scalar(FUNCTIONS, "nope", &batch(vec![Arc::new(a)]));
+        assert!(matches!(e, Err(Error::UnknownFunction(_))), "{e:?}");
+        let e = __private::call_scalar(FUNCTIONS, "label", b"not arrow");
+        assert!(matches!(e, Err(Error::InvalidData(_))), "{e:?}");
     }
 }

@@ -156,7 +156,7 @@ async fn example_udfs_in_sql_run_distributed_and_match_the_same_logic_native() {
     };
     let driver = Driver::local(2, config);
     let outcome = driver.run(&job, &|_| {}).await.unwrap();
-    assert!(outcome.stages >= 2 && outcome.tasks >= 7, "4 scan tasks and 3 reduce tasks: {outcome:?}");
+    assert!(outcome.stages >= 2 && outcome.tasks >= 5, "partial aggregates cross a shuffle: {outcome:?}");
     let JobResult::Rows { batches, .. } = outcome.result else { panic!("collect job") };
 
     let ctx = SessionContext::new();
@@ -202,7 +202,7 @@ async fn a_trapping_udf_fails_the_job_with_its_name_and_is_not_retried() {
         }
     };
     let e = driver.run(&job, &events).await.unwrap_err().to_string();
-    assert!(e.contains("UDF boom (sha256:") && e.contains("trapped") && e.contains("boom at"), "{e}");
+    assert!(e.contains("UDF boom (evil_udfs.wasm) trapped") && e.contains("trapped") && e.contains("boom at"), "{e}");
     assert!(attempts.into_inner() <= 4, "a user error in a UDF is not retried");
 
     // A component name nobody uploaded.
@@ -277,7 +277,7 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
+            (status, serde_json::from_slice::<serde_json::Value>(&response.bytes().await.unwrap()).unwrap())
         }
     };
     let orders = std::fs::read(component(ORDERS_UDFS)).unwrap();
@@ -285,7 +285,7 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     assert_eq!(status, 201, "{body}");
     assert!(body["digest"].as_str().unwrap().starts_with("sha256:"), "{body}");
     let names: Vec<&str> = body["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["normalize", "with_tax"]);
+    assert_eq!(names, ["normalize", "with_tax", "geo_mean"]);
     // Not a component; another version of the world; a function name the tenant already has.
     let (status, body) = upload("junk", ALICE, b"not wasm at all".to_vec()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_udf")), "{body}");
@@ -310,7 +310,7 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     let job = json!({
         "udfs": ["orders-udfs"],
         "sql": sql,
-        "tables": {"orders": {"format": "csv", "location": data, "options": {"header": true}}},
+        "tables": {"orders": {"format": "csv", "location": format!("{}/", data.display()), "options": {"header": true}}},
         "config": {"backend": "hosts", "shuffle_partitions": 3}
     });
     let job: JobSpec = serde_json::from_value(job).unwrap();

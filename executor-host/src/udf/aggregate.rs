@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{can_cast_types, cast, concat, take};
+use datafusion::arrow::compute::{can_cast_types, cast, concat, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -44,7 +44,7 @@ impl WasmAggregateUdf {
     fn groups(&self) -> DfResult<WasmGroups> {
         let instance = self.component.aggregate_instance(&self.name).map_err(external)?;
         Ok(WasmGroups {
-            instance,
+            instance: Mutex::new(instance),
             groups: Vec::new(),
             arguments: self.arguments.clone(),
             returns: self.returns.clone(),
@@ -114,16 +114,32 @@ impl AggregateUDFImpl for WasmAggregateUdf {
     }
 }
 
-/// Accumulators of many groups in one instance.
+/// Accumulators of many groups in one instance. (The mutex only makes the
+/// store `Sync` for DataFusion; calls come with `&mut self`.)
 #[derive(Debug)]
 struct WasmGroups {
-    instance: AggregateInstance,
+    instance: Mutex<AggregateInstance>,
     groups: Vec<Option<AccumulatorHandle>>,
     arguments: Vec<DataType>,
     returns: DataType,
 }
 
 impl WasmGroups {
+    fn instance(&mut self) -> &mut AggregateInstance {
+        self.instance.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The argument columns cast to the declared types, as a batch.
+    fn arguments_batch(&self, values: &[ArrayRef]) -> DfResult<RecordBatch> {
+        let mut columns = Vec::with_capacity(values.len());
+        let mut fields = Vec::with_capacity(values.len());
+        for (i, (v, t)) in values.iter().zip(&self.arguments).enumerate() {
+            columns.push(if v.data_type() == t { v.clone() } else { cast(v, t)? });
+            fields.push(Field::new(format!("arg{i}"), t.clone(), true));
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    }
+
     fn handle(&mut self, group: usize) -> DfResult<AccumulatorHandle> {
         if self.groups.len() <= group {
             self.groups.resize(group + 1, None);
@@ -131,7 +147,7 @@ impl WasmGroups {
         match self.groups[group] {
             Some(h) => Ok(h),
             None => {
-                let h = run_outside_async(|| self.instance.create()).map_err(external)?;
+                let h = run_outside_async(|| self.instance().create()).map_err(external)?;
                 self.groups[group] = Some(h);
                 Ok(h)
             }
@@ -156,26 +172,17 @@ impl WasmGroups {
         group_indices: &[usize],
         filter: Option<&BooleanArray>,
     ) -> DfResult<()> {
-        let mut columns = Vec::with_capacity(values.len());
-        let mut fields = Vec::with_capacity(values.len());
-        for (i, (v, t)) in values.iter().zip(&self.arguments).enumerate() {
-            columns.push(if v.data_type() == t { v.clone() } else { cast(v, t)? });
-            fields.push(Field::new(format!("arg{i}"), t.clone(), true));
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let whole = group_indices.len() == values.first().map_or(0, |v| v.len());
-        let single_group = whole && filter.is_none() && group_indices.windows(2).all(|w| w[0] == w[1]);
+        let args = self.arguments_batch(values)?;
+        let single_group = filter.is_none() && group_indices.windows(2).all(|w| w[0] == w[1]);
         if single_group && let Some(&group) = group_indices.first() {
-            let batch = RecordBatch::try_new(schema, columns)?;
             let h = self.handle(group)?;
-            return run_outside_async(|| self.instance.update(h, &batch)).map_err(external);
+            return run_outside_async(|| self.instance().update(h, &args)).map_err(external);
         }
         for (group, rows) in Self::rows_by_group(group_indices, filter) {
             let indices = UInt32Array::from(rows);
-            let taken = columns.iter().map(|c| take(c, &indices, None)).collect::<Result<Vec<_>, _>>()?;
-            let batch = RecordBatch::try_new(schema.clone(), taken)?;
+            let batch = take_record_batch(&args, &indices)?;
             let h = self.handle(group)?;
-            run_outside_async(|| self.instance.update(h, &batch)).map_err(external)?;
+            run_outside_async(|| self.instance().update(h, &batch)).map_err(external)?;
         }
         Ok(())
     }
@@ -192,7 +199,7 @@ impl WasmGroups {
                 .map(|r| states.value(*r as usize).to_vec())
                 .collect();
             let h = self.handle(group)?;
-            run_outside_async(|| self.instance.merge(h, &bytes)).map_err(external)?;
+            run_outside_async(|| self.instance().merge(h, &bytes)).map_err(external)?;
         }
         Ok(())
     }
@@ -204,7 +211,7 @@ impl WasmGroups {
             .into_iter()
             .map(|h| match h {
                 Some(h) => Ok(h),
-                None => run_outside_async(|| self.instance.create()).map_err(external),
+                None => run_outside_async(|| self.instance().create()).map_err(external),
             })
             .collect()
     }
@@ -212,8 +219,8 @@ impl WasmGroups {
     fn evaluate_handles(&mut self, handles: Vec<AccumulatorHandle>) -> DfResult<ArrayRef> {
         let mut values: Vec<ArrayRef> = Vec::with_capacity(handles.len());
         for h in handles {
-            let batch = run_outside_async(|| self.instance.evaluate(h)).map_err(external)?;
-            self.instance.drop_accumulator(h);
+            let batch = run_outside_async(|| self.instance().evaluate(h)).map_err(external)?;
+            self.instance().drop_accumulator(h);
             match batch.columns() {
                 [c] if c.len() == 1 && c.data_type() == &self.returns => values.push(c.clone()),
                 _ => {
@@ -233,8 +240,8 @@ impl WasmGroups {
     fn state_handles(&mut self, handles: Vec<AccumulatorHandle>) -> DfResult<ArrayRef> {
         let mut states: Vec<Vec<u8>> = Vec::with_capacity(handles.len());
         for h in handles {
-            states.push(run_outside_async(|| self.instance.state(h)).map_err(external)?);
-            self.instance.drop_accumulator(h);
+            states.push(run_outside_async(|| self.instance().state(h)).map_err(external)?);
+            self.instance().drop_accumulator(h);
         }
         Ok(Arc::new(BinaryArray::from_iter_values(states)))
     }
@@ -274,6 +281,27 @@ impl GroupsAccumulator for WasmGroups {
         self.merge_groups(states, group_indices)
     }
 
+    /// Each row on its own: the state of a fresh accumulator updated with it
+    /// (when DataFusion skips partial aggregation of high-cardinality groups).
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> DfResult<Vec<ArrayRef>> {
+        let args = self.arguments_batch(values)?;
+        let states = run_outside_async(|| -> Result<Vec<Vec<u8>>, IgnisError> {
+            let mut instance = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+            let mut states = Vec::with_capacity(args.num_rows());
+            for row in 0..args.num_rows() {
+                let h = instance.create()?;
+                if opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)) {
+                    instance.update(h, &args.slice(row, 1))?;
+                }
+                states.push(instance.state(h)?);
+                instance.drop_accumulator(h);
+            }
+            Ok(states)
+        })
+        .map_err(external)?;
+        Ok(vec![Arc::new(BinaryArray::from_iter_values(states))])
+    }
+
     fn size(&self) -> usize {
         std::mem::size_of_val(self) + self.groups.capacity() * std::mem::size_of::<Option<AccumulatorHandle>>()
     }
@@ -293,7 +321,7 @@ impl Accumulator for WasmAccumulator {
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
         let h = self.groups.handle(0)?;
-        let batch = run_outside_async(|| self.groups.instance.evaluate(h)).map_err(external)?;
+        let batch = run_outside_async(|| self.groups.instance().evaluate(h)).map_err(external)?;
         match batch.columns() {
             [c] if c.len() == 1 => ScalarValue::try_from_array(c, 0),
             _ => Err(external(IgnisError::Udf(format!(
@@ -309,7 +337,7 @@ impl Accumulator for WasmAccumulator {
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         let h = self.groups.handle(0)?;
-        let bytes = run_outside_async(|| self.groups.instance.state(h)).map_err(external)?;
+        let bytes = run_outside_async(|| self.groups.instance().state(h)).map_err(external)?;
         Ok(vec![ScalarValue::Binary(Some(bytes))])
     }
 
