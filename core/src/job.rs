@@ -479,6 +479,11 @@ fn normalize(p: &Path) -> std::path::PathBuf {
     out
 }
 
+/// A `udfs` entry that names a component file rather than an uploaded component.
+pub fn is_wasm_path(entry: &str) -> bool {
+    entry.ends_with(".wasm")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,9 +551,4 @@ location = "a.csv"
         let err = JobSpec::parse(text, "json", "j").unwrap_err().to_string();
         assert!(err.contains("unknown table 'nope'"), "{err}");
     }
-}
-
-/// A `udfs` entry that names a component file rather than an uploaded component.
-pub fn is_wasm_path(entry: &str) -> bool {
-    entry.ends_with(".wasm")
 }

@@ -26,25 +26,28 @@ pub enum UdfCommand {
         /// The name jobs use for it (default: the crate's or the file's name).
         #[arg(long)]
         name: Option<String>,
-        /// The driver to upload to; without it the component goes to the local registry `ignis run` uses.
-        #[arg(long, env = "IGNIS_DRIVER")]
-        driver: Option<String>,
-        /// Your API key (with --driver).
-        #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-        /// The local registry (without --driver): a directory or object store URL.
-        #[arg(long, env = "IGNIS_UDF_ROOT")]
-        udf_root: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// List the uploaded components and their functions.
     List {
-        #[arg(long, env = "IGNIS_DRIVER")]
-        driver: Option<String>,
-        #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-        #[arg(long, env = "IGNIS_UDF_ROOT")]
-        udf_root: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
+}
+
+/// Where components go: a driver, or the local registry `ignis run` uses.
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// The driver; without it, the local registry.
+    #[arg(long, env = "IGNIS_DRIVER")]
+    driver: Option<String>,
+    /// Your API key (with --driver).
+    #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The local registry (without --driver): a directory or object store URL.
+    #[arg(long, env = "IGNIS_UDF_ROOT")]
+    udf_root: Option<String>,
 }
 
 pub async fn run(command: UdfCommand) -> anyhow::Result<()> {
@@ -55,7 +58,7 @@ pub async fn run(command: UdfCommand) -> anyhow::Result<()> {
             println!("{}", wasm.display());
             Ok(())
         }
-        UdfCommand::Upload { path, name, driver, api_key, udf_root } => {
+        UdfCommand::Upload { path, name, registry: RegistryArgs { driver, api_key, udf_root } } => {
             let (wasm, default_name) = if path.is_dir() {
                 (build(&path)?, crate_name(&path)?)
             } else {
@@ -72,7 +75,7 @@ pub async fn run(command: UdfCommand) -> anyhow::Result<()> {
             print_functions(&registered);
             Ok(())
         }
-        UdfCommand::List { driver, api_key, udf_root } => {
+        UdfCommand::List { registry: RegistryArgs { driver, api_key, udf_root } } => {
             let udfs = match driver {
                 Some(driver) => Client::new(&driver, api_key)?.list_udfs().await?,
                 None => local_registry(udf_root)?.list(LOCAL_TENANT).await?,

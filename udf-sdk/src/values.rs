@@ -244,114 +244,54 @@ impl<const P: u8, const S: i8> Ret for Decimal<P, S> {
     }
 }
 
-impl<'a> Arg<'a> for bool {
-    type Column = &'a BooleanArray;
-    fn data_type() -> DataType {
-        DataType::Boolean
-    }
-    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
-        downcast(array, &DataType::Boolean)
-    }
-    fn value(column: &Self::Column, row: usize) -> Option<Self> {
-        if column.is_null(row) { None } else { Some(column.value(row)) }
-    }
+/// Arg for a type read from a typed Arrow array's `value(row)`.
+macro_rules! array_arg {
+    ($lt:lifetime, $rust:ty, $array:ty, $data_type:expr, $value:expr) => {
+        impl<$lt> Arg<$lt> for $rust {
+            type Column = &$lt $array;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn column(array: &$lt ArrayRef) -> Result<Self::Column, Error> {
+                downcast(array, &$data_type)
+            }
+            fn value(column: &Self::Column, row: usize) -> Option<Self> {
+                if column.is_null(row) { None } else { Some(($value)(column.value(row))) }
+            }
+        }
+    };
 }
 
-impl Ret for bool {
-    type Builder = BooleanBuilder;
-    fn data_type() -> DataType {
-        DataType::Boolean
-    }
-    fn builder(rows: usize) -> Self::Builder {
-        BooleanBuilder::with_capacity(rows)
-    }
-    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
-        builder.append_value(value);
-        Ok(())
-    }
-    fn append_null(builder: &mut Self::Builder) {
-        builder.append_null()
-    }
-    fn finish(mut builder: Self::Builder) -> ArrayRef {
-        Arc::new(builder.finish())
-    }
+array_arg!('a, bool, BooleanArray, DataType::Boolean, |v| v);
+array_arg!('a, &'a str, StringArray, DataType::Utf8, |v| v);
+array_arg!('a, String, StringArray, DataType::Utf8, |v: &str| v.to_owned());
+array_arg!('a, &'a [u8], BinaryArray, DataType::Binary, |v| v);
+
+/// Ret for a type an Arrow builder appends as it is.
+macro_rules! builder_ret {
+    ($rust:ty, $builder:ty, $data_type:expr, $new:expr) => {
+        impl Ret for $rust {
+            type Builder = $builder;
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn builder(rows: usize) -> Self::Builder {
+                ($new)(rows)
+            }
+            fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
+                builder.append_value(value);
+                Ok(())
+            }
+            fn append_null(builder: &mut Self::Builder) {
+                builder.append_null()
+            }
+            fn finish(mut builder: Self::Builder) -> ArrayRef {
+                Arc::new(builder.finish())
+            }
+        }
+    };
 }
 
-impl<'a> Arg<'a> for &'a str {
-    type Column = &'a StringArray;
-    fn data_type() -> DataType {
-        DataType::Utf8
-    }
-    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
-        downcast(array, &DataType::Utf8)
-    }
-    fn value(column: &Self::Column, row: usize) -> Option<Self> {
-        if column.is_null(row) { None } else { Some(column.value(row)) }
-    }
-}
-
-impl<'a> Arg<'a> for String {
-    type Column = &'a StringArray;
-    fn data_type() -> DataType {
-        DataType::Utf8
-    }
-    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
-        downcast(array, &DataType::Utf8)
-    }
-    fn value(column: &Self::Column, row: usize) -> Option<Self> {
-        if column.is_null(row) { None } else { Some(column.value(row).to_owned()) }
-    }
-}
-
-impl Ret for String {
-    type Builder = StringBuilder;
-    fn data_type() -> DataType {
-        DataType::Utf8
-    }
-    fn builder(rows: usize) -> Self::Builder {
-        StringBuilder::with_capacity(rows, rows * 16)
-    }
-    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
-        builder.append_value(value);
-        Ok(())
-    }
-    fn append_null(builder: &mut Self::Builder) {
-        builder.append_null()
-    }
-    fn finish(mut builder: Self::Builder) -> ArrayRef {
-        Arc::new(builder.finish())
-    }
-}
-
-impl<'a> Arg<'a> for &'a [u8] {
-    type Column = &'a BinaryArray;
-    fn data_type() -> DataType {
-        DataType::Binary
-    }
-    fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
-        downcast(array, &DataType::Binary)
-    }
-    fn value(column: &Self::Column, row: usize) -> Option<Self> {
-        if column.is_null(row) { None } else { Some(column.value(row)) }
-    }
-}
-
-impl Ret for Vec<u8> {
-    type Builder = BinaryBuilder;
-    fn data_type() -> DataType {
-        DataType::Binary
-    }
-    fn builder(rows: usize) -> Self::Builder {
-        BinaryBuilder::with_capacity(rows, rows * 16)
-    }
-    fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
-        builder.append_value(value);
-        Ok(())
-    }
-    fn append_null(builder: &mut Self::Builder) {
-        builder.append_null()
-    }
-    fn finish(mut builder: Self::Builder) -> ArrayRef {
-        Arc::new(builder.finish())
-    }
-}
+builder_ret!(bool, BooleanBuilder, DataType::Boolean, BooleanBuilder::with_capacity);
+builder_ret!(String, StringBuilder, DataType::Utf8, |rows| StringBuilder::with_capacity(rows, rows * 16));
+builder_ret!(Vec<u8>, BinaryBuilder, DataType::Binary, |rows| BinaryBuilder::with_capacity(rows, rows * 16));

@@ -1,17 +1,16 @@
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{can_cast_types, cast, concat, take_record_batch};
+use datafusion::arrow::compute::{cast, concat, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema};
-use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature};
 use ignis_core::error::IgnisError;
 
 use super::host::{AccumulatorHandle, AggregateInstance, Component, FunctionKind};
-use super::scalar::run_outside_async;
+use super::scalar::{coerce_arguments, run_outside_async};
 
 /// An aggregate function of a Wasm component, as DataFusion sees it. Each
 /// task's accumulators live as resources (one per group) in one instance.
@@ -52,20 +51,7 @@ impl WasmAggregateUdf {
     }
 }
 
-impl PartialEq for WasmAggregateUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.component.digest() == other.component.digest() && self.name == other.name
-    }
-}
-
-impl Eq for WasmAggregateUdf {}
-
-impl Hash for WasmAggregateUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.component.digest().hash(state);
-        self.name.hash(state);
-    }
-}
+wasm_function_identity!(WasmAggregateUdf);
 
 fn external(e: IgnisError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -85,15 +71,7 @@ impl AggregateUDFImpl for WasmAggregateUdf {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        if arg_types.len() != self.arguments.len() {
-            return plan_err!("UDF {} takes {} argument(s), got {}", self.name, self.arguments.len(), arg_types.len());
-        }
-        for (i, (given, wanted)) in arg_types.iter().zip(&self.arguments).enumerate() {
-            if given != wanted && !can_cast_types(given, wanted) {
-                return plan_err!("UDF {} argument {} must be {wanted}, got {given}", self.name, i + 1);
-            }
-        }
-        Ok(self.arguments.clone())
+        coerce_arguments(&self.name, &self.arguments, arg_types)
     }
 
     /// The partial state: the guest's bytes.

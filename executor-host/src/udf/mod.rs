@@ -15,6 +15,27 @@
 //!   one component function each; aggregates keep one instance per task with
 //!   one guest resource per group.
 
+/// Two Wasm functions are the same function when they are the same name in
+/// the same component (by digest).
+macro_rules! wasm_function_identity {
+    ($t:ty) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.component.digest() == other.component.digest() && self.name == other.name
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.component.digest().hash(state);
+                self.name.hash(state);
+            }
+        }
+    };
+}
+
 mod aggregate;
 mod host;
 mod scalar;

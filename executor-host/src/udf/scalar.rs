@@ -1,4 +1,3 @@
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, RecordBatchOptions};
@@ -43,20 +42,7 @@ impl WasmScalarUdf {
     }
 }
 
-impl PartialEq for WasmScalarUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.component.digest() == other.component.digest() && self.name == other.name
-    }
-}
-
-impl Eq for WasmScalarUdf {}
-
-impl Hash for WasmScalarUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.component.digest().hash(state);
-        self.name.hash(state);
-    }
-}
+wasm_function_identity!(WasmScalarUdf);
 
 impl ScalarUDFImpl for WasmScalarUdf {
     fn name(&self) -> &str {
@@ -71,23 +57,8 @@ impl ScalarUDFImpl for WasmScalarUdf {
         Ok(self.returns.clone())
     }
 
-    /// The declared argument types, when the given ones cast to them.
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        if arg_types.len() != self.arguments.len() {
-            return plan_err!(
-                "UDF {} takes {} argument(s) ({}), got {}",
-                self.name,
-                self.arguments.len(),
-                type_list(&self.arguments),
-                arg_types.len()
-            );
-        }
-        for (i, (given, wanted)) in arg_types.iter().zip(&self.arguments).enumerate() {
-            if given != wanted && !can_cast_types(given, wanted) {
-                return plan_err!("UDF {} argument {} must be {wanted}, got {given}", self.name, i + 1);
-            }
-        }
-        Ok(self.arguments.clone())
+        coerce_arguments(&self.name, &self.arguments, arg_types)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
@@ -124,6 +95,24 @@ impl ScalarUDFImpl for WasmScalarUdf {
         };
         Ok(ColumnarValue::Array(column))
     }
+}
+
+/// The declared argument types, when the given ones cast to them.
+pub(crate) fn coerce_arguments(name: &str, declared: &[DataType], given: &[DataType]) -> DfResult<Vec<DataType>> {
+    if given.len() != declared.len() {
+        return plan_err!(
+            "UDF {name} takes {} argument(s) ({}), got {}",
+            declared.len(),
+            type_list(declared),
+            given.len()
+        );
+    }
+    for (i, (given, wanted)) in given.iter().zip(declared).enumerate() {
+        if given != wanted && !can_cast_types(given, wanted) {
+            return plan_err!("UDF {name} argument {} must be {wanted}, got {given}", i + 1);
+        }
+    }
+    Ok(declared.to_vec())
 }
 
 fn type_list(types: &[DataType]) -> String {
