@@ -1,8 +1,10 @@
 //! The UDF registry: Wasm components tenants upload, stored content-addressed
 //! under the driver's `udf_root` (a directory or an object store URL):
 //!
-//!     {udf_root}/components/<sha256 hex>.wasm      the bytes, written once
-//!     {udf_root}/names/<tenant>/<name>.json        a tenant's name -> digest + functions
+//! ```text
+//! {udf_root}/components/<sha256 hex>.wasm      the bytes, written once
+//! {udf_root}/names/<tenant>/<name>.json        a tenant's name -> digest + functions
+//! ```
 //!
 //! Jobs name components (`udfs = ["my-udfs"]`) or give their digest; the
 //! driver loads them to plan with their functions and sends executors each
