@@ -80,7 +80,7 @@ impl Client {
             .http
             .post(format!("{}/v1/udfs", self.base))
             .query(&[("name", name)])
-            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
         self.json(request).await
     }
