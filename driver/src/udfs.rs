@@ -151,12 +151,13 @@ impl UdfRegistry {
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(IgnisError::Job(format!("udfs[{i}]: {entry:?} is not a sha256 digest")));
                 }
-                let (object_store, path) = store::resolve(&self.env, &self.component_url(entry))?;
+                let digest = entry.to_ascii_lowercase();
+                let (object_store, path) = store::resolve(&self.env, &self.component_url(&digest))?;
                 if object_store.head(&path).await.is_err() {
                     return Err(IgnisError::Job(format!("udfs[{i}]: no component with digest {entry} was uploaded")));
                 }
-                label = entry.chars().take(19).collect();
-                entry.to_ascii_lowercase()
+                label = digest.chars().take(19).collect();
+                digest
             } else {
                 let url = self.name_url(tenant, entry);
                 let bytes = match check_component_name(entry) {

@@ -324,6 +324,14 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     assert_eq!(rows, sorted(&ctx.sql(sql).await.unwrap().collect().await.unwrap()));
     assert!(ws.path().join("host-cache").read_dir().unwrap().count() >= 1, "the host cached the compiled component");
 
+    // The same job naming the component by its digest, in capitals.
+    let digest = alice_list["udfs"][0]["digest"].as_str().unwrap().to_owned();
+    let mut by_digest = job.clone();
+    by_digest.udfs = vec![digest.to_uppercase().replace("SHA256:", "sha256:")];
+    let id = api.submit(ALICE, &by_digest).await;
+    assert_eq!(api.wait(ALICE, &id).await["state"], "succeeded");
+    assert_eq!(sorted(&api.rows(ALICE, &id).await), rows);
+
     // Bob has no component of that name (his is "orders-copy").
     let (status, body) =
         api.request(reqwest::Method::POST, "/v1/jobs", Some(BOB), Some(serde_json::to_value(&job).unwrap())).await;
