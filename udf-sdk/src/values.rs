@@ -114,9 +114,13 @@ impl<T: Ret, E: Display> Ret for Result<T, E> {
     }
 }
 
-/// Arg and Ret for a Rust type stored as-is in an Arrow primitive column.
+/// Arg and Ret for a Rust type held in an Arrow primitive column: the native
+/// value itself, or a newtype over it (`from` wraps, `into` unwraps).
 macro_rules! primitive {
     ($rust:ty, $arrow:ty, $data_type:expr) => {
+        primitive!($rust, $arrow, $data_type, |v| v, |v| v);
+    };
+    ($rust:ty, $arrow:ty, $data_type:expr, $from:expr, $into:expr) => {
         impl<'a> Arg<'a> for $rust {
             type Column = &'a PrimitiveArray<$arrow>;
             fn data_type() -> DataType {
@@ -126,7 +130,7 @@ macro_rules! primitive {
                 downcast(array, &$data_type)
             }
             fn value(column: &Self::Column, row: usize) -> Option<Self> {
-                if column.is_null(row) { None } else { Some(column.value(row) as $rust) }
+                if column.is_null(row) { None } else { Some(($from)(column.value(row))) }
             }
         }
 
@@ -136,10 +140,10 @@ macro_rules! primitive {
                 $data_type
             }
             fn builder(rows: usize) -> Self::Builder {
-                PrimitiveBuilder::with_capacity(rows)
+                PrimitiveBuilder::with_capacity(rows).with_data_type($data_type)
             }
             fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
-                builder.append_value(value);
+                builder.append_value(($into)(value));
                 Ok(())
             }
             fn append_null(builder: &mut Self::Builder) {
@@ -162,47 +166,14 @@ primitive!(u32, UInt32Type, DataType::UInt32);
 primitive!(u64, UInt64Type, DataType::UInt64);
 primitive!(f32, Float32Type, DataType::Float32);
 primitive!(f64, Float64Type, DataType::Float64);
-
-/// Arg and Ret for a newtype over an Arrow primitive column's native value.
-macro_rules! wrapped {
-    ($rust:ident, $arrow:ty, $data_type:expr) => {
-        impl<'a> Arg<'a> for $rust {
-            type Column = &'a PrimitiveArray<$arrow>;
-            fn data_type() -> DataType {
-                $data_type
-            }
-            fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
-                downcast(array, &$data_type)
-            }
-            fn value(column: &Self::Column, row: usize) -> Option<Self> {
-                if column.is_null(row) { None } else { Some($rust(column.value(row))) }
-            }
-        }
-
-        impl Ret for $rust {
-            type Builder = PrimitiveBuilder<$arrow>;
-            fn data_type() -> DataType {
-                $data_type
-            }
-            fn builder(rows: usize) -> Self::Builder {
-                PrimitiveBuilder::with_capacity(rows).with_data_type($data_type)
-            }
-            fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
-                builder.append_value(value.0);
-                Ok(())
-            }
-            fn append_null(builder: &mut Self::Builder) {
-                builder.append_null()
-            }
-            fn finish(mut builder: Self::Builder) -> ArrayRef {
-                Arc::new(builder.finish())
-            }
-        }
-    };
-}
-
-wrapped!(Date, Date32Type, DataType::Date32);
-wrapped!(Timestamp, TimestampMicrosecondType, DataType::Timestamp(TimeUnit::Microsecond, None));
+primitive!(Date, Date32Type, DataType::Date32, Date, |d: Date| d.0);
+primitive!(
+    Timestamp,
+    TimestampMicrosecondType,
+    DataType::Timestamp(TimeUnit::Microsecond, None),
+    Timestamp,
+    |t: Timestamp| t.0
+);
 
 impl<'a, const P: u8, const S: i8> Arg<'a> for Decimal<P, S> {
     type Column = &'a Decimal128Array;
