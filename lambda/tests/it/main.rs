@@ -125,7 +125,16 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
         .start_driver(
             "driver",
             &lambda,
-            &["--local-executors", "2", "--lambda-function", FUNCTION, "--lambda-concurrency", &concurrency],
+            &[
+                "--local-executors",
+                "2",
+                "--lambda-function",
+                FUNCTION,
+                "--lambda-concurrency",
+                &concurrency,
+                "--udf-root",
+                &format!("s3://{BUCKET}/udfs"),
+            ],
         )
         .await;
 
@@ -163,6 +172,27 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
     }
     let per_instance = setup.tasks_run("fn", INSTANCES);
     assert!(per_instance.iter().filter(|n| **n > 0).count() >= 2, "tasks ran on one instance only: {per_instance:?}");
+
+    // Wasm UDFs on Lambda: uploaded to the driver (its registry is on S3), fetched
+    // by the functions from S3; the same rows as the driver's local workers.
+    let wasm = std::fs::read(ignis_tests::guests::component("examples/udfs/orders-udfs")).unwrap();
+    let upload = driver.http.post(format!("{}/v1/udfs?name=orders-udfs", driver.base)).bearer_auth(KEY).body(wasm);
+    assert_eq!(upload.send().await.unwrap().status(), 201);
+    let mut udf_job = on_s3(&show, &orders_s3);
+    udf_job.udfs = vec!["orders-udfs".into()];
+    udf_job.sql = Some(
+        "SELECT normalize(product) AS p, round(sum(with_tax(price, 20.0)), 2) AS gross, \
+         round(geo_mean(price), 6) AS g FROM orders GROUP BY 1"
+            .into(),
+    );
+    let on_fn = driver.submit(KEY, &on_lambda(udf_job.clone())).await;
+    let status = driver.wait(KEY, &on_fn).await;
+    assert_eq!(status["state"], "succeeded", "{status}\n{}", setup.function_logs("fn", INSTANCES).concat());
+    let locally = driver.submit(KEY, &udf_job).await;
+    assert_eq!(driver.wait(KEY, &locally).await["state"], "succeeded");
+    let rows = sorted(&driver.rows(KEY, &on_fn).await);
+    assert!(rows.len() >= 10, "{rows:?}");
+    assert_eq!(rows, sorted(&driver.rows(KEY, &locally).await));
 
     // Without config.backend a job runs on the driver's default, local workers.
     let before: usize = setup.tasks_run("fn", INSTANCES).iter().sum();
