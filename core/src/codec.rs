@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::csv::{CsvScanExec, CsvScanOptions};
 use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
+use crate::map_batches::{BatchFunctions, MapBatchesExec};
 use crate::protocol::{PieceLocation, StageInput};
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
@@ -52,6 +53,7 @@ enum IgnisNode {
     ShuffleReader { stage_id: StageId, partitions: usize, schema: String },
     ShuffleWriter { partitioning: Option<String> },
     CsvScan { files: Vec<String>, schema: String, options: CsvScanOptions, projection: Option<Vec<usize>> },
+    MapBatches { function: String, schema: String },
 }
 
 /// Serialise a plan with Ignis's codec.
@@ -115,6 +117,19 @@ impl PhysicalExtensionCodec for IgnisCodec {
             IgnisNode::CsvScan { files, schema, options, projection } => {
                 Ok(Arc::new(CsvScanExec::try_new(files, schema_from_b64(&schema)?, options, projection)?))
             }
+            IgnisNode::MapBatches { function, schema } => {
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal("MapBatchesExec takes one input".into()));
+                };
+                let found = ctx.session_config().get_extension::<BatchFunctions>();
+                let Some(f) = found.as_ref().and_then(|functions| functions.get(&function)) else {
+                    return Err(IgnisError::Udf(format!(
+                        "map_batches: no transform named '{function}' among this task's UDF components"
+                    ))
+                    .into());
+                };
+                Ok(Arc::new(MapBatchesExec::new(input.clone(), f.clone(), schema_from_b64(&schema)?)))
+            }
         }
     }
 
@@ -143,6 +158,8 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 options: scan.options().clone(),
                 projection: scan.projection().cloned(),
             }
+        } else if let Some(map) = node.downcast_ref::<MapBatchesExec>() {
+            IgnisNode::MapBatches { function: map.function().name().to_owned(), schema: schema_to_b64(&map.schema())? }
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

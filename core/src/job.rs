@@ -173,6 +173,12 @@ pub enum Step {
     Union {
         table: String,
     },
+    /// Run every batch through a transform of the job's UDF components (a
+    /// `#[transform]` function: a record batch in, a record batch out), like
+    /// Spark's `mapPartitions`/`mapInArrow`. Runs where the data is; no shuffle.
+    MapBatches {
+        function: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,7 +380,7 @@ impl JobSpec {
             (Some(_), Some(_)) => return Err("give either `sql` or `steps`, not both".into()),
             (None, None) => return Err("missing `sql` or `steps`: the job has nothing to run".into()),
             (Some(sql), None) if sql.trim().is_empty() => return Err("`sql` is empty".into()),
-            (None, Some(steps)) => validate_steps(steps, &self.tables)?,
+            (None, Some(steps)) => validate_steps(steps, &self.tables, &self.udfs)?,
             _ => {}
         }
         for (name, t) in &self.tables {
@@ -403,7 +409,11 @@ impl JobSpec {
     }
 }
 
-fn validate_steps(steps: &[Step], tables: &BTreeMap<String, TableSpec>) -> std::result::Result<(), String> {
+fn validate_steps(
+    steps: &[Step],
+    tables: &BTreeMap<String, TableSpec>,
+    udfs: &[String],
+) -> std::result::Result<(), String> {
     let Some(Step::Read { .. }) = steps.first() else {
         return Err("steps[0]: the first step must be `read`".into());
     };
@@ -420,6 +430,11 @@ fn validate_steps(steps: &[Step], tables: &BTreeMap<String, TableSpec>) -> std::
             Step::Union { table } => Some(table),
             Step::GroupBy { aggs, keys } if aggs.is_empty() && keys.is_empty() => {
                 return Err(format!("steps[{i}]: group_by needs `keys` or `aggs`"));
+            }
+            Step::MapBatches { function } if udfs.is_empty() => {
+                return Err(format!(
+                    "steps[{i}]: map_batches '{function}' needs the UDF component that offers it in `udfs`"
+                ));
             }
             _ => None,
         };

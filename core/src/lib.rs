@@ -59,6 +59,7 @@ pub mod csv;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod map_batches;
 pub mod protocol;
 pub mod session;
 pub mod shuffle;

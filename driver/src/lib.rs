@@ -28,6 +28,7 @@ pub mod commit;
 pub mod datagen;
 pub mod hosts;
 pub mod lambda;
+mod map_batches;
 mod plan;
 pub mod scheduler;
 pub mod service;

@@ -17,8 +17,9 @@ use ignis_core::csv::{CsvScanOptions, CsvTable};
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Format, JobSpec, TableSpec};
 use ignis_core::session::session_context;
-use ignis_executor::udf::{Component, datafusion_functions};
+use ignis_executor::udf::{self, Component};
 
+use crate::map_batches::{self, Transforms};
 use crate::steps;
 
 /// A job planned by DataFusion, before it is cut into stages.
@@ -29,16 +30,21 @@ pub struct PlannedJob {
 
 /// Plan a job; `udfs` are the components whose functions it may call.
 pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJob> {
-    let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size());
+    let mut functions = Vec::new();
     for component in udfs {
-        let (scalars, aggregates) = datafusion_functions(component)?;
-        scalars.into_iter().for_each(|f| ctx.register_udf(f));
-        aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
+        functions.push(udf::functions(component)?);
+    }
+    let transforms = Arc::new(Transforms::new(functions.iter_mut().flat_map(|f| f.transforms.drain(..)).collect()));
+    let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size());
+    let ctx = map_batches::with_planner(ctx, transforms.clone());
+    for f in functions {
+        f.scalars.into_iter().for_each(|f| ctx.register_udf(f));
+        f.aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
     }
     register_tables(&ctx, &job.tables).await?;
     let df = match (&job.sql, &job.steps) {
         (Some(sql), _) => plan_sql(&ctx, sql).await?,
-        (None, Some(steps)) => steps::build(&ctx, steps).await?,
+        (None, Some(steps)) => steps::build(&ctx, steps, &transforms).await?,
         (None, None) => return Err(IgnisError::Job("missing `sql` or `steps`".into())),
     };
     let place = if job.sql.is_some() { "sql" } else { "steps" };

@@ -10,16 +10,17 @@ use datafusion::prelude::SessionContext;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{JoinHow, Step};
 
+use crate::map_batches::Transforms;
 use crate::plan::plan_error;
 
-pub async fn build(ctx: &SessionContext, steps: &[Step]) -> Result<DataFrame> {
+pub async fn build(ctx: &SessionContext, steps: &[Step], transforms: &Transforms) -> Result<DataFrame> {
     let Some(Step::Read { table }) = steps.first() else {
         return Err(IgnisError::Job("steps[0]: the first step must be `read`".into()));
     };
     let mut df = ctx.table(table.as_str()).await.map_err(|e| plan_error("steps[0] (read)", e))?;
     for (i, step) in steps.iter().enumerate().skip(1) {
         let place = format!("steps[{i}] ({})", op_name(step));
-        df = apply(ctx, df, step).await.map_err(|e| plan_error(&place, e))?;
+        df = apply(ctx, df, step, transforms).await.map_err(|e| plan_error(&place, e))?;
         // Type errors surface when the plan is analysed; check each step so the
         // error names the step that caused it.
         df.clone().into_optimized_plan().map_err(|e| plan_error(&place, e))?;
@@ -39,10 +40,11 @@ fn op_name(step: &Step) -> &'static str {
         Step::Limit { .. } => "limit",
         Step::Distinct {} => "distinct",
         Step::Union { .. } => "union",
+        Step::MapBatches { .. } => "map_batches",
     }
 }
 
-async fn apply(ctx: &SessionContext, df: DataFrame, step: &Step) -> DfResult<DataFrame> {
+async fn apply(ctx: &SessionContext, df: DataFrame, step: &Step, transforms: &Transforms) -> DfResult<DataFrame> {
     let parse_all = |df: &DataFrame, exprs: &[String]| -> DfResult<Vec<Expr>> {
         exprs.iter().map(|e| df.parse_sql_expr(e)).collect()
     };
@@ -97,6 +99,7 @@ async fn apply(ctx: &SessionContext, df: DataFrame, step: &Step) -> DfResult<Dat
             let other = ctx.table(table.as_str()).await?;
             df.union(other)
         }
+        Step::MapBatches { function } => transforms.apply(df, function).await,
     }
 }
 

@@ -22,6 +22,7 @@ use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
 use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
+use ignis_core::map_batches::BatchFunctions;
 use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
 use ignis_core::session::session_config;
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
@@ -64,6 +65,7 @@ impl Executor {
         let host = UdfHost::global()?;
         let mut scalars = base.scalar_functions().clone();
         let mut aggregates = base.aggregate_functions().clone();
+        let mut transforms = BatchFunctions::default();
         for udf in udfs {
             let component = match host.get(&udf.digest) {
                 Some(c) => c,
@@ -76,18 +78,25 @@ impl Executor {
                         .map_err(|e| IgnisError::internal(format!("component load panicked: {e}")))??
                 }
             };
-            let (new_scalars, new_aggregates) = udf::datafusion_functions(&component)?;
-            for f in new_scalars {
+            let functions = udf::functions(&component)?;
+            for f in functions.scalars {
                 scalars.insert(f.name().to_owned(), Arc::new(f));
             }
-            for f in new_aggregates {
+            for f in functions.aggregates {
                 aggregates.insert(f.name().to_owned(), Arc::new(f));
             }
+            for f in functions.transforms {
+                transforms.insert(f);
+            }
+        }
+        let mut config = base.session_config().clone();
+        if !transforms.is_empty() {
+            config = config.with_extension(Arc::new(transforms));
         }
         Ok(Arc::new(TaskContext::new(
             base.task_id(),
             base.session_id(),
-            base.session_config().clone(),
+            config,
             scalars,
             base.higher_order_functions().clone(),
             aggregates,

@@ -54,6 +54,12 @@ pub fn describe(functions: &[Function]) -> Vec<FunctionInfo> {
                 volatility: wit_volatility(def.volatility),
                 description: def.description.to_owned(),
             },
+            Function::Transform(def) => FunctionInfo {
+                name: def.name.to_owned(),
+                kind: FunctionKind::Transform,
+                volatility: wit::Volatility::Immutable,
+                description: def.description.to_owned(),
+            },
         })
         .collect()
 }
@@ -114,6 +120,31 @@ pub fn call_scalar(functions: &[Function], name: &str, args: &[u8]) -> Result<Ve
     ipc::write_batch(&out)
 }
 
+fn find_transform(functions: &[Function], name: &str) -> Result<&'static crate::TransformDef, Error> {
+    match find(functions, name) {
+        Some(Function::Transform(def)) => Ok(def),
+        _ => Err(Error::UnknownFunction(format!("this component has no transform named '{name}'"))),
+    }
+}
+
+/// Run transform `name` on the batch in `input` (IPC); the result as IPC.
+pub fn call_transform(functions: &[Function], name: &str, input: &[u8]) -> Result<Vec<u8>, Error> {
+    let def = find_transform(functions, name)?;
+    let batch = ipc::read_batch(input)?;
+    let out = (def.call)(batch).map_err(|e| Error::Failed(format!("{name} failed: {e}")))?;
+    ipc::write_batch(&out)
+}
+
+/// The schema transform `name` returns for input of this schema (an IPC
+/// stream with no batches): its output for an empty batch.
+pub fn transform_output_schema(functions: &[Function], name: &str, input_schema: &[u8]) -> Result<Vec<u8>, Error> {
+    let def = find_transform(functions, name)?;
+    let empty = ipc::read_batch(input_schema)?;
+    let out = (def.call)(RecordBatch::new_empty(empty.schema()))
+        .map_err(|e| Error::Failed(format!("{name} failed on an empty batch (asked for its output columns): {e}")))?;
+    ipc::write_batch(&RecordBatch::new_empty(out.schema()))
+}
+
 impl<T: Table> crate::bindings::Guest for Component<T> {
     fn describe() -> Vec<FunctionInfo> {
         describe(T::FUNCTIONS)
@@ -127,12 +158,12 @@ impl<T: Table> scalar::Guest for Component<T> {
 }
 
 impl<T: Table> transform::Guest for Component<T> {
-    fn output_schema(name: String, _input_schema: Vec<u8>) -> Result<Vec<u8>, UdfError> {
-        Err(UdfError::UnknownFunction(format!("this component has no transform named '{name}'")))
+    fn output_schema(name: String, input_schema: Vec<u8>) -> Result<Vec<u8>, UdfError> {
+        transform_output_schema(T::FUNCTIONS, &name, &input_schema).map_err(UdfError::from)
     }
 
-    fn call(name: String, _batch: Vec<u8>) -> Result<Vec<u8>, UdfError> {
-        Err(UdfError::UnknownFunction(format!("this component has no transform named '{name}'")))
+    fn call(name: String, batch: Vec<u8>) -> Result<Vec<u8>, UdfError> {
+        call_transform(T::FUNCTIONS, &name, &batch).map_err(UdfError::from)
     }
 }
 

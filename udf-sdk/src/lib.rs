@@ -11,6 +11,10 @@
 //! ignis_udf::export!(normalize);
 //! ```
 //!
+//! A `#[transform]` function takes a whole `RecordBatch` and returns one (or
+//! a `Result`), for `map_batches` steps; the columns it returns must depend
+//! only on the input's columns (Ignis calls it on an empty batch to learn them).
+//!
 //! Arguments and results may be `bool`, integers, floats, `&str`/`String`,
 //! `&[u8]`/`Vec<u8>`, [`Date`], [`Timestamp`] and [`Decimal`]; an `Option`
 //! argument sees nulls (otherwise a null in any argument gives a null result
@@ -46,11 +50,12 @@ pub mod __private;
 pub use aggregate::{Aggregate, AggregateDef, ArgTuple, DynAggregate};
 pub use arrow_array;
 pub use arrow_schema;
+pub use arrow_select;
 pub use error::Error;
-pub use ignis_udf_macros::{aggregate, export, scalar};
+pub use ignis_udf_macros::{aggregate, export, scalar, transform};
 pub use values::{Arg, Date, Decimal, Ret, Timestamp};
 
-use arrow_array::ArrayRef;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 
 /// The version of the `ignis:udf` WIT package this SDK builds components for.
@@ -79,11 +84,38 @@ pub struct ScalarDef {
     pub call: fn(&[ArrayRef], usize) -> Result<ArrayRef, Error>,
 }
 
+/// A batch transform as the `#[transform]` macro describes it.
+#[derive(Debug)]
+pub struct TransformDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub call: fn(RecordBatch) -> Result<RecordBatch, String>,
+}
+
+/// What a `#[transform]` function may return: a batch, or a `Result` whose
+/// error fails the call with its text.
+pub trait TransformOutput {
+    fn into_batch(self) -> Result<RecordBatch, String>;
+}
+
+impl TransformOutput for RecordBatch {
+    fn into_batch(self) -> Result<RecordBatch, String> {
+        Ok(self)
+    }
+}
+
+impl<E: std::fmt::Display> TransformOutput for Result<RecordBatch, E> {
+    fn into_batch(self) -> Result<RecordBatch, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
 /// One function a component offers.
 #[derive(Debug, Clone, Copy)]
 pub enum Function {
     Scalar(&'static ScalarDef),
     Aggregate(&'static AggregateDef),
+    Transform(&'static TransformDef),
 }
 
 impl Function {
@@ -91,6 +123,7 @@ impl Function {
         match self {
             Function::Scalar(def) => def.name,
             Function::Aggregate(def) => def.name,
+            Function::Transform(def) => def.name,
         }
     }
 }
@@ -101,7 +134,7 @@ mod tests {
 
     use std::sync::Arc;
 
-    use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
 
     use crate::{__private, Error, Function, ipc};
@@ -117,7 +150,22 @@ mod tests {
         if b == 0.0 { Err(format!("division of {a} by zero")) } else { Ok(a / b) }
     }
 
-    const FUNCTIONS: &[Function] = &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION];
+    /// Keeps rows with a positive `n` and adds `twice`.
+    #[crate::transform]
+    fn doubled(batch: RecordBatch) -> Result<RecordBatch, String> {
+        let n = batch.column_by_name("n").ok_or("no column n")?;
+        let n = n.as_any().downcast_ref::<Int64Array>().ok_or("n is not Int64")?;
+        let keep: Vec<i64> = n.iter().flatten().filter(|v| *v > 0).collect();
+        let twice: Vec<i64> = keep.iter().map(|v| v * 2).collect();
+        RecordBatch::try_from_iter([
+            ("n", Arc::new(Int64Array::from(keep)) as ArrayRef),
+            ("twice", Arc::new(Int64Array::from(twice)) as ArrayRef),
+        ])
+        .map_err(|e| e.to_string())
+    }
+
+    const FUNCTIONS: &[Function] =
+        &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION, __ignis_udf_doubled::FUNCTION];
 
     fn batch(columns: Vec<Arc<dyn Array>>) -> Vec<u8> {
         let fields: Vec<Field> = columns
@@ -159,5 +207,33 @@ mod tests {
         assert!(matches!(e, Err(Error::UnknownFunction(_))), "{e:?}");
         let e = __private::call_scalar(FUNCTIONS, "label", b"not arrow");
         assert!(matches!(e, Err(Error::InvalidData(_))), "{e:?}");
+    }
+
+    #[test]
+    fn a_transform_announces_its_columns_from_an_empty_batch_and_maps_batches() {
+        let input = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from(vec![Some(3), None, Some(-1), Some(5)])) as ArrayRef,
+        )])
+        .unwrap();
+        let schema = __private::transform_output_schema(
+            FUNCTIONS,
+            "doubled",
+            &ipc::write_batch(&RecordBatch::new_empty(input.schema())).unwrap(),
+        )
+        .unwrap();
+        let schema = ipc::read_batch(&schema).unwrap().schema();
+        assert_eq!(schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["n", "twice"]);
+
+        let out = __private::call_transform(FUNCTIONS, "doubled", &ipc::write_batch(&input).unwrap()).unwrap();
+        let out = ipc::read_batch(&out).unwrap();
+        let twice = out.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(twice.values().to_vec(), vec![6, 10]);
+
+        let wrong = RecordBatch::try_from_iter([("m", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]).unwrap();
+        let e = __private::call_transform(FUNCTIONS, "doubled", &ipc::write_batch(&wrong).unwrap());
+        assert_eq!(e, Err(Error::Failed("doubled failed: no column n".into())));
+        let e = __private::call_transform(FUNCTIONS, "label", &ipc::write_batch(&wrong).unwrap());
+        assert!(matches!(e, Err(Error::UnknownFunction(_))), "{e:?}");
     }
 }

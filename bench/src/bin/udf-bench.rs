@@ -17,7 +17,7 @@ use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ignis_executor::udf::{UdfHost, datafusion_functions};
+use ignis_executor::udf::{UdfHost, functions};
 use ignis_tests::guests::{component, register_native_example_udfs};
 use serde::Serialize;
 
@@ -85,8 +85,7 @@ async fn main() -> anyhow::Result<()> {
     register_native_example_udfs(&native);
     let bytes = std::fs::read(component("examples/udfs/orders-udfs")).context("building the example UDFs")?;
     let loaded = UdfHost::global()?.load(&bytes, None, "orders-udfs")?;
-    let (scalars, _) = datafusion_functions(&loaded)?;
-    scalars.into_iter().for_each(|f| wasm.register_udf(f));
+    functions(&loaded)?.scalars.into_iter().for_each(|f| wasm.register_udf(f));
     for ctx in [&native, &wasm] {
         ctx.register_table("t", Arc::new(table(args.rows, args.batch_size)?))?;
     }

@@ -177,6 +177,109 @@ async fn example_udfs_in_sql_run_distributed_and_match_the_same_logic_native() {
     assert_eq!(sorted(&batches), sorted(&native));
 }
 
+/// `order_bands` of the example crate, as SQL over the same table.
+const ORDER_BANDS_NATIVE: &str = "(SELECT *, price * quantity AS revenue, \
+     CASE WHEN price * quantity < 100 THEN 'small' WHEN price * quantity < 1000 THEN 'medium' ELSE 'large' END AS band \
+     FROM orders WHERE quantity > 0)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_batches_runs_the_example_transform_distributed_like_the_same_logic_in_sql() {
+    let ws = orders_workspace();
+    // Rows the transform must drop (zero, negative and missing quantity) and one large order.
+    std::fs::write(
+        ws.path().join("data/orders-extra.csv"),
+        "order_id,country,product,quantity,price,ts\n90001,US,camera,0,10.0,2026-01-01T00:00:00\n\
+         90002,FR,phone,-2,5.5,2026-01-02T00:00:00\n90003,DE,tv,,99.0,2026-01-03T00:00:00\n\
+         90004,US,car,3,2500.0,2026-01-04T00:00:00\n",
+    )
+    .unwrap();
+    let wasm = component(ORDERS_UDFS);
+    let steps_job = |steps: &str| {
+        let mut job = toml_job(&format!(
+            "udfs = [{wasm:?}]\nsteps = [{steps}]\n[tables.orders]\nformat = \"csv\"\nlocation = \"data/\"\n\
+             options = {{ header = true }}\n[config]\nshuffle_partitions = 3\n"
+        ));
+        job.resolve_paths(ws.path()).unwrap();
+        job
+    };
+    let config = DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
+        udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+    };
+    let driver = Driver::local(2, config);
+    let ctx = SessionContext::new();
+    ctx.register_csv("orders", ws.path().join("data").to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+
+    // Transform, then a grouped aggregate across a shuffle.
+    let job = steps_job(
+        "{ op = \"read\", table = \"orders\" }, { op = \"map_batches\", function = \"order_bands\" }, \
+         { op = \"group_by\", keys = [\"band\"], aggs = [\"count(*) AS orders\", \"round(sum(revenue), 2) AS revenue\", \
+         \"min(order_id) AS first\", \"max(quantity) AS most\"] }",
+    );
+    let outcome = driver.run(&job, &|_| {}).await.unwrap();
+    assert!(outcome.stages >= 2, "the transform runs in the scan stage, the aggregate after a shuffle: {outcome:?}");
+    let JobResult::Rows { batches, .. } = outcome.result else { panic!("collect job") };
+    let native = ctx
+        .sql(&format!(
+            "SELECT band, count(*) AS orders, round(sum(revenue), 2) AS revenue, min(order_id) AS first, \
+             max(quantity) AS most FROM {ORDER_BANDS_NATIVE} GROUP BY band"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let (ours, theirs) = (sorted(&batches), sorted(&native));
+    for band in ["| large ", "| medium ", "| small "] {
+        assert!(ours.iter().any(|row| row.starts_with(band)), "{ours:?}");
+    }
+    assert_eq!(ours, theirs);
+
+    // Row by row, with steps after the transform using its new columns.
+    let job = steps_job(
+        "{ op = \"read\", table = \"orders\" }, { op = \"map_batches\", function = \"order_bands\" }, \
+         { op = \"filter\", expr = \"band <> 'small'\" }, { op = \"select\", exprs = [\"order_id\", \"revenue\", \"band\"] }",
+    );
+    let JobResult::Rows { batches, .. } = driver.run(&job, &|_| {}).await.unwrap().result else { panic!() };
+    let native = ctx
+        .sql(&format!("SELECT order_id, revenue, band FROM {ORDER_BANDS_NATIVE} WHERE band <> 'small'"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let (ours, theirs) = (sorted(&batches), sorted(&native));
+    assert!(ours.len() > 100 && ours.iter().any(|r| r.starts_with("| 90004 ")), "{} rows", ours.len());
+    for dropped in ["| 90001 ", "| 90002 ", "| 90003 "] {
+        assert!(!ours.iter().any(|r| r.starts_with(dropped)), "{dropped} came back");
+    }
+    assert_eq!(ours, theirs);
+
+    // What goes wrong is named.
+    let err = |steps: &str| {
+        let job = steps_job(steps);
+        let driver = &driver;
+        async move { driver.run(&job, &|_| {}).await.unwrap_err().to_string() }
+    };
+    let read = "{ op = \"read\", table = \"orders\" }, ";
+    let e = err(&format!("{read}{{ op = \"map_batches\", function = \"normalize\" }}")).await;
+    assert!(
+        e.contains("steps[1] (map_batches): no transform named 'normalize'") && e.contains("offered: order_bands"),
+        "{e}"
+    );
+    let evil = component(EVIL_UDFS);
+    let mut job = steps_job(&format!("{read}{{ op = \"map_batches\", function = \"explode\" }}"));
+    job.udfs = vec![evil.to_str().unwrap().to_owned()];
+    let e = driver.run(&job, &|_| {}).await.unwrap_err().to_string();
+    assert!(e.contains("UDF explode (evil_udfs.wasm) trapped") && e.contains("exploded on a batch of"), "{e}");
+    job.steps.as_mut().unwrap()[1] = ignis_core::job::Step::MapBatches { function: "shifty".into() };
+    let e = driver.run(&job, &|_| {}).await.unwrap_err().to_string();
+    assert!(
+        e.contains("map_batches shifty: returned columns (surprise Int64) other than the ones it announced"),
+        "{e}"
+    );
+}
+
 fn toml_job(text: &str) -> JobSpec {
     JobSpec::parse(text, "toml", "test job").unwrap()
 }
@@ -232,12 +335,17 @@ fn cli_uploads_the_example_crate_locally_and_runs_the_example_job() {
     assert!(uploaded.contains("uploaded orders-udfs (sha256:"), "{uploaded}");
     assert!(uploaded.contains("scalar normalize(Utf8) -> Utf8"), "{uploaded}");
     assert!(uploaded.contains("scalar with_tax(Float64, Float64) -> Float64"), "{uploaded}");
+    assert!(uploaded.contains("transform order_bands()"), "{uploaded}");
     let listed = ignis(&["udf", "list"]);
     assert!(listed.contains("orders-udfs (sha256:"), "{listed}");
     let run = ignis(&["run", "examples/udfs/orders-udfs.toml"]);
     // The CSV's first order: US, camera.
     assert!(run.contains("| us-camera"), "{run}");
     assert!(run.contains("market") && run.contains("gross_with_vat"), "{run}");
+    let run = ignis(&["run", "examples/udfs/order-bands.toml"]);
+    for band in ["| large ", "| medium ", "| small "] {
+        assert!(run.contains(band), "{run}");
+    }
 }
 
 const ALICE: &str = "alice-key-0001";
@@ -285,7 +393,7 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     assert_eq!(status, 201, "{body}");
     assert!(body["digest"].as_str().unwrap().starts_with("sha256:"), "{body}");
     let names: Vec<&str> = body["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["normalize", "with_tax", "geo_mean"]);
+    assert_eq!(names, ["normalize", "with_tax", "geo_mean", "order_bands"]);
     // Not a component; another version of the world; a function name the tenant already has.
     let (status, body) = upload("junk", ALICE, b"not wasm at all".to_vec()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_udf")), "{body}");
@@ -323,6 +431,24 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     ctx.register_csv("orders", data.to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
     assert_eq!(rows, sorted(&ctx.sql(sql).await.unwrap().collect().await.unwrap()));
     assert!(ws.path().join("host-cache").read_dir().unwrap().count() >= 1, "the host cached the compiled component");
+
+    // A map_batches step on the host: the plan carries the transform by name.
+    let mut steps = job.clone();
+    steps.sql = None;
+    steps.steps = Some(
+        serde_json::from_value(json!([
+            {"op": "read", "table": "orders"},
+            {"op": "map_batches", "function": "order_bands"},
+            {"op": "group_by", "keys": ["band"], "aggs": ["count(*) AS n", "round(sum(revenue), 2) AS revenue"]}
+        ]))
+        .unwrap(),
+    );
+    let id = api.submit(ALICE, &steps).await;
+    assert_eq!(api.wait(ALICE, &id).await["state"], "succeeded");
+    let native = format!(
+        "SELECT band, count(*) AS n, round(sum(revenue), 2) AS revenue FROM {ORDER_BANDS_NATIVE} GROUP BY band"
+    );
+    assert_eq!(sorted(&api.rows(ALICE, &id).await), sorted(&ctx.sql(&native).await.unwrap().collect().await.unwrap()));
 
     // The same job naming the component by its digest, in capitals.
     let digest = alice_list["udfs"][0]["digest"].as_str().unwrap().to_owned();

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::logical_expr::Volatility;
@@ -402,6 +402,35 @@ impl Component {
         let mut call = self.instantiate(name)?;
         let scalar = call.instance.ignis_udf_scalar();
         let returned = scalar.call_call(&mut call.store, name, &bytes);
+        let returned = returned.map_err(|e| call.failure(name, e))?;
+        let out = returned.map_err(|e| call.udf_error(name, e))?;
+        read_ipc(&out)
+            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned unreadable data: {e}", self.label)))
+    }
+
+    /// The columns transform `name` produces from input with these columns.
+    pub fn transform_output_schema(&self, name: &str, input: &SchemaRef) -> Result<SchemaRef> {
+        let bytes = write_ipc(&RecordBatch::new_empty(input.clone()))?;
+        let mut call = self.instantiate(name)?;
+        let transform = call.instance.ignis_udf_transform();
+        let returned = transform.call_output_schema(&mut call.store, name, &bytes);
+        let returned = returned.map_err(|e| call.failure(name, e))?;
+        let out = returned.map_err(|e| call.udf_error(name, e))?;
+        let schema = read_ipc(&out)
+            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned an unreadable schema: {e}", self.label)))?
+            .schema();
+        if schema.fields().is_empty() {
+            return Err(IgnisError::Udf(format!("UDF {name} ({}) announced a result with no columns", self.label)));
+        }
+        Ok(schema)
+    }
+
+    /// Run transform `name` on one batch, in a fresh instance.
+    pub fn call_transform(&self, name: &str, batch: &RecordBatch) -> Result<RecordBatch> {
+        let bytes = write_ipc(batch)?;
+        let mut call = self.instantiate(name)?;
+        let transform = call.instance.ignis_udf_transform();
+        let returned = transform.call_call(&mut call.store, name, &bytes);
         let returned = returned.map_err(|e| call.failure(name, e))?;
         let out = returned.map_err(|e| call.udf_error(name, e))?;
         read_ipc(&out)

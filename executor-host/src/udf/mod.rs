@@ -13,7 +13,8 @@
 //!   the host goes on.
 //! - [`WasmScalarUdf`] and [`WasmAggregateUdf`] are DataFusion functions over
 //!   one component function each; aggregates keep one instance per task with
-//!   one guest resource per group.
+//!   one guest resource per group. [`WasmTransform`] runs `map_batches` steps
+//!   (a batch in, a batch out) through `ignis_core::map_batches`.
 
 /// Two Wasm functions are the same function when they are the same name in
 /// the same component (by digest).
@@ -39,31 +40,40 @@ macro_rules! wasm_function_identity {
 mod aggregate;
 mod host;
 mod scalar;
+mod transform;
 
 pub use aggregate::WasmAggregateUdf;
 pub use host::{Component, FunctionInfo, FunctionKind, Limits, UdfHost, WIT_PACKAGE, digest_of};
 pub use scalar::WasmScalarUdf;
+pub use transform::WasmTransform;
 
 use std::sync::Arc;
 
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use ignis_core::error::Result;
 
-/// A component's functions, as DataFusion functions to register.
-pub fn datafusion_functions(component: &Arc<Component>) -> Result<(Vec<ScalarUDF>, Vec<AggregateUDF>)> {
-    let mut scalars = Vec::new();
-    let mut aggregates = Vec::new();
+/// A component's functions in the forms DataFusion and Ignis run them.
+#[derive(Debug, Default)]
+pub struct Functions {
+    pub scalars: Vec<ScalarUDF>,
+    pub aggregates: Vec<AggregateUDF>,
+    /// For `map_batches` steps.
+    pub transforms: Vec<Arc<WasmTransform>>,
+}
+
+/// A component's functions, ready to register.
+pub fn functions(component: &Arc<Component>) -> Result<Functions> {
+    let mut out = Functions::default();
     for f in component.functions() {
         match f.kind {
             FunctionKind::Scalar { .. } => {
-                scalars.push(ScalarUDF::new_from_impl(WasmScalarUdf::new(component.clone(), &f.name)?))
+                out.scalars.push(ScalarUDF::new_from_impl(WasmScalarUdf::new(component.clone(), &f.name)?))
             }
             FunctionKind::Aggregate { .. } => {
-                aggregates.push(AggregateUDF::new_from_impl(WasmAggregateUdf::new(component.clone(), &f.name)?))
+                out.aggregates.push(AggregateUDF::new_from_impl(WasmAggregateUdf::new(component.clone(), &f.name)?))
             }
-            // Transforms are steps of a job (`map_batches`), not SQL functions.
-            FunctionKind::Transform => {}
+            FunctionKind::Transform => out.transforms.push(Arc::new(WasmTransform::new(component.clone(), &f.name)?)),
         }
     }
-    Ok((scalars, aggregates))
+    Ok(out)
 }

@@ -1,6 +1,8 @@
 //! Macros of the Ignis UDF SDK: `#[scalar]` turns a plain Rust function into
-//! a UDF description plus the glue that runs it over Arrow columns; `export!`
-//! makes the component export the listed functions.
+//! a UDF description plus the glue that runs it over Arrow columns,
+//! `#[transform]` does the same for a function over whole batches,
+//! `#[aggregate]` for an `Aggregate` impl; `export!` makes the component
+//! export the listed functions.
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;
@@ -183,6 +185,65 @@ fn strip_lifetimes(ty: Type) -> Type {
     }
 }
 
+/// Makes a function over whole record batches a transform, for `map_batches`
+/// steps: `fn(RecordBatch) -> RecordBatch` or `-> Result<RecordBatch, E>`.
+/// Its output columns must depend only on its input columns: Ignis calls it
+/// on an empty batch to learn them when planning.
+///
+/// ```ignore
+/// /// Adds a `band` column.
+/// #[ignis_udf::transform]
+/// fn bands(batch: RecordBatch) -> Result<RecordBatch, ArrowError> { ... }
+/// ```
+#[proc_macro_attribute]
+pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let options = parse_macro_input!(attr as ScalarOptions);
+    let function = parse_macro_input!(item as ItemFn);
+    match expand_transform(options, &function) {
+        Ok(glue) => quote!(#function #glue).into(),
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote!(#function #e).into()
+        }
+    }
+}
+
+fn expand_transform(options: ScalarOptions, f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &f.sig;
+    if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.unsafety.is_some() {
+        return Err(syn::Error::new_spanned(sig, "a transform is a plain function: not generic, async or unsafe"));
+    }
+    if let Some(v) = options.volatility {
+        return Err(syn::Error::new_spanned(v, "a transform takes no volatility (it runs once per batch)"));
+    }
+    if sig.inputs.len() != 1 || matches!(sig.output, ReturnType::Default) {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "a transform takes one RecordBatch and returns a RecordBatch or Result<RecordBatch, E>",
+        ));
+    }
+    let ident = &sig.ident;
+    let name = options.name.map(|n| n.value()).unwrap_or_else(|| ident.to_string());
+    let description = description(f);
+    let module = format_ident!("__ignis_udf_{}", ident);
+    Ok(quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case, unused_imports)]
+        pub mod #module {
+            use super::*;
+
+            pub const FUNCTION: ignis_udf::Function =
+                ignis_udf::Function::Transform(&ignis_udf::TransformDef { name: #name, description: #description, call });
+
+            fn call(
+                batch: ignis_udf::arrow_array::RecordBatch,
+            ) -> Result<ignis_udf::arrow_array::RecordBatch, String> {
+                ignis_udf::TransformOutput::into_batch(super::#ident(batch))
+            }
+        }
+    })
+}
+
 /// Makes an `impl ignis_udf::Aggregate for T` exportable: list `T` in `export!`.
 #[proc_macro_attribute]
 pub fn aggregate(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -224,8 +285,8 @@ impl Parse for ExportList {
     }
 }
 
-/// Exports the listed UDFs (functions marked `#[scalar]`, types whose
-/// `Aggregate` impl is marked `#[aggregate]`) as this crate's component. Call it once, at the crate root: `ignis_udf::export!(normalize, with_tax);`
+/// Exports the listed UDFs (functions marked `#[scalar]` or `#[transform]`,
+/// types whose `Aggregate` impl is marked `#[aggregate]`) as this crate's component. Call it once, at the crate root: `ignis_udf::export!(normalize, with_tax);`
 #[proc_macro]
 pub fn export(input: TokenStream) -> TokenStream {
     let list = parse_macro_input!(input as ExportList);

@@ -1,5 +1,14 @@
 //! Example UDFs for the orders table (`examples/orders`): a string scalar
-//! (`normalize`), a numeric scalar (`with_tax`) and an aggregate (`geo_mean`).
+//! (`normalize`), a numeric scalar (`with_tax`), an aggregate (`geo_mean`) and
+//! a batch transform for `map_batches` steps (`order_bands`).
+
+use std::sync::Arc;
+
+use ignis_udf::arrow_array::cast::AsArray;
+use ignis_udf::arrow_array::types::{ArrowPrimitiveType, Float64Type, Int64Type};
+use ignis_udf::arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, PrimitiveArray, RecordBatch, StringArray};
+use ignis_udf::arrow_schema::{DataType, Field, Schema};
+use ignis_udf::arrow_select::filter::filter_record_batch;
 
 /// Trims a product name, lower-cases it and turns each run of spaces,
 /// dashes and underscores into one dash: " Big  Widget_2 " -> "big-widget-2".
@@ -71,4 +80,41 @@ impl ignis_udf::Aggregate for GeoMean {
     }
 }
 
-ignis_udf::export!(normalize, with_tax, GeoMean);
+/// Keeps the orders with a positive quantity and adds `revenue` (price ×
+/// quantity) and `band`: "small" below 100, "medium" below 1000, else "large".
+#[ignis_udf::transform]
+fn order_bands(batch: RecordBatch) -> Result<RecordBatch, String> {
+    let keep: BooleanArray =
+        column::<Int64Type>(&batch, "quantity")?.iter().map(|q| Some(q.is_some_and(|q| q > 0))).collect();
+    let batch = filter_record_batch(&batch, &keep).map_err(|e| e.to_string())?;
+    let quantity = column::<Int64Type>(&batch, "quantity")?;
+    let price = column::<Float64Type>(&batch, "price")?;
+    let revenue: Float64Array = price.iter().zip(quantity.iter()).map(|(p, q)| Some(p? * q? as f64)).collect();
+    let band: StringArray = revenue
+        .iter()
+        .map(|r| {
+            r.map(|r| match r {
+                r if r < 100.0 => "small",
+                r if r < 1000.0 => "medium",
+                _ => "large",
+            })
+        })
+        .collect();
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new("revenue", DataType::Float64, true)));
+    fields.push(Arc::new(Field::new("band", DataType::Utf8, true)));
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(revenue));
+    columns.push(Arc::new(band));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+/// Column `name` of `batch` as an array of `T`, or an error naming what is there.
+fn column<'a, T: ArrowPrimitiveType>(batch: &'a RecordBatch, name: &str) -> Result<&'a PrimitiveArray<T>, String> {
+    let found = batch.column_by_name(name).ok_or_else(|| format!("the input has no column '{name}'"))?;
+    found
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| format!("column '{name}' is {}, not {}", found.data_type(), T::DATA_TYPE))
+}
+
+ignis_udf::export!(normalize, with_tax, GeoMean, order_bands);

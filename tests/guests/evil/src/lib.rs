@@ -84,4 +84,27 @@ fn double(x: i64) -> i64 {
     x * 2
 }
 
-ignis_udf::export!(spin, hog, huge, recurse, boom, read_file, list_dir, env_var, env_count, connect, double);
+/// A transform whose columns depend on the rows: announces the input's
+/// columns for an empty batch, then returns one column named `surprise`.
+#[ignis_udf::transform]
+fn shifty(batch: ignis_udf::arrow_array::RecordBatch) -> ignis_udf::arrow_array::RecordBatch {
+    if batch.num_rows() == 0 {
+        return batch;
+    }
+    let column: ignis_udf::arrow_array::ArrayRef =
+        std::sync::Arc::new(ignis_udf::arrow_array::Int64Array::from(vec![7_i64; batch.num_rows()]));
+    ignis_udf::arrow_array::RecordBatch::try_from_iter([("surprise", column)]).unwrap_or(batch)
+}
+
+/// A transform that panics on any row.
+#[ignis_udf::transform]
+fn explode(batch: ignis_udf::arrow_array::RecordBatch) -> ignis_udf::arrow_array::RecordBatch {
+    if batch.num_rows() > 0 {
+        panic!("exploded on a batch of {} rows", batch.num_rows());
+    }
+    batch
+}
+
+ignis_udf::export!(
+    spin, hog, huge, recurse, boom, read_file, list_dir, env_var, env_count, connect, double, shifty, explode
+);
