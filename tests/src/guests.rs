@@ -53,6 +53,37 @@ pub fn component(crate_dir: &str) -> PathBuf {
     path
 }
 
+/// The Python example `examples/udfs/python-udfs`, built with componentize-py
+/// (`$IGNIS_COMPONENTIZE_PY`, which scripts/test installs; pip from the same
+/// environment fetches its flatbuffers dependency) once per process.
+pub fn python_component() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("wasm-guests");
+    let componentize =
+        PathBuf::from(std::env::var_os("IGNIS_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into()));
+    let pip = componentize.with_file_name("pip");
+    let out = target.join("python_udfs.wasm");
+    let mut build = Command::new(repo_root().join("examples/udfs/python-udfs/build.sh"));
+    build.arg(&out).env("COMPONENTIZE_PY", &componentize).env("PYTHON_UDF_DEPS", target.join("python-deps"));
+    if pip.exists() {
+        build.env("PIP", &pip);
+    }
+    let status = build.status().unwrap();
+    assert!(
+        status.success(),
+        "building the Python UDF example failed (scripts/test installs componentize-py; or set IGNIS_COMPONENTIZE_PY)"
+    );
+    *built = Some(out.clone());
+    out
+}
+
 /// `normalize` of `examples/udfs/orders-udfs`, as native Rust.
 pub fn native_normalize(name: &str) -> String {
     let mut out = String::new();

@@ -14,7 +14,7 @@ use ignis_core::job::JobSpec;
 use ignis_driver::{Driver, DriverConfig, JobResult};
 use ignis_executor::udf::{Limits, UdfHost};
 use ignis_tests::cluster::{Api, Processes, free_port, sorted, wait_until};
-use ignis_tests::guests::{component, register_native_example_udfs};
+use ignis_tests::guests::{component, python_component, register_native_example_udfs};
 use serde_json::json;
 
 use crate::common::*;
@@ -278,6 +278,36 @@ async fn map_batches_runs_the_example_transform_distributed_like_the_same_logic_
         e.contains("map_batches shifty: returned columns (surprise Int64) other than the ones it announced"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_udf_built_with_componentize_py_runs_distributed_like_the_same_logic_native() {
+    let ws = orders_workspace();
+    let python = python_component();
+    // Nulls and mixed case go through the Python side's Arrow IPC codec both ways.
+    let sql = "SELECT NORMALIZE(CASE WHEN order_id % 7 = 0 THEN NULL ELSE country || ' _ ' || upper(product) END) \
+               AS market, count(*) AS n FROM orders GROUP BY 1";
+    let mut job = toml_job(&format!(
+        "udfs = [{python:?}]\nsql = {:?}\n[tables.orders]\nformat = \"csv\"\nlocation = \"data/\"\n\
+         options = {{ header = true }}\n[config]\nshuffle_partitions = 3\n",
+        sql.replace("NORMALIZE", "py_normalize")
+    ));
+    job.resolve_paths(ws.path()).unwrap();
+    let config = DriverConfig {
+        shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
+        udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+    };
+    let outcome = Driver::local(2, config).run(&job, &|_| {}).await.unwrap();
+    assert!(outcome.stages >= 2, "{outcome:?}");
+    let JobResult::Rows { batches, .. } = outcome.result else { panic!("collect job") };
+    let ctx = SessionContext::new();
+    register_native_example_udfs(&ctx);
+    ctx.register_csv("orders", ws.path().join("data").to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+    let native = ctx.sql(&sql.replace("NORMALIZE", "normalize")).await.unwrap().collect().await.unwrap();
+    let (ours, theirs) = (sorted(&batches), sorted(&native));
+    assert!(ours.iter().any(|r| r.starts_with("| us-camera ")), "{ours:?}");
+    assert!(ours.iter().any(|r| r.starts_with("|  ")), "a null market: {ours:?}");
+    assert_eq!(ours, theirs);
 }
 
 fn toml_job(text: &str) -> JobSpec {
