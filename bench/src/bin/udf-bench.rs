@@ -13,12 +13,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ignis_executor::udf::{UdfHost, functions};
-use ignis_tests::guests::{component, register_native_example_udfs};
+use ignis_executor::udf::{Component, UdfHost, functions};
+use ignis_tests::guests::{component, native_normalize, native_with_tax, register_native_example_udfs};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -45,7 +47,84 @@ struct Row {
     ratio: f64,
 }
 
-fn table(rows: usize, batch_size: usize) -> anyhow::Result<MemTable> {
+/// Where one Wasm call's time goes, for one batch: the data behind the choice
+/// of Arrow IPC bytes as the boundary's representation.
+#[derive(Serialize)]
+struct Boundary {
+    udf: String,
+    rows: usize,
+    /// `Component::call_scalar` on the batch: IPC both ways, a fresh instance, the guest's work.
+    wasm_call_us: f64,
+    /// The same call on an empty batch: instance and call overhead alone.
+    empty_call_us: f64,
+    /// Host-side IPC: encode the arguments, decode them, encode the result,
+    /// decode it (what host and guest do between them on every call).
+    ipc_round_trip_us: f64,
+    /// Bytes of the argument stream and the result stream.
+    ipc_bytes: usize,
+    /// The same function natively over the batch.
+    native_us: f64,
+}
+
+fn encode(batch: &RecordBatch) -> anyhow::Result<Vec<u8>> {
+    let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+fn decode(bytes: &[u8]) -> anyhow::Result<RecordBatch> {
+    let mut reader = StreamReader::try_new(bytes, None)?;
+    reader.next().context("no batch")?.map_err(Into::into)
+}
+
+/// Median microseconds of `f` over `n` runs.
+fn micros(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(times))
+}
+
+fn boundary(
+    component: &Component,
+    name: &str,
+    args: RecordBatch,
+    native: impl Fn(&RecordBatch) -> ArrayRef,
+) -> anyhow::Result<Boundary> {
+    let result = component.call_scalar(name, &args)?;
+    let expected = native(&args);
+    anyhow::ensure!(result.column(0).as_ref() == expected.as_ref(), "{name}: Wasm and native disagree on one batch");
+    let runs = 200;
+    let wasm_call_us = micros(runs, || component.call_scalar(name, &args).map(drop).map_err(Into::into))?;
+    let empty = args.slice(0, 0);
+    let empty_call_us = micros(runs, || component.call_scalar(name, &empty).map(drop).map_err(Into::into))?;
+    let ipc_bytes = encode(&args)?.len() + encode(&result)?.len();
+    let ipc_round_trip_us = micros(runs, || {
+        decode(&encode(&args)?)?;
+        decode(&encode(&result)?)?;
+        Ok(())
+    })?;
+    let native_us = micros(runs, || {
+        native(&args);
+        Ok(())
+    })?;
+    Ok(Boundary {
+        udf: name.to_owned(),
+        rows: args.num_rows(),
+        wasm_call_us,
+        empty_call_us,
+        ipc_round_trip_us,
+        ipc_bytes,
+        native_us,
+    })
+}
+
+/// The benchmark's rows (`product`, `price`; some products null) in batches.
+fn batches(rows: usize, batch_size: usize) -> anyhow::Result<Vec<RecordBatch>> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("product", DataType::Utf8, true),
         Field::new("price", DataType::Float64, true),
@@ -62,6 +141,12 @@ fn table(rows: usize, batch_size: usize) -> anyhow::Result<MemTable> {
         batches.push(RecordBatch::try_new(schema.clone(), vec![Arc::new(product), Arc::new(price)])?);
         start += n;
     }
+    Ok(batches)
+}
+
+fn table(rows: usize, batch_size: usize) -> anyhow::Result<MemTable> {
+    let batches = batches(rows, batch_size)?;
+    let schema = batches.first().context("no rows")?.schema();
     Ok(MemTable::try_new(schema, vec![batches])?)
 }
 
@@ -113,6 +198,24 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    let first = batches(args.batch_size, args.batch_size)?.remove(0);
+    let rates: ArrayRef = Arc::new(Float64Array::from(vec![20.0; first.num_rows()]));
+    let boundaries = vec![
+        boundary(&loaded, "normalize", RecordBatch::try_from_iter([("a", first.column(0).clone())])?, |b| {
+            let names = b.column(0).as_any().downcast_ref::<StringArray>().expect("strings");
+            Arc::new(names.iter().map(|s| s.map(native_normalize)).collect::<StringArray>())
+        })?,
+        boundary(
+            &loaded,
+            "with_tax",
+            RecordBatch::try_from_iter([("a", first.column(1).clone()), ("b", rates)])?,
+            |b| {
+                let prices = b.column(0).as_any().downcast_ref::<Float64Array>().expect("floats");
+                Arc::new(prices.iter().map(|p| p.map(|p| native_with_tax(p, Some(20.0)))).collect::<Float64Array>())
+            },
+        )?,
+    ];
+
     let mut md = format!(
         "# Wasm UDFs vs native DataFusion UDFs\n\n{} rows, batch {}, one partition, median of {} runs.\n\n\
          | UDF | native rows/s | Wasm rows/s | Wasm/native time |\n|---|---:|---:|---:|\n",
@@ -124,9 +227,21 @@ async fn main() -> anyhow::Result<()> {
             r.udf, r.native_rows_per_s, r.wasm_rows_per_s, r.ratio
         ));
     }
+    md.push_str(
+        "\n## One call, taken apart (median µs per batch)\n\n\
+         | UDF | rows | Wasm call | empty call (instance) | IPC round trip (host side) | IPC bytes | native |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for b in &boundaries {
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} |\n",
+            b.udf, b.rows, b.wasm_call_us, b.empty_call_us, b.ipc_round_trip_us, b.ipc_bytes, b.native_us
+        ));
+    }
     print!("{md}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("udf-results.md"), &md)?;
-    std::fs::write(args.out.join("udf-results.json"), serde_json::to_string_pretty(&rows)?)?;
+    let json = serde_json::json!({ "queries": rows, "boundary": boundaries });
+    std::fs::write(args.out.join("udf-results.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
