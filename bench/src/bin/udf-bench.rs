@@ -19,7 +19,7 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ignis_executor::udf::{Component, UdfHost, functions};
+use ignis_executor::udf::{Component, Instances, UdfHost, functions};
 use ignis_tests::guests::{component, native_normalize, native_with_tax, register_native_example_udfs};
 use serde::Serialize;
 
@@ -53,10 +53,11 @@ struct Row {
 struct Boundary {
     udf: String,
     rows: usize,
-    /// `Component::call_scalar` on the batch: IPC both ways, a fresh instance, the guest's work.
+    /// `Component::call_scalar` on the batch as a task makes it (an instance
+    /// kept from the call before): IPC both ways and the guest's work.
     wasm_call_us: f64,
-    /// The same call on an empty batch: instance and call overhead alone.
-    empty_call_us: f64,
+    /// A call on an empty batch in a new instance: what starting an instance costs.
+    new_instance_us: f64,
     /// Host-side IPC: encode the arguments, decode them, encode the result,
     /// decode it (what host and guest do between them on every call).
     ipc_round_trip_us: f64,
@@ -95,13 +96,15 @@ fn boundary(
     args: RecordBatch,
     native: impl Fn(&RecordBatch) -> ArrayRef,
 ) -> anyhow::Result<Boundary> {
-    let result = component.call_scalar(name, &args)?;
+    let task = Instances::default();
+    let result = component.call_scalar(&task, name, &args)?;
     let expected = native(&args);
     anyhow::ensure!(result.column(0).as_ref() == expected.as_ref(), "{name}: Wasm and native disagree on one batch");
     let runs = 200;
-    let wasm_call_us = micros(runs, || component.call_scalar(name, &args).map(drop).map_err(Into::into))?;
+    let wasm_call_us = micros(runs, || component.call_scalar(&task, name, &args).map(drop).map_err(Into::into))?;
     let empty = args.slice(0, 0);
-    let empty_call_us = micros(runs, || component.call_scalar(name, &empty).map(drop).map_err(Into::into))?;
+    let new_instance_us =
+        micros(runs, || component.call_scalar(&Instances::default(), name, &empty).map(drop).map_err(Into::into))?;
     let ipc_bytes = encode(&args)?.len() + encode(&result)?.len();
     let ipc_round_trip_us = micros(runs, || {
         decode(&encode(&args)?)?;
@@ -116,7 +119,7 @@ fn boundary(
         udf: name.to_owned(),
         rows: args.num_rows(),
         wasm_call_us,
-        empty_call_us,
+        new_instance_us,
         ipc_round_trip_us,
         ipc_bytes,
         native_us,
@@ -229,13 +232,13 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str(
         "\n## One call, taken apart (median µs per batch)\n\n\
-         | UDF | rows | Wasm call | empty call (instance) | IPC round trip (host side) | IPC bytes | native |\n\
+         | UDF | rows | Wasm call | new instance (empty call) | IPC round trip (host side) | IPC bytes | native |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for b in &boundaries {
         md.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} |\n",
-            b.udf, b.rows, b.wasm_call_us, b.empty_call_us, b.ipc_round_trip_us, b.ipc_bytes, b.native_us
+            b.udf, b.rows, b.wasm_call_us, b.new_instance_us, b.ipc_round_trip_us, b.ipc_bytes, b.native_us
         ));
     }
     print!("{md}");

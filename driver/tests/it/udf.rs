@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use ignis_core::job::JobSpec;
 use ignis_driver::{Driver, DriverConfig, JobResult};
-use ignis_executor::udf::{Limits, UdfHost};
+use ignis_executor::udf::{Instances, Limits, UdfHost};
 use ignis_tests::cluster::{Api, Processes, free_port, sorted, wait_until};
 use ignis_tests::guests::{component, python_component, register_native_example_udfs};
 use serde_json::json;
@@ -47,7 +47,9 @@ fn evil_guests_are_contained_each_with_the_right_error() {
     let (host, _cache) = strict_host();
     let bytes = std::fs::read(component(EVIL_UDFS)).unwrap();
     let evil = host.load(&bytes, None, "evil").unwrap();
-    let error = |name: &str, args: &RecordBatch| evil.call_scalar(name, args).unwrap_err().to_string();
+    // One set of instances, as a task has: after each failure the next call gets a new instance.
+    let calls = Instances::default();
+    let error = |name: &str, args: &RecordBatch| evil.call_scalar(&calls, name, args).unwrap_err().to_string();
 
     let e = error("spin", &ints(&[1]));
     assert!(e.contains("UDF spin (evil) was stopped after its time limit of 0.5 s"), "{e}");
@@ -72,13 +74,13 @@ fn evil_guests_are_contained_each_with_the_right_error() {
     assert!(e.contains("cannot connect to 127.0.0.1:22"), "{e}");
     // No environment: HOME is set here, the guest sees nothing.
     assert!(std::env::var_os("HOME").is_some());
-    let out = evil.call_scalar("env_var", &strings(&["HOME"])).unwrap();
+    let out = evil.call_scalar(&calls, "env_var", &strings(&["HOME"])).unwrap();
     assert_eq!(out.column(0).null_count(), 1, "the guest saw HOME");
-    let out = evil.call_scalar("env_count", &ints(&[0])).unwrap();
+    let out = evil.call_scalar(&calls, "env_count", &ints(&[0])).unwrap();
     assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 0);
 
     // After all that, the same component still answers.
-    let out = evil.call_scalar("double", &ints(&[21, -4])).unwrap();
+    let out = evil.call_scalar(&calls, "double", &ints(&[21, -4])).unwrap();
     assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values(), &[42, -8]);
 }
 
@@ -92,15 +94,16 @@ fn a_thousand_evil_calls_leave_the_host_alive_with_flat_memory() {
     let (host, _cache) = strict_host();
     let bytes = std::fs::read(component(EVIL_UDFS)).unwrap();
     let evil = host.load(&bytes, None, "evil").unwrap();
+    let calls = Instances::default();
     let one = ints(&[1]);
     let path = strings(&["/etc/passwd"]);
     let mut baseline = 0;
     for i in 0..1000 {
         let result = match i % 4 {
-            0 => evil.call_scalar("boom", &one),
-            1 => evil.call_scalar("recurse", &one),
-            2 => evil.call_scalar("huge", &one),
-            _ => evil.call_scalar("read_file", &path),
+            0 => evil.call_scalar(&calls, "boom", &one),
+            1 => evil.call_scalar(&calls, "recurse", &one),
+            2 => evil.call_scalar(&calls, "huge", &one),
+            _ => evil.call_scalar(&calls, "read_file", &path),
         };
         assert!(result.is_err(), "call {i} succeeded");
         if i == 99 {
@@ -109,7 +112,7 @@ fn a_thousand_evil_calls_leave_the_host_alive_with_flat_memory() {
     }
     let grown = resident_bytes().saturating_sub(baseline);
     assert!(grown < 32 << 20, "resident memory grew by {} MiB over 900 evil calls", grown >> 20);
-    let out = evil.call_scalar("double", &ints(&[5])).unwrap();
+    let out = evil.call_scalar(&calls, "double", &ints(&[5])).unwrap();
     assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 10);
 }
 

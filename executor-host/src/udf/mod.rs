@@ -5,7 +5,8 @@
 //! - [`UdfHost`] owns the engine. It compiles a component once per digest and
 //!   keeps the precompiled artefact on disk, so a later process loads it in
 //!   about a millisecond instead of recompiling.
-//! - Every call gets a fresh instance from an `InstancePre` (pooling allocator)
+//! - Calls run in instances from an `InstancePre` (pooling allocator), kept
+//!   for the next call while calls succeed and dropped after any failure,
 //!   under a memory limit, an epoch deadline and a WASI context that grants
 //!   nothing: no files, no environment, no network. Guest stderr is captured,
 //!   bounded, into the error. A trap, a timeout or memory exhaustion becomes
@@ -43,7 +44,7 @@ mod scalar;
 mod transform;
 
 pub use aggregate::WasmAggregateUdf;
-pub use host::{Component, FunctionInfo, FunctionKind, Limits, UdfHost, WIT_PACKAGE, digest_of};
+pub use host::{Component, FunctionInfo, FunctionKind, Instances, Limits, UdfHost, WIT_PACKAGE, digest_of};
 pub use scalar::WasmScalarUdf;
 pub use transform::WasmTransform;
 

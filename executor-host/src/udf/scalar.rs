@@ -7,10 +7,10 @@ use datafusion::common::{DataFusionError, Result as DfResult, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature};
 use ignis_core::error::IgnisError;
 
-use super::host::{Component, FunctionKind};
+use super::host::{Component, FunctionKind, Instances};
 
 /// A scalar function of a Wasm component, as DataFusion sees it. Each batch
-/// is one call into a fresh instance.
+/// is one call into an instance of the component.
 #[derive(Debug)]
 pub struct WasmScalarUdf {
     component: Arc<Component>,
@@ -18,6 +18,7 @@ pub struct WasmScalarUdf {
     arguments: Vec<DataType>,
     returns: DataType,
     signature: Signature,
+    instances: Instances,
 }
 
 impl WasmScalarUdf {
@@ -37,6 +38,7 @@ impl WasmScalarUdf {
             arguments: arguments.clone(),
             returns: returns.clone(),
             signature: Signature::user_defined(info.volatility),
+            instances: Instances::default(),
             component,
         })
     }
@@ -76,7 +78,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
-        let out = run_outside_async(|| self.component.call_scalar(&self.name, &batch))
+        let out = run_outside_async(|| self.component.call_scalar(&self.instances, &self.name, &batch))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let column = match out.columns() {
             [column] if column.len() == rows && column.data_type() == &self.returns => column.clone(),

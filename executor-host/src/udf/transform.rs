@@ -5,14 +5,15 @@ use datafusion::arrow::datatypes::SchemaRef;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::map_batches::BatchFunction;
 
-use super::host::{Component, FunctionKind};
+use super::host::{Component, FunctionKind, Instances};
 
 /// A transform of a Wasm component (a batch in, a batch out), for
-/// `map_batches` steps. Each batch is one call into a fresh instance.
+/// `map_batches` steps. Each batch is one call into an instance of the component.
 #[derive(Debug)]
 pub struct WasmTransform {
     component: Arc<Component>,
     name: String,
+    instances: Instances,
 }
 
 impl WasmTransform {
@@ -27,7 +28,7 @@ impl WasmTransform {
                 component.label()
             )));
         }
-        Ok(Self { component, name: name.to_owned() })
+        Ok(Self { component, name: name.to_owned(), instances: Instances::default() })
     }
 
     /// The columns the transform produces from input with these columns.
@@ -42,6 +43,6 @@ impl BatchFunction for WasmTransform {
     }
 
     fn call(&self, input: RecordBatch) -> Result<RecordBatch> {
-        self.component.call_transform(&self.name, &input)
+        self.component.call_transform(&self.instances, &self.name, &input)
     }
 }
