@@ -443,11 +443,22 @@ impl Component {
     /// Call scalar function `name` on a batch of argument columns; returns the
     /// result batch (one column, as many rows).
     pub fn call_scalar(&self, instances: &Instances, name: &str, args: &RecordBatch) -> Result<RecordBatch> {
-        let bytes = write_ipc(args)?;
+        self.call_batch(instances, name, args, |c, bytes| {
+            c.instance.ignis_udf_scalar().call_call(&mut c.store, name, bytes)
+        })
+    }
+
+    /// One call that takes a batch and returns one, in an instance of `instances`.
+    fn call_batch(
+        &self,
+        instances: &Instances,
+        name: &str,
+        batch: &RecordBatch,
+        f: impl FnOnce(&mut Call, &[u8]) -> wasmtime::Result<std::result::Result<Vec<u8>, wit::UdfError>>,
+    ) -> Result<RecordBatch> {
+        let bytes = write_ipc(batch)?;
         let mut call = self.checkout(instances, name)?;
-        let scalar = call.instance.ignis_udf_scalar();
-        let returned = scalar.call_call(&mut call.store, name, &bytes);
-        let returned = returned.map_err(|e| call.failure(name, e))?;
+        let returned = f(&mut call, &bytes).map_err(|e| call.failure(name, e))?;
         let out = returned.map_err(|e| call.udf_error(name, e))?;
         self.checkin(instances, call);
         read_ipc(&out)
@@ -473,15 +484,9 @@ impl Component {
 
     /// Run transform `name` on one batch.
     pub fn call_transform(&self, instances: &Instances, name: &str, batch: &RecordBatch) -> Result<RecordBatch> {
-        let bytes = write_ipc(batch)?;
-        let mut call = self.checkout(instances, name)?;
-        let transform = call.instance.ignis_udf_transform();
-        let returned = transform.call_call(&mut call.store, name, &bytes);
-        let returned = returned.map_err(|e| call.failure(name, e))?;
-        let out = returned.map_err(|e| call.udf_error(name, e))?;
-        self.checkin(instances, call);
-        read_ipc(&out)
-            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned unreadable data: {e}", self.label)))
+        self.call_batch(instances, name, batch, |c, bytes| {
+            c.instance.ignis_udf_transform().call_call(&mut c.store, name, bytes)
+        })
     }
 }
 

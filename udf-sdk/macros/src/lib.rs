@@ -47,6 +47,30 @@ impl Parse for ScalarOptions {
     }
 }
 
+/// An attribute on a plain function: the function as written, followed by
+/// the glue `expand` makes of it (or the compile error it reports).
+fn function_attribute(
+    attr: TokenStream,
+    item: TokenStream,
+    expand: fn(ScalarOptions, &ItemFn) -> syn::Result<proc_macro2::TokenStream>,
+) -> TokenStream {
+    let options = parse_macro_input!(attr as ScalarOptions);
+    let function = parse_macro_input!(item as ItemFn);
+    let sig = &function.sig;
+    let glue = if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.unsafety.is_some() {
+        Err(syn::Error::new_spanned(sig, "a UDF is a plain function: not generic, async or unsafe"))
+    } else {
+        expand(options, &function)
+    };
+    match glue {
+        Ok(glue) => quote!(#function #glue).into(),
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote!(#function #e).into()
+        }
+    }
+}
+
 /// The first paragraph of the function's doc comment, as one line.
 fn description(f: &ItemFn) -> String {
     let mut lines = Vec::new();
@@ -80,22 +104,11 @@ fn description(f: &ItemFn) -> String {
 /// ```
 #[proc_macro_attribute]
 pub fn scalar(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let options = parse_macro_input!(attr as ScalarOptions);
-    let function = parse_macro_input!(item as ItemFn);
-    match expand_scalar(options, &function) {
-        Ok(glue) => quote!(#function #glue).into(),
-        Err(e) => {
-            let e = e.to_compile_error();
-            quote!(#function #e).into()
-        }
-    }
+    function_attribute(attr, item, expand_scalar)
 }
 
 fn expand_scalar(options: ScalarOptions, f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &f.sig;
-    if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.unsafety.is_some() {
-        return Err(syn::Error::new_spanned(sig, "a UDF is a plain function: not generic, async or unsafe"));
-    }
     let ident = &sig.ident;
     let name = options.name.map(|n| n.value()).unwrap_or_else(|| ident.to_string());
     let volatility = match options.volatility.map(|v| v.value()).as_deref() {
@@ -197,22 +210,11 @@ fn strip_lifetimes(ty: Type) -> Type {
 /// ```
 #[proc_macro_attribute]
 pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let options = parse_macro_input!(attr as ScalarOptions);
-    let function = parse_macro_input!(item as ItemFn);
-    match expand_transform(options, &function) {
-        Ok(glue) => quote!(#function #glue).into(),
-        Err(e) => {
-            let e = e.to_compile_error();
-            quote!(#function #e).into()
-        }
-    }
+    function_attribute(attr, item, expand_transform)
 }
 
 fn expand_transform(options: ScalarOptions, f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &f.sig;
-    if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.unsafety.is_some() {
-        return Err(syn::Error::new_spanned(sig, "a transform is a plain function: not generic, async or unsafe"));
-    }
     if let Some(v) = options.volatility {
         return Err(syn::Error::new_spanned(v, "a transform takes no volatility (it runs once per batch)"));
     }
