@@ -12,7 +12,10 @@ use datafusion::logical_expr::Volatility;
 use ignis_core::error::{IgnisError, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy, ResourceLimiter, Store,
+    Trap,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -151,6 +154,11 @@ impl UdfHost {
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `IGNIS_UDF_PROFILE=perfmap` writes /tmp/perf-<pid>.map, so `perf`
+        // names the guest's functions (build the guest without stripping).
+        if std::env::var("IGNIS_UDF_PROFILE").is_ok_and(|p| p == "perfmap") {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| IgnisError::Udf(format!("cannot start the Wasm engine: {e}")))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
