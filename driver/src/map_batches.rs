@@ -107,7 +107,7 @@ impl Transforms {
 
 /// `ctx` planning `map_batches` nodes with these transforms.
 pub fn with_planner(ctx: SessionContext, transforms: Arc<Transforms>) -> SessionContext {
-    let planner = Arc::new(Planner { transforms });
+    let planner = Arc::new(Planner { extension: Arc::new(NodePlanner { transforms }) });
     SessionContext::new_with_state(
         SessionStateBuilder::new_from_existing(ctx.state()).with_query_planner(planner).build(),
     )
@@ -116,7 +116,7 @@ pub fn with_planner(ctx: SessionContext, transforms: Arc<Transforms>) -> Session
 /// DataFusion's planner plus the `MapBatches` node.
 #[derive(Debug)]
 struct Planner {
-    transforms: Arc<Transforms>,
+    extension: Arc<NodePlanner>,
 }
 
 #[async_trait]
@@ -126,9 +126,7 @@ impl QueryPlanner for Planner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let extension: Arc<dyn ExtensionPlanner + Send + Sync> =
-            Arc::new(NodePlanner { transforms: self.transforms.clone() });
-        DefaultPhysicalPlanner::with_extension_planners(vec![extension])
+        DefaultPhysicalPlanner::with_extension_planners(vec![self.extension.clone()])
             .create_physical_plan(logical_plan, session)
             .await
     }

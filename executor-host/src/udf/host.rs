@@ -464,23 +464,35 @@ impl Component {
         batch: &RecordBatch,
         f: impl FnOnce(&mut Call, &[u8]) -> wasmtime::Result<std::result::Result<Vec<u8>, wit::UdfError>>,
     ) -> Result<RecordBatch> {
+        let out = self.call_ipc(instances, name, batch, f)?;
+        read_ipc(&out)
+            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned unreadable data: {e}", self.label)))
+    }
+
+    /// `batch` as IPC bytes into guest call `f`, in an instance of
+    /// `instances`; the bytes it returns. A trap or a guest error drops the
+    /// instance and names the function.
+    fn call_ipc(
+        &self,
+        instances: &Instances,
+        name: &str,
+        batch: &RecordBatch,
+        f: impl FnOnce(&mut Call, &[u8]) -> wasmtime::Result<std::result::Result<Vec<u8>, wit::UdfError>>,
+    ) -> Result<Vec<u8>> {
         let bytes = write_ipc(batch)?;
         let mut call = self.checkout(instances, name)?;
         let returned = f(&mut call, &bytes).map_err(|e| call.failure(name, e))?;
         let out = returned.map_err(|e| call.udf_error(name, e))?;
         self.checkin(instances, call);
-        read_ipc(&out)
-            .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned unreadable data: {e}", self.label)))
+        Ok(out)
     }
 
     /// The columns transform `name` produces from input with these columns.
     pub fn transform_output_schema(&self, name: &str, input: &SchemaRef) -> Result<SchemaRef> {
-        let bytes = write_ipc(&RecordBatch::new_empty(input.clone()))?;
-        let mut call = self.instantiate(name)?;
-        let transform = call.instance.ignis_udf_transform();
-        let returned = transform.call_output_schema(&mut call.store, name, &bytes);
-        let returned = returned.map_err(|e| call.failure(name, e))?;
-        let out = returned.map_err(|e| call.udf_error(name, e))?;
+        // Planning-time call: an instance of its own, dropped afterwards.
+        let out = self.call_ipc(&Instances::default(), name, &RecordBatch::new_empty(input.clone()), |c, bytes| {
+            c.instance.ignis_udf_transform().call_output_schema(&mut c.store, name, bytes)
+        })?;
         let schema = read_ipc(&out)
             .map_err(|e| IgnisError::Udf(format!("UDF {name} ({}) returned an unreadable schema: {e}", self.label)))?
             .schema();
