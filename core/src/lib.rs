@@ -54,6 +54,53 @@ macro_rules! leaf_plan_methods {
     };
 }
 
+/// The `ExecutionPlan` methods every Ignis operator with one input shares: a
+/// name, its cached properties in `self.cache`, the child in `self.input`, and
+/// rebuilding over a new child with `$rebuild` (`$this` the old node, `$input`
+/// the new child; it may use `?`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! unary_plan_methods {
+    ($name:literal, |$this:ident, $input:ident| $rebuild:expr) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            &self.cache
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        fn replace_children(
+            self: std::sync::Arc<Self>,
+            mut children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+            _options: datafusion::physical_plan::execution_plan::ReplaceChildrenOptions,
+        ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            if children.len() != 1 {
+                return Err(datafusion::error::DataFusionError::Internal(concat!($name, " takes one child").into()));
+            }
+            let $input = children.remove(0);
+            let $this = self;
+            Ok(std::sync::Arc::new($rebuild))
+        }
+
+        fn with_new_children(
+            self: std::sync::Arc<Self>,
+            children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+        ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            self.replace_children(
+                children,
+                datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
+                    datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+                ),
+            )
+        }
+    };
+}
+
 pub mod codec;
 pub mod csv;
 pub mod error;
