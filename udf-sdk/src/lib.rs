@@ -153,6 +153,11 @@ mod tests {
         if b == 0.0 { Err(format!("division of {a} by zero")) } else { Ok(a / b) }
     }
 
+    #[crate::scalar]
+    fn cents(amount: f64, extra: Option<i64>) -> i64 {
+        (amount * 100.0).round() as i64 + extra.unwrap_or(0)
+    }
+
     /// Keeps rows with a positive `n` and adds `twice`.
     #[crate::transform]
     fn doubled(batch: RecordBatch) -> Result<RecordBatch, String> {
@@ -168,7 +173,7 @@ mod tests {
     }
 
     const FUNCTIONS: &[Function] =
-        &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION, __ignis_udf_doubled::FUNCTION];
+        &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION, __ignis_udf_cents::FUNCTION, __ignis_udf_doubled::FUNCTION];
 
     fn batch(columns: Vec<Arc<dyn Array>>) -> Vec<u8> {
         let fields: Vec<Field> = columns
@@ -196,6 +201,26 @@ mod tests {
         let out = out.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(out.iter().collect::<Vec<_>>(), vec![Some("a:1"), None, Some("c:0")]);
         assert_eq!(out.data_type(), &DataType::Utf8);
+    }
+
+    fn call_cents(amounts: Float64Array, extras: Int64Array) -> Vec<Option<i64>> {
+        let out = __private::call_scalar(FUNCTIONS, "cents", &batch(vec![Arc::new(amounts), Arc::new(extras)])).unwrap();
+        let out = ipc::read_batch(&out).unwrap();
+        assert_eq!(out.column(0).data_type(), &DataType::Int64);
+        out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().iter().collect()
+    }
+
+    #[test]
+    fn batches_with_and_without_nulls_give_the_same_values() {
+        // No nulls: the one-pass path.
+        let all = call_cents(Float64Array::from(vec![1.234, 2.0, 0.5]), Int64Array::from(vec![1, 0, 7]));
+        assert_eq!(all, vec![Some(124), Some(200), Some(57)]);
+        // Nulls: row by row; a null plain argument gives null, a null `Option` argument reaches the function.
+        let some = call_cents(
+            Float64Array::from(vec![Some(1.234), None, Some(0.5)]),
+            Int64Array::from(vec![Some(1), Some(0), None]),
+        );
+        assert_eq!(some, vec![Some(124), None, Some(50)]);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub trait Arg<'a>: Sized {
     fn column(array: &'a ArrayRef) -> Result<Self::Column, Error>;
     /// The value at `row`; `None` for a null (the row's result is then null).
     fn value(column: &Self::Column, row: usize) -> Option<Self>;
+    /// The value at `row` of a column known to hold no nulls.
+    fn value_nonnull(column: &Self::Column, row: usize) -> Self;
 }
 
 /// A type a function can return.
@@ -52,6 +54,20 @@ pub trait Ret {
     fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String>;
     fn append_null(builder: &mut Self::Builder);
     fn finish(builder: Self::Builder) -> ArrayRef;
+    /// The column of `value(row)` for every row in `0..rows`; on an `Err`, the
+    /// row and the error's text. Types with a faster way than appending one
+    /// value at a time to a builder override it.
+    #[inline]
+    fn collect(rows: usize, mut value: impl FnMut(usize) -> Self) -> Result<ArrayRef, (usize, String)>
+    where
+        Self: Sized,
+    {
+        let mut builder = Self::builder(rows);
+        for row in 0..rows {
+            Self::append(&mut builder, value(row)).map_err(|e| (row, e))?;
+        }
+        Ok(Self::finish(builder))
+    }
 }
 
 impl<'a, T: Arg<'a>> Arg<'a> for Option<T> {
@@ -62,8 +78,13 @@ impl<'a, T: Arg<'a>> Arg<'a> for Option<T> {
     fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
         T::column(array)
     }
+    #[inline]
     fn value(column: &Self::Column, row: usize) -> Option<Self> {
         Some(T::value(column, row))
+    }
+    #[inline]
+    fn value_nonnull(column: &Self::Column, row: usize) -> Self {
+        Some(T::value_nonnull(column, row))
     }
 }
 
@@ -75,6 +96,7 @@ impl<T: Ret> Ret for Option<T> {
     fn builder(rows: usize) -> Self::Builder {
         T::builder(rows)
     }
+    #[inline]
     fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
         match value {
             Some(v) => T::append(builder, v),
@@ -84,6 +106,7 @@ impl<T: Ret> Ret for Option<T> {
             }
         }
     }
+    #[inline]
     fn append_null(builder: &mut Self::Builder) {
         T::append_null(builder)
     }
@@ -100,12 +123,14 @@ impl<T: Ret, E: Display> Ret for Result<T, E> {
     fn builder(rows: usize) -> Self::Builder {
         T::builder(rows)
     }
+    #[inline]
     fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
         match value {
             Ok(v) => T::append(builder, v),
             Err(e) => Err(e.to_string()),
         }
     }
+    #[inline]
     fn append_null(builder: &mut Self::Builder) {
         T::append_null(builder)
     }
@@ -129,8 +154,13 @@ macro_rules! primitive {
             fn column(array: &'a ArrayRef) -> Result<Self::Column, Error> {
                 downcast(array, &$data_type)
             }
+            #[inline]
             fn value(column: &Self::Column, row: usize) -> Option<Self> {
                 if column.is_null(row) { None } else { Some(($from)(column.value(row))) }
+            }
+            #[inline]
+            fn value_nonnull(column: &Self::Column, row: usize) -> Self {
+                ($from)(column.values()[row])
             }
         }
 
@@ -142,15 +172,22 @@ macro_rules! primitive {
             fn builder(rows: usize) -> Self::Builder {
                 PrimitiveBuilder::with_capacity(rows).with_data_type($data_type)
             }
+            #[inline]
             fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
                 builder.append_value(($into)(value));
                 Ok(())
             }
+            #[inline]
             fn append_null(builder: &mut Self::Builder) {
                 builder.append_null()
             }
             fn finish(mut builder: Self::Builder) -> ArrayRef {
                 Arc::new(builder.finish())
+            }
+            #[inline]
+            fn collect(rows: usize, mut value: impl FnMut(usize) -> Self) -> Result<ArrayRef, (usize, String)> {
+                let values: Vec<_> = (0..rows).map(|row| ($into)(value(row))).collect();
+                Ok(Arc::new(PrimitiveArray::<$arrow>::new(values.into(), None).with_data_type($data_type)))
             }
         }
     };
@@ -190,8 +227,13 @@ impl<'a, const P: u8, const S: i8> Arg<'a> for Decimal<P, S> {
         }
         downcast(array, &DataType::Decimal128(P, S))
     }
+    #[inline]
     fn value(column: &Self::Column, row: usize) -> Option<Self> {
         if column.is_null(row) { None } else { Some(Decimal(column.value(row))) }
+    }
+    #[inline]
+    fn value_nonnull(column: &Self::Column, row: usize) -> Self {
+        Decimal(column.values()[row])
     }
 }
 
@@ -203,10 +245,12 @@ impl<const P: u8, const S: i8> Ret for Decimal<P, S> {
     fn builder(rows: usize) -> Self::Builder {
         Decimal128Builder::with_capacity(rows).with_data_type(DataType::Decimal128(P, S))
     }
+    #[inline]
     fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
         builder.append_value(value.0);
         Ok(())
     }
+    #[inline]
     fn append_null(builder: &mut Self::Builder) {
         builder.append_null()
     }
@@ -226,8 +270,13 @@ macro_rules! array_arg {
             fn column(array: &$lt ArrayRef) -> Result<Self::Column, Error> {
                 downcast(array, &$data_type)
             }
+            #[inline]
             fn value(column: &Self::Column, row: usize) -> Option<Self> {
                 if column.is_null(row) { None } else { Some(($value)(column.value(row))) }
+            }
+            #[inline]
+            fn value_nonnull(column: &Self::Column, row: usize) -> Self {
+                ($value)(column.value(row))
             }
         }
     };
@@ -249,10 +298,12 @@ macro_rules! builder_ret {
             fn builder(rows: usize) -> Self::Builder {
                 ($new)(rows)
             }
+            #[inline]
             fn append(builder: &mut Self::Builder, value: Self) -> Result<(), String> {
                 builder.append_value(value);
                 Ok(())
             }
+            #[inline]
             fn append_null(builder: &mut Self::Builder) {
                 builder.append_null()
             }

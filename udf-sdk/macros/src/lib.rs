@@ -175,6 +175,14 @@ fn expand_scalar(options: ScalarOptions, f: &ItemFn) -> syn::Result<proc_macro2:
             ) -> Result<ignis_udf::arrow_array::ArrayRef, ignis_udf::Error> {
                 #(let #columns = <#arg_types as ignis_udf::Arg<'_>>::column(&args[#indices])
                     .map_err(|e| ignis_udf::Error::InvalidArguments(format!("{} argument {}: {e}", #name, #indices + 1)))?;)*
+                // No nulls anywhere (the usual case): no per-row null checks,
+                // and the result type may build its column in one pass.
+                if args.iter().all(|a| a.null_count() == 0 && a.len() >= rows) {
+                    return <#ret as ignis_udf::Ret>::collect(rows, |row| {
+                        super::#ident(#(<#arg_types as ignis_udf::Arg<'_>>::value_nonnull(&#columns, row)),*)
+                    })
+                    .map_err(|(row, e)| ignis_udf::Error::Failed(format!("{} failed on row {row} of the batch: {e}", #name)));
+                }
                 let mut builder = <#ret as ignis_udf::Ret>::builder(rows);
                 for row in 0..rows {
                     let appended: Result<(), String> = #row_call;
