@@ -172,8 +172,12 @@ mod tests {
         .map_err(|e| e.to_string())
     }
 
-    const FUNCTIONS: &[Function] =
-        &[__ignis_udf_label::FUNCTION, __ignis_udf_divide::FUNCTION, __ignis_udf_cents::FUNCTION, __ignis_udf_doubled::FUNCTION];
+    const FUNCTIONS: &[Function] = &[
+        __ignis_udf_label::FUNCTION,
+        __ignis_udf_divide::FUNCTION,
+        __ignis_udf_cents::FUNCTION,
+        __ignis_udf_doubled::FUNCTION,
+    ];
 
     fn batch(columns: Vec<Arc<dyn Array>>) -> Vec<u8> {
         let fields: Vec<Field> = columns
@@ -204,7 +208,8 @@ mod tests {
     }
 
     fn call_cents(amounts: Float64Array, extras: Int64Array) -> Vec<Option<i64>> {
-        let out = __private::call_scalar(FUNCTIONS, "cents", &batch(vec![Arc::new(amounts), Arc::new(extras)])).unwrap();
+        let out =
+            __private::call_scalar(FUNCTIONS, "cents", &batch(vec![Arc::new(amounts), Arc::new(extras)])).unwrap();
         let out = ipc::read_batch(&out).unwrap();
         assert_eq!(out.column(0).data_type(), &DataType::Int64);
         out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().iter().collect()
