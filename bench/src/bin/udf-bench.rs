@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
     /// Runs per query and engine; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 11)]
     iterations: usize,
     /// Where udf-results.md and udf-results.json go.
     #[arg(long, default_value = "bench/results")]
