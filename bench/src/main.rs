@@ -15,7 +15,9 @@ use anyhow::Context;
 use clap::Parser;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
-use ignis_core::job::{Format, JobConfig, JobSpec, OutputSpec, TableOptions, TableSpec, WriteMode, WriteSpec};
+use ignis_core::job::{
+    Format, JobConfig, JobSpec, OutputSpec, ShuffleCompression, TableOptions, TableSpec, WriteMode, WriteSpec,
+};
 use ignis_driver::{Driver, DriverConfig};
 use serde::Serialize;
 
@@ -40,6 +42,9 @@ struct Args {
     /// Only workloads whose name contains one of these (comma-separated), e.g. "q1,q18,orders".
     #[arg(long)]
     only: Option<String>,
+    /// Shuffle compression for Ignis: lz4, zstd or none (default: the job default, none on local disk).
+    #[arg(long, value_parser = parse_compression)]
+    shuffle_compression: Option<ShuffleCompression>,
     /// Where results.md and results.json go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -102,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Alternate which engine goes first so caches favour neither.
             for engine in if i % 2 == 0 { ["ignis", "datafusion"] } else { ["datafusion", "ignis"] } {
                 if engine == "ignis" {
-                    let job = ignis_job(w, &tables, parallelism, &out_dir.join("ignis"))?;
+                    let job = ignis_job(w, &tables, parallelism, args.shuffle_compression, &out_dir.join("ignis"))?;
                     let start = Instant::now();
                     let outcome = driver.run(&job, &|_| {}).await.with_context(|| format!("ignis {}", w.name))?;
                     ignis_times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -137,6 +142,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     report(&rows, &args, parallelism)
 }
 
+fn parse_compression(s: &str) -> Result<ShuffleCompression, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s}: expected lz4, zstd or none"))
+}
+
 fn dir_url(dir: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     url::Url::from_directory_path(dir)
@@ -165,6 +175,7 @@ fn ignis_job(
     w: &Workload,
     tables: &std::collections::BTreeMap<String, TableSpec>,
     parallelism: usize,
+    shuffle_compression: Option<ShuffleCompression>,
     out: &Path,
 ) -> anyhow::Result<JobSpec> {
     let output = if w.write {
@@ -184,7 +195,7 @@ fn ignis_job(
         sql: Some(w.sql.clone()),
         steps: None,
         output,
-        config: JobConfig { shuffle_partitions: Some(parallelism), ..JobConfig::default() },
+        config: JobConfig { shuffle_partitions: Some(parallelism), shuffle_compression, ..JobConfig::default() },
     })
 }
 
@@ -225,10 +236,14 @@ fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
     let total_df: f64 = tpch.iter().map(|r| r.datafusion_ms).sum();
     let total_ignis: f64 = tpch.iter().map(|r| r.ignis_ms).sum();
     let mut md = format!(
-        "# Ignis vs single-node DataFusion\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; median of {} runs.\n\n\
+        "# Ignis vs single-node DataFusion\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; \
+         shuffle compression {}; median of {} runs.\n\n\
          | workload | DataFusion ms | Ignis ms | ratio | stages | tasks | shuffled MiB | overhead/task ms |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
-        args.scale, args.orders_rows, args.iterations
+        args.scale,
+        args.orders_rows,
+        args.shuffle_compression.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_else(|| "default".into()),
+        args.iterations
     );
     for r in rows {
         md.push_str(&format!(

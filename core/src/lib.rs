@@ -101,6 +101,7 @@ macro_rules! unary_plan_methods {
     };
 }
 
+pub mod broadcast;
 pub mod codec;
 pub mod csv;
 pub mod error;

@@ -1,8 +1,13 @@
 //! The DataFusion session settings every Ignis process uses, so a plan cut on
 //! the driver means the same on any executor.
 
+use std::sync::Arc;
+
 use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::broadcast::BroadcastSmallJoins;
 
 /// Settings for planning a distributed job.
 ///
@@ -34,11 +39,16 @@ pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionCo
 }
 
 /// A session context for planning (driver) or executing (executor) with the
-/// given settings.
+/// given settings, and DataFusion's physical optimiser rules plus
+/// [`BroadcastSmallJoins`] right after its join selection.
 pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionContext {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let after_join_selection = rules.iter().position(|r| r.name() == "join_selection").map_or(0, |i| i + 1);
+    rules.insert(after_join_selection, Arc::new(BroadcastSmallJoins));
     let state = SessionStateBuilder::new()
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()
+        .with_physical_optimizer_rules(rules)
         .with_runtime_env(crate::store::runtime_env())
         .build();
     SessionContext::new_with_state(state)

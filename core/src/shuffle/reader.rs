@@ -3,11 +3,11 @@
 //! ranged GETs and decoded from Arrow IPC.
 
 use std::fmt;
-use std::io::Cursor;
 use std::sync::Arc;
 
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::reader::StreamDecoder;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -76,8 +76,17 @@ impl ShuffleReaderExec {
 async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
     let (store, path) = store::resolve(&env, &piece.url)?;
     let bytes = store.get_range(&path, piece.offset..piece.offset + piece.length).await?;
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    // Decoded in place: uncompressed columns point into the fetched bytes
+    // instead of being copied out of them.
+    let mut buffer = Buffer::from(bytes);
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if rows as u64 != piece.rows {
         return Err(IgnisError::Input(format!(

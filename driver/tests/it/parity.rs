@@ -129,6 +129,23 @@ async fn sql_results_match_single_node_datafusion() {
 }
 
 #[tokio::test]
+async fn every_shuffle_compression_gives_the_same_rows() {
+    let ws = workspace();
+    let (sql, ordered) = QUERIES[3];
+    let theirs = single_node_rows(ws.path(), sql).await;
+    // Unset: the default for a local-disk shuffle (none).
+    for compression in
+        ["", "shuffle_compression = 'lz4'", "shuffle_compression = 'zstd'", "shuffle_compression = 'none'"]
+    {
+        let mut job =
+            JobSpec::parse(&format!("sql = \"{sql}\"\n{}{compression}\n", tables_toml()), "toml", "parity").unwrap();
+        job.resolve_paths(ws.path()).unwrap();
+        let ours = ignis_rows(ws.path(), &job).await;
+        assert_eq!(lines(&ours, ordered), lines(&theirs, ordered), "{compression}");
+    }
+}
+
+#[tokio::test]
 async fn every_step_kind_matches_the_same_query_in_sql() {
     let ws = workspace();
     let steps = r#"
