@@ -80,3 +80,61 @@ fn is_small(plan: &Arc<dyn ExecutionPlan>) -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::physical_plan::displayable;
+
+    use crate::session::session_context;
+
+    /// A table of `rows` rows (`k`, `v`: two Int64 columns, 16 bytes a row).
+    fn table(rows: i64) -> Arc<MemTable> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows)), Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap();
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+    }
+
+    async fn join_modes(sql: &str) -> Vec<String> {
+        let ctx = session_context(3, 8192);
+        // 3.2 MB: above DataFusion's 1 MiB, below the 10 MiB broadcast threshold.
+        ctx.register_table("small", table(200_000)).unwrap();
+        // 32 MB: above both.
+        ctx.register_table("big", table(2_000_000)).unwrap();
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("HashJoinExec: "))
+            .map(|l| l.split(", on=").next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn small_build_sides_of_inner_and_right_joins_are_broadcast() {
+        let inner = join_modes("SELECT * FROM big JOIN small ON big.k = small.k").await;
+        assert_eq!(inner, ["mode=CollectLeft, join_type=Inner"]);
+        // DataFusion puts the small side on the build side: a right join that a broadcast can run.
+        let left = join_modes("SELECT * FROM big LEFT JOIN small ON big.k = small.k").await;
+        assert_eq!(left, ["mode=CollectLeft, join_type=Right"]);
+    }
+
+    #[tokio::test]
+    async fn joins_that_track_build_rows_or_have_big_sides_stay_partitioned() {
+        // Unmatched rows of the small (build) side are needed: every probe row must be seen in one place.
+        let full = join_modes("SELECT * FROM big FULL JOIN small ON big.k = small.k").await;
+        assert_eq!(full, ["mode=Partitioned, join_type=Full"]);
+        let big = join_modes("SELECT * FROM big a JOIN big b ON a.k = b.k").await;
+        assert_eq!(big, ["mode=Partitioned, join_type=Inner"]);
+    }
+}
