@@ -42,7 +42,7 @@ struct Args {
     /// Only workloads whose name contains one of these (comma-separated), e.g. "q1,q18,orders".
     #[arg(long)]
     only: Option<String>,
-    /// Shuffle compression for Ignis: lz4, zstd or none (default: the job default, none on local disk).
+    /// Shuffle compression for Ignis: lz4, zstd or none (default: the job default, lz4).
     #[arg(long, value_parser = parse_compression)]
     shuffle_compression: Option<ShuffleCompression>,
     /// Where results.md and results.json go.

@@ -45,7 +45,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::{JobId, StageId};
-use ignis_core::job::{JobSpec, OutputSpec, ShuffleCompression};
+use ignis_core::job::{JobSpec, OutputSpec};
 use ignis_core::protocol::UdfRef;
 use ignis_core::shuffle::{ShuffleReaderExec, job_shuffle_prefix};
 use ignis_core::store;
@@ -267,10 +267,7 @@ impl Driver {
         let settings = RunSettings {
             job_id: job_id.clone(),
             shuffle_root: self.config.shuffle_root.clone(),
-            compression: job
-                .config
-                .shuffle_compression
-                .unwrap_or_else(|| ShuffleCompression::default_for(&self.config.shuffle_root)),
+            compression: job.config.shuffle_compression.unwrap_or_default(),
             batch_size: job.config.batch_size(),
             max_task_attempts: job.config.max_task_attempts(),
             target,

@@ -133,7 +133,7 @@ async fn every_shuffle_compression_gives_the_same_rows() {
     let ws = workspace();
     let (sql, ordered) = QUERIES[3];
     let theirs = single_node_rows(ws.path(), sql).await;
-    // Unset: the default for a local-disk shuffle (none).
+    // Unset: the default (lz4).
     for compression in
         ["", "shuffle_compression = 'lz4'", "shuffle_compression = 'zstd'", "shuffle_compression = 'none'"]
     {
