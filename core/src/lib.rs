@@ -101,12 +101,12 @@ macro_rules! unary_plan_methods {
     };
 }
 
-pub mod broadcast;
 pub mod codec;
 pub mod csv;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod joins;
 pub mod map_batches;
 pub mod protocol;
 pub mod session;

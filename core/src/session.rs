@@ -7,7 +7,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::broadcast::BroadcastSmallJoins;
+use crate::joins::DistributeJoins;
 
 /// Settings for planning a distributed job.
 ///
@@ -40,11 +40,11 @@ pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionCo
 
 /// A session context for planning (driver) or executing (executor) with the
 /// given settings, and DataFusion's physical optimiser rules plus
-/// [`BroadcastSmallJoins`] right after its join selection.
+/// [`DistributeJoins`] right after its join selection.
 pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionContext {
     let mut rules = PhysicalOptimizer::new().rules;
     let after_join_selection = rules.iter().position(|r| r.name() == "join_selection").map_or(0, |i| i + 1);
-    rules.insert(after_join_selection, Arc::new(BroadcastSmallJoins));
+    rules.insert(after_join_selection, Arc::new(DistributeJoins));
     let state = SessionStateBuilder::new()
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()

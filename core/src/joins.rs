@@ -1,18 +1,23 @@
-//! Broadcast joins with a small build side, as Spark does below
-//! `spark.sql.autoBroadcastJoinThreshold`.
+//! How joins are distributed across tasks, on top of DataFusion's join
+//! selection (which is tuned for one process, where a repartition is a cheap
+//! in-memory shuffle and every partition can share state):
 //!
-//! DataFusion's join selection turns a hash join into `CollectLeft` (one hash
-//! table of the whole build side, probed by every partition) only below 1 MiB,
-//! a threshold tuned for one process, where repartitioning is a cheap
-//! in-memory shuffle. Here a partitioned join shuffles both sides through
-//! storage; when the build side is small, sending it to every probe task costs
-//! far less than shuffling the large probe side (TPC-H q5 at SF1 shuffled all
-//! of `lineitem`, ~280 MiB, to join it with ~3 MiB of orders).
-//!
-//! Only join types whose output each probe partition can produce alone are
-//! broadcast (inner, right, right semi, right anti): the others must track
-//! which build rows matched across all partitions, which a broadcast across
-//! tasks cannot do.
+//! - Broadcast a small build side, as Spark does below
+//!   `spark.sql.autoBroadcastJoinThreshold`. DataFusion makes a hash join
+//!   `CollectLeft` (one hash table of the whole build side, probed by every
+//!   partition) only below 1 MiB. Here a partitioned join shuffles both sides
+//!   through storage; when the build side is small, sending it to every probe
+//!   task costs far less than shuffling the large probe side (TPC-H q5 at SF1
+//!   shuffled all of `lineitem`, ~280 MiB, to join it with ~3 MiB of orders).
+//!   Only join types whose output each probe partition can produce alone are
+//!   broadcast (inner, right, right semi, right anti).
+//! - Partition a `CollectLeft` join that must track which build rows matched
+//!   (left/full outer, left semi/anti/mark) when its probe side is not small.
+//!   In one process the probe partitions share that state; across tasks they
+//!   cannot, so the stage cutter would gather the whole probe side into one
+//!   task (TPC-H q21: all of `lineitem` through one task on one core). A
+//!   partitioned join handles each key in one task and runs in parallel.
+//!   Null-aware anti joins (`NOT IN`) stay `CollectLeft`: DataFusion needs them so.
 
 use std::sync::Arc;
 
@@ -32,9 +37,9 @@ pub const BROADCAST_ROWS: usize = 1 << 20;
 
 /// Runs after DataFusion's join selection, before distribution is enforced.
 #[derive(Debug, Default)]
-pub struct BroadcastSmallJoins;
+pub struct DistributeJoins;
 
-impl PhysicalOptimizerRule for BroadcastSmallJoins {
+impl PhysicalOptimizerRule for DistributeJoins {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|plan| {
             let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
@@ -44,21 +49,23 @@ impl PhysicalOptimizerRule for BroadcastSmallJoins {
                 join.join_type(),
                 JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
             );
-            if *join.partition_mode() != PartitionMode::Partitioned
-                || !broadcastable
-                || join.null_aware
-                || !is_small(join.left())
-            {
-                return Ok(Transformed::no(plan));
-            }
-            let broadcast = join.builder().with_partition_mode(PartitionMode::CollectLeft).build()?;
-            Ok(Transformed::yes(Arc::new(broadcast) as Arc<dyn ExecutionPlan>))
+            let mode = match join.partition_mode() {
+                PartitionMode::Partitioned if broadcastable && !join.null_aware && is_small(join.left()) => {
+                    PartitionMode::CollectLeft
+                }
+                PartitionMode::CollectLeft if !broadcastable && !join.null_aware && !is_small(join.right()) => {
+                    PartitionMode::Partitioned
+                }
+                _ => return Ok(Transformed::no(plan)),
+            };
+            let join = join.builder().with_partition_mode(mode).build()?;
+            Ok(Transformed::yes(Arc::new(join) as Arc<dyn ExecutionPlan>))
         })
         .data()
     }
 
     fn name(&self) -> &str {
-        "ignis_broadcast_small_joins"
+        "ignis_distribute_joins"
     }
 
     fn schema_check(&self) -> bool {
@@ -66,7 +73,8 @@ impl PhysicalOptimizerRule for BroadcastSmallJoins {
     }
 }
 
-/// Whether the plan's estimated output is below the broadcast threshold;
+/// Whether the plan's estimated output is below the broadcast threshold
+/// (then gathering it is cheap too);
 /// unknown sizes are not small.
 fn is_small(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let Ok(stats) = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()) else {
@@ -112,6 +120,8 @@ mod tests {
         ctx.register_table("small", table(200_000)).unwrap();
         // 32 MB: above both.
         ctx.register_table("big", table(2_000_000)).unwrap();
+        // 16 KB: below both.
+        ctx.register_table("tiny", table(1_000)).unwrap();
         let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
         let text = displayable(plan.as_ref()).indent(false).to_string();
         text.lines()
@@ -127,6 +137,16 @@ mod tests {
         // DataFusion puts the small side on the build side: a right join that a broadcast can run.
         let left = join_modes("SELECT * FROM big LEFT JOIN small ON big.k = small.k").await;
         assert_eq!(left, ["mode=CollectLeft, join_type=Right"]);
+    }
+
+    #[tokio::test]
+    async fn build_tracking_joins_with_a_big_probe_side_are_partitioned() {
+        // DataFusion collects the tiny left side; a left semi join must see every probe row of a key in one place.
+        let semi = join_modes("SELECT * FROM tiny WHERE k IN (SELECT k FROM big)").await;
+        assert_eq!(semi, ["mode=Partitioned, join_type=LeftSemi"]);
+        // With a small probe side, gathering it into one task is cheap: left as DataFusion chose.
+        let small = join_modes("SELECT * FROM tiny WHERE k IN (SELECT k FROM small)").await;
+        assert_eq!(small, ["mode=CollectLeft, join_type=LeftSemi"]);
     }
 
     #[tokio::test]
