@@ -13,12 +13,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use ignis_core::job::{
     Format, JobConfig, JobSpec, OutputSpec, ShuffleCompression, TableOptions, TableSpec, WriteMode, WriteSpec,
 };
-use ignis_driver::{Driver, DriverConfig};
+use ignis_driver::{Driver, DriverConfig, JobResult};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -103,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut ignis_times = vec![];
         let mut df_times = vec![];
         let mut last = None;
+        let mut df_rows = None;
         for i in 0..args.iterations {
             // Alternate which engine goes first so caches favour neither.
             for engine in if i % 2 == 0 { ["ignis", "datafusion"] } else { ["datafusion", "ignis"] } {
@@ -114,15 +117,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     last = Some(outcome);
                 } else {
                     let start = Instant::now();
-                    run_datafusion(&df, w, &out_dir.join("datafusion"))
+                    let rows = run_datafusion(&df, w, &out_dir.join("datafusion"))
                         .await
                         .with_context(|| format!("datafusion {}", w.name))?;
                     df_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    df_rows = rows;
                 }
             }
         }
         let (ignis_ms, datafusion_ms) = (median(&mut ignis_times), median(&mut df_times));
         let outcome = last.context("no iterations")?;
+        // The same answer, or the times mean nothing.
+        if let (JobResult::Rows { batches, .. }, Some(theirs)) = (&outcome.result, &df_rows) {
+            anyhow::ensure!(
+                sorted_lines(batches)? == sorted_lines(theirs)?,
+                "{}: Ignis and DataFusion returned different rows",
+                w.name
+            );
+        }
         let row = Row {
             workload: w.name.clone(),
             datafusion_ms,
@@ -213,17 +225,27 @@ async fn datafusion_context(
     Ok(ctx)
 }
 
-async fn run_datafusion(ctx: &SessionContext, w: &Workload, out: &Path) -> anyhow::Result<()> {
+/// Runs the workload; the rows when it collects.
+async fn run_datafusion(ctx: &SessionContext, w: &Workload, out: &Path) -> anyhow::Result<Option<Vec<RecordBatch>>> {
     let df = ctx.sql(&w.sql).await?;
     if w.write {
         if out.exists() {
             std::fs::remove_dir_all(out)?;
         }
         df.write_parquet(&format!("{}/", out.display()), DataFrameWriteOptions::new(), None).await?;
+        Ok(None)
     } else {
-        df.collect().await?;
+        Ok(Some(df.collect().await?))
     }
-    Ok(())
+}
+
+/// Rows as text, sorted: the comparison ignores row order, which ties in
+/// ORDER BY leave open.
+fn sorted_lines(batches: &[RecordBatch]) -> anyhow::Result<Vec<String>> {
+    let text = pretty_format_batches(batches)?.to_string();
+    let mut lines: Vec<String> = text.lines().filter(|l| l.starts_with("| ")).skip(1).map(String::from).collect();
+    lines.sort();
+    Ok(lines)
 }
 
 fn median(v: &mut [f64]) -> f64 {
