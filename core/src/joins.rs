@@ -131,30 +131,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn small_build_sides_of_inner_and_right_joins_are_broadcast() {
-        let inner = join_modes("SELECT * FROM big JOIN small ON big.k = small.k").await;
-        assert_eq!(inner, ["mode=CollectLeft, join_type=Inner"]);
-        // DataFusion puts the small side on the build side: a right join that a broadcast can run.
-        let left = join_modes("SELECT * FROM big LEFT JOIN small ON big.k = small.k").await;
-        assert_eq!(left, ["mode=CollectLeft, join_type=Right"]);
-    }
-
-    #[tokio::test]
-    async fn build_tracking_joins_with_a_big_probe_side_are_partitioned() {
-        // DataFusion collects the tiny left side; a left semi join must see every probe row of a key in one place.
-        let semi = join_modes("SELECT * FROM tiny WHERE k IN (SELECT k FROM big)").await;
-        assert_eq!(semi, ["mode=Partitioned, join_type=LeftSemi"]);
-        // With a small probe side, gathering it into one task is cheap: left as DataFusion chose.
-        let small = join_modes("SELECT * FROM tiny WHERE k IN (SELECT k FROM small)").await;
-        assert_eq!(small, ["mode=CollectLeft, join_type=LeftSemi"]);
-    }
-
-    #[tokio::test]
-    async fn joins_that_track_build_rows_or_have_big_sides_stay_partitioned() {
-        // Unmatched rows of the small (build) side are needed: every probe row must be seen in one place.
-        let full = join_modes("SELECT * FROM big FULL JOIN small ON big.k = small.k").await;
-        assert_eq!(full, ["mode=Partitioned, join_type=Full"]);
-        let big = join_modes("SELECT * FROM big a JOIN big b ON a.k = b.k").await;
-        assert_eq!(big, ["mode=Partitioned, join_type=Inner"]);
+    async fn joins_are_broadcast_partitioned_or_gathered_by_type_and_size() {
+        let cases = [
+            ("SELECT * FROM big JOIN small ON big.k = small.k", "mode=CollectLeft, join_type=Inner"),
+            // DataFusion puts the small side on the build side: a right join, which a broadcast can run.
+            ("SELECT * FROM big LEFT JOIN small ON big.k = small.k", "mode=CollectLeft, join_type=Right"),
+            // Unmatched rows of the small build side are needed: every probe row of a key in one place.
+            ("SELECT * FROM big FULL JOIN small ON big.k = small.k", "mode=Partitioned, join_type=Full"),
+            ("SELECT * FROM big a JOIN big b ON a.k = b.k", "mode=Partitioned, join_type=Inner"),
+            // DataFusion collects the tiny side; the big probe side is partitioned rather than gathered.
+            ("SELECT * FROM tiny WHERE k IN (SELECT k FROM big)", "mode=Partitioned, join_type=LeftSemi"),
+            // A small probe side is cheap to gather into one task: left as DataFusion chose.
+            ("SELECT * FROM tiny WHERE k IN (SELECT k FROM small)", "mode=CollectLeft, join_type=LeftSemi"),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(join_modes(sql).await, [expected], "{sql}");
+        }
     }
 }
