@@ -94,6 +94,16 @@ impl Client {
         Ok(list.udfs)
     }
 
+    /// Remove the component name `name`.
+    pub async fn remove_udf(&self, name: &str) -> anyhow::Result<RegisteredUdf> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/udfs/", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("driver URL {} cannot take a path", self.base))?
+            .pop_if_empty()
+            .push(name);
+        self.json(self.http.delete(url)).await
+    }
+
     /// A collect job's rows, as Arrow.
     pub async fn rows(&self, id: &str) -> anyhow::Result<Vec<RecordBatch>> {
         let request = self.http.get(format!("{}/v1/jobs/{id}/result", self.base)).header("accept", ARROW_STREAM);

@@ -29,6 +29,12 @@ pub enum UdfCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Remove an uploaded component's name, so its functions can be defined again.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// List the uploaded components and their functions.
     List {
         #[command(flatten)]
@@ -73,6 +79,17 @@ pub async fn run(command: UdfCommand) -> anyhow::Result<()> {
             };
             println!("uploaded {} ({})", registered.name, registered.digest);
             print_functions(&registered);
+            Ok(())
+        }
+        UdfCommand::Remove { name, registry: RegistryArgs { driver, api_key, udf_root } } => {
+            let removed = match driver {
+                Some(driver) => Client::new(&driver, api_key)?.remove_udf(&name).await?,
+                None => local_registry(udf_root)?
+                    .remove(LOCAL_TENANT, &name)
+                    .await?
+                    .with_context(|| format!("no component named {name:?} was uploaded (see `ignis udf list`)"))?,
+            };
+            println!("removed {} ({})", removed.name, removed.digest);
             Ok(())
         }
         UdfCommand::List { registry: RegistryArgs { driver, api_key, udf_root } } => {

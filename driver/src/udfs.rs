@@ -111,6 +111,19 @@ impl UdfRegistry {
         Ok(url)
     }
 
+    /// Remove the tenant's name `name` (its functions can then be defined by
+    /// another component); `None` when there is no such name. The bytes stay
+    /// stored by digest: jobs that name the digest still run.
+    pub async fn remove(&self, tenant: &str, name: &str) -> Result<Option<RegisteredUdf>> {
+        check_component_name(name)?;
+        let Some(registered) = self.list(tenant).await?.into_iter().find(|u| u.name == name) else {
+            return Ok(None);
+        };
+        let (object_store, path) = store::resolve(&self.env, &self.name_url(tenant, name))?;
+        object_store.delete(&path).await?;
+        Ok(Some(registered))
+    }
+
     /// The tenant's components, by name.
     pub async fn list(&self, tenant: &str) -> Result<Vec<RegisteredUdf>> {
         let prefix_url = store::join(&self.root, &format!("names/{tenant}/"));

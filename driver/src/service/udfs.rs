@@ -1,13 +1,14 @@
-//! `POST /v1/udfs` (upload a component) and `GET /v1/udfs` (the tenant's components).
+//! `POST /v1/udfs` (upload a component), `GET /v1/udfs` (the tenant's
+//! components) and `DELETE /v1/udfs/{name}` (remove a name).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use bytes::Bytes;
 use ignis_core::job::JobSpec;
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,9 @@ use crate::udfs::RegisteredUdf;
 const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/udfs", post(upload).get(list).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+    Router::new()
+        .route("/v1/udfs", post(upload).get(list).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .route("/v1/udfs/{name}", delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -55,6 +58,20 @@ struct UdfList {
 async fn list(State(state): State<Arc<AppState>>, Tenant(tenant): Tenant) -> ApiResult<axum::Json<UdfList>> {
     let udfs = state.driver.udfs().list(&tenant).await.map_err(ApiError::from_job_error)?;
     Ok(axum::Json(UdfList { udfs }))
+}
+
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<RegisteredUdf>> {
+    match state.driver.udfs().remove(&tenant, &name).await.map_err(ApiError::from_job_error)? {
+        Some(removed) => {
+            tracing::info!(tenant = %tenant, name = %removed.name, "UDF component name removed");
+            Ok(axum::Json(removed))
+        }
+        None => Err(ApiError::not_found(format!("no component named {name:?} was uploaded"))),
+    }
 }
 
 /// Replace the job's component names (the tenant's) by their digests, so the

@@ -373,6 +373,12 @@ fn cli_uploads_the_example_crate_locally_and_runs_the_example_job() {
     for band in ["| large ", "| medium ", "| small "] {
         assert!(run.contains(band), "{run}");
     }
+    // Removed, the name frees its functions: the same crate uploads under another name.
+    let removed = ignis(&["udf", "remove", "orders-udfs"]);
+    assert!(removed.contains("removed orders-udfs (sha256:"), "{removed}");
+    assert!(ignis(&["udf", "list"]).contains("no UDF components uploaded"));
+    let again = ignis(&["udf", "upload", ORDERS_UDFS, "--name", "orders-udfs-2"]);
+    assert!(again.contains("uploaded orders-udfs-2"), "{again}");
 }
 
 const ALICE: &str = "alice-key-0001";
@@ -434,6 +440,15 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     // Bob's names are his own: the same component uploads fine for him.
     let (status, body) = upload("orders-copy", BOB, orders).await;
     assert_eq!(status, 201, "{body}");
+    // Names are removed per tenant too: Alice cannot remove Bob's; Bob can, once.
+    let (status, body) = api.request(reqwest::Method::DELETE, "/v1/udfs/orders-copy", Some(ALICE), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = api.request(reqwest::Method::DELETE, "/v1/udfs/orders-copy", Some(BOB), None).await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("orders-copy")), "{body}");
+    let (_, bob_list) = api.request(reqwest::Method::GET, "/v1/udfs", Some(BOB), None).await;
+    assert_eq!(bob_list["udfs"].as_array().unwrap().len(), 0, "{bob_list}");
+    let (status, _) = api.request(reqwest::Method::DELETE, "/v1/udfs/orders-copy", Some(BOB), None).await;
+    assert_eq!(status, 404);
     let (_, alice_list) = api.request(reqwest::Method::GET, "/v1/udfs", Some(ALICE), None).await;
     assert_eq!(alice_list["udfs"].as_array().unwrap().len(), 1, "{alice_list}");
     assert!(udf_root.join("components").read_dir().unwrap().count() == 1, "content-addressed: stored once");
