@@ -14,13 +14,13 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use ignis_core::job::{
     Format, JobConfig, JobSpec, OutputSpec, ShuffleCompression, TableOptions, TableSpec, WriteMode, WriteSpec,
 };
 use ignis_driver::{Driver, DriverConfig, JobResult};
+use ignis_tests::cluster::sorted;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -130,7 +130,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The same answer, or the times mean nothing.
         if let (JobResult::Rows { batches, .. }, Some(theirs)) = (&outcome.result, &df_rows) {
             anyhow::ensure!(
-                sorted_lines(batches)? == sorted_lines(theirs)?,
+                sorted(batches) == sorted(theirs),
                 "{}: Ignis and DataFusion returned different rows",
                 w.name
             );
@@ -237,15 +237,6 @@ async fn run_datafusion(ctx: &SessionContext, w: &Workload, out: &Path) -> anyho
     } else {
         Ok(Some(df.collect().await?))
     }
-}
-
-/// Rows as text, sorted: the comparison ignores row order, which ties in
-/// ORDER BY leave open.
-fn sorted_lines(batches: &[RecordBatch]) -> anyhow::Result<Vec<String>> {
-    let text = pretty_format_batches(batches)?.to_string();
-    let mut lines: Vec<String> = text.lines().filter(|l| l.starts_with("| ")).skip(1).map(String::from).collect();
-    lines.sort();
-    Ok(lines)
 }
 
 fn median(v: &mut [f64]) -> f64 {

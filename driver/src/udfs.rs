@@ -116,12 +116,23 @@ impl UdfRegistry {
     /// stored by digest: jobs that name the digest still run.
     pub async fn remove(&self, tenant: &str, name: &str) -> Result<Option<RegisteredUdf>> {
         check_component_name(name)?;
-        let Some(registered) = self.list(tenant).await?.into_iter().find(|u| u.name == name) else {
+        let Some(registered) = self.entry(tenant, name).await? else {
             return Ok(None);
         };
         let (object_store, path) = store::resolve(&self.env, &self.name_url(tenant, name))?;
         object_store.delete(&path).await?;
         Ok(Some(registered))
+    }
+
+    /// The tenant's entry for `name`; `None` when there is none to read.
+    async fn entry(&self, tenant: &str, name: &str) -> Result<Option<RegisteredUdf>> {
+        let url = self.name_url(tenant, name);
+        let Ok(bytes) = store::read(&self.env, &url).await else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| IgnisError::internal(format!("registry entry {url} is unreadable: {e}")))
     }
 
     /// The tenant's components, by name.
@@ -172,18 +183,15 @@ impl UdfRegistry {
                 label = digest.chars().take(19).collect();
                 digest
             } else {
-                let url = self.name_url(tenant, entry);
-                let bytes = match check_component_name(entry) {
-                    Ok(()) => store::read(&self.env, &url).await.ok(),
+                let found = match check_component_name(entry) {
+                    Ok(()) => self.entry(tenant, entry).await?,
                     Err(_) => None,
                 };
-                let Some(bytes) = bytes else {
+                let Some(registered) = found else {
                     return Err(IgnisError::Job(format!(
                         "udfs[{i}]: no component named {entry:?} was uploaded (see `ignis udf list`, GET /v1/udfs)"
                     )));
                 };
-                let registered: RegisteredUdf = serde_json::from_slice(&bytes)
-                    .map_err(|e| IgnisError::internal(format!("registry entry {url} is unreadable: {e}")))?;
                 registered.digest
             };
             if !refs.iter().any(|r| r.digest == digest) {
