@@ -63,6 +63,8 @@ struct Row {
     shuffle_bytes: u64,
     /// (Ignis - DataFusion) / tasks: what each task costs beyond the work itself.
     overhead_per_task_ms: f64,
+    /// Planning and cutting the job into stages (part of `ignis_ms`), timed apart.
+    plan_ms: f64,
 }
 
 struct Workload {
@@ -106,11 +108,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut df_times = vec![];
         let mut last = None;
         let mut df_rows = None;
+        let mut plan_times = vec![];
         for i in 0..args.iterations {
             // Alternate which engine goes first so caches favour neither.
             for engine in if i % 2 == 0 { ["ignis", "datafusion"] } else { ["datafusion", "ignis"] } {
                 if engine == "ignis" {
                     let job = ignis_job(w, &tables, parallelism, args.shuffle_compression, &out_dir.join("ignis"))?;
+                    let start = Instant::now();
+                    driver.explain(&job).await.with_context(|| format!("ignis {} (explain)", w.name))?;
+                    plan_times.push(start.elapsed().as_secs_f64() * 1000.0);
                     let start = Instant::now();
                     let outcome = driver.run(&job, &|_| {}).await.with_context(|| format!("ignis {}", w.name))?;
                     ignis_times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -144,10 +150,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tasks: outcome.tasks,
             shuffle_bytes: outcome.shuffle_bytes,
             overhead_per_task_ms: (ignis_ms - datafusion_ms) / outcome.tasks.max(1) as f64,
+            plan_ms: median(&mut plan_times),
         };
         eprintln!(
-            "{:<8} datafusion {:>9.1} ms  ignis {:>9.1} ms  ratio {:.2}",
-            row.workload, datafusion_ms, ignis_ms, row.ratio
+            "{:<8} datafusion {:>9.1} ms  ignis {:>9.1} ms  ratio {:.2}  (planning {:.1} ms)",
+            row.workload, datafusion_ms, ignis_ms, row.ratio, row.plan_ms
         );
         rows.push(row);
     }
@@ -251,8 +258,8 @@ fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
     let mut md = format!(
         "# Ignis vs single-node DataFusion\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; \
          shuffle compression {}; median of {} runs.\n\n\
-         | workload | DataFusion ms | Ignis ms | ratio | stages | tasks | shuffled MiB | overhead/task ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         | workload | DataFusion ms | Ignis ms | ratio | stages | tasks | shuffled MiB | overhead/task ms | planning ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.scale,
         args.orders_rows,
         args.shuffle_compression.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_else(|| "default".into()),
@@ -260,7 +267,7 @@ fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
     );
     for r in rows {
         md.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.2} |\n",
+            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.2} | {:.1} |\n",
             r.workload,
             r.datafusion_ms,
             r.ignis_ms,
@@ -268,12 +275,13 @@ fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
             r.stages,
             r.tasks,
             r.shuffle_bytes as f64 / 1048576.0,
-            r.overhead_per_task_ms
+            r.overhead_per_task_ms,
+            r.plan_ms
         ));
     }
     if !tpch.is_empty() {
         md.push_str(&format!(
-            "| **TPC-H total** | {total_df:.1} | {total_ignis:.1} | {:.2} | | | | |\n",
+            "| **TPC-H total** | {total_df:.1} | {total_ignis:.1} | {:.2} | | | | | |\n",
             total_ignis / total_df
         ));
     }

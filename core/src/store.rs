@@ -2,9 +2,10 @@
 //! shuffle, output) is a URL; the session's object store registry maps it to a
 //! store and a path within it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use futures::TryStreamExt;
@@ -15,13 +16,35 @@ use url::Url;
 
 use crate::error::{IgnisError, Result};
 
-/// The runtime every Ignis process uses: local files plus `s3://` buckets,
-/// each S3 store built on first use from the standard AWS environment.
+/// The runtime every Ignis job and task uses: local files plus `s3://`
+/// buckets, each S3 store built on first use from the standard AWS
+/// environment.
+///
+/// Every runtime of a process shares one cache of Parquet footers and one of
+/// file statistics ([`shared_caches`]), so a long-lived driver or executor
+/// reads a table's metadata once, not once per job and task. Entries are
+/// checked against the object's size and modification time on every use, so
+/// rewritten files are read afresh. Directory listings are not cached: a job
+/// must see the files an earlier job just wrote.
 pub fn runtime_env() -> Arc<RuntimeEnv> {
     let registry = Arc::new(StoreRegistry::default());
-    let built = RuntimeEnvBuilder::new().with_object_store_registry(registry).build_arc();
+    let mut caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    if let Some(shared) = shared_caches() {
+        caches = caches
+            .with_file_metadata_cache(Some(shared.get_file_metadata_cache()))
+            .with_file_statistics_cache(shared.get_file_statistic_cache());
+    }
+    let built = RuntimeEnvBuilder::new().with_object_store_registry(registry).with_cache_manager(caches).build_arc();
     // Building a runtime with only a registry cannot fail; fall back to the default if it ever does.
     built.unwrap_or_else(|_| Arc::new(RuntimeEnv::default()))
+}
+
+/// The process's metadata caches (DataFusion's default sizes: 50 MiB of
+/// footers, 20 MiB of statistics, least recently used out first); `None`
+/// only if DataFusion could not build them, and then nothing is shared.
+fn shared_caches() -> Option<&'static CacheManager> {
+    static CACHES: OnceLock<Option<Arc<CacheManager>>> = OnceLock::new();
+    CACHES.get_or_init(|| CacheManager::try_new(&CacheManagerConfig::default().with_list_files_cache_limit(0)).ok()).as_deref()
 }
 
 /// Object stores by URL: the local filesystem, and S3 buckets configured the
