@@ -19,6 +19,7 @@ use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, Ses
 use ignis_core::job::{
     Format, JobConfig, JobSpec, OutputSpec, ShuffleCompression, TableOptions, TableSpec, WriteMode, WriteSpec,
 };
+use ignis_driver::scheduler::JobEvent;
 use ignis_driver::{Driver, DriverConfig, JobResult};
 use ignis_tests::cluster::sorted;
 use serde::Serialize;
@@ -50,6 +51,10 @@ struct Args {
     /// Where results.md and results.json go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Print when each stage of Ignis's last run of each workload started and
+    /// ended, and how long its tasks took (ms from the job's start).
+    #[arg(long)]
+    timeline: bool,
 }
 
 #[derive(Serialize)]
@@ -117,9 +122,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let start = Instant::now();
                     driver.explain(&job).await.with_context(|| format!("ignis {} (explain)", w.name))?;
                     plan_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    let timeline = Timeline::default();
                     let start = Instant::now();
-                    let outcome = driver.run(&job, &|_| {}).await.with_context(|| format!("ignis {}", w.name))?;
+                    let outcome = driver
+                        .run(&job, &|e| timeline.record(start, e))
+                        .await
+                        .with_context(|| format!("ignis {}", w.name))?;
                     ignis_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    if args.timeline && i + 1 == args.iterations {
+                        eprint!("{}", timeline.text());
+                    }
                     last = Some(outcome);
                 } else {
                     let start = Instant::now();
@@ -159,6 +171,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.push(row);
     }
     report(&rows, &args, parallelism)
+}
+
+/// Stage and task transitions of one run, for `--timeline`.
+#[derive(Default)]
+struct Timeline(std::sync::Mutex<Vec<(f64, String)>>);
+
+impl Timeline {
+    fn record(&self, start: Instant, event: JobEvent) {
+        let at = start.elapsed().as_secs_f64() * 1000.0;
+        let line = match event {
+            JobEvent::Planned { stages } => format!("planned {} stages", stages.len()),
+            JobEvent::StageSubmitted { stage, tasks } => format!("stage {stage} submitted ({tasks} tasks)"),
+            JobEvent::TaskSucceeded { stage, partition, metrics, .. } => format!(
+                "  task {stage}/{partition} done in {} ms ({} rows, {} bytes out)",
+                metrics.elapsed_ms, metrics.output_rows, metrics.output_bytes
+            ),
+            JobEvent::StageCompleted { stage } => format!("stage {stage} completed"),
+            _ => return,
+        };
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((at, line));
+    }
+
+    fn text(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().map(|(at, line)| format!("{at:>8.1} ms  {line}\n")).collect()
+    }
 }
 
 fn parse_compression(s: &str) -> Result<ShuffleCompression, String> {

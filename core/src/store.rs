@@ -44,7 +44,9 @@ pub fn runtime_env() -> Arc<RuntimeEnv> {
 /// only if DataFusion could not build them, and then nothing is shared.
 fn shared_caches() -> Option<&'static CacheManager> {
     static CACHES: OnceLock<Option<Arc<CacheManager>>> = OnceLock::new();
-    CACHES.get_or_init(|| CacheManager::try_new(&CacheManagerConfig::default().with_list_files_cache_limit(0)).ok()).as_deref()
+    CACHES
+        .get_or_init(|| CacheManager::try_new(&CacheManagerConfig::default().with_list_files_cache_limit(0)).ok())
+        .as_deref()
 }
 
 /// Object stores by URL: the local filesystem, and S3 buckets configured the

@@ -1,17 +1,18 @@
 //! From a job specification to a DataFusion physical plan: register the tables,
 //! turn `sql` or `steps` into a DataFrame, and plan it.
 
-use std::collections::BTreeMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use datafusion::sql::parser::DFParser;
+use datafusion::sql::parser::{DFParser, Statement};
 use futures::{StreamExt, TryStreamExt};
 use ignis_core::csv::{CsvScanOptions, CsvTable};
 use ignis_core::error::{IgnisError, Result};
@@ -41,10 +42,24 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
         f.scalars.into_iter().for_each(|f| ctx.register_udf(f));
         f.aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
     }
-    register_tables(&ctx, &job.tables).await?;
     let df = match (&job.sql, &job.steps) {
-        (Some(sql), _) => plan_sql(&ctx, sql).await?,
-        (None, Some(steps)) => steps::build(&ctx, steps, &transforms).await?,
+        (Some(sql), _) => {
+            let statements = parse_sql(sql)?;
+            let used = used_tables(&ctx, &statements);
+            register_tables(
+                &ctx,
+                job.tables.iter().filter(|(name, _)| {
+                    // The name as SQL sees it (`Orders` is `orders` unless quoted), parsed as `register_parquet` parses it.
+                    used.as_ref().is_none_or(|u| u.contains(TableReference::from(name.as_str()).table()))
+                }),
+            )
+            .await?;
+            plan_sql(&ctx, statements).await?
+        }
+        (None, Some(steps)) => {
+            register_tables(&ctx, job.tables.iter()).await?;
+            steps::build(&ctx, steps, &transforms).await?
+        }
         (None, None) => return Err(IgnisError::Job("missing `sql` or `steps`".into())),
     };
     let place = if job.sql.is_some() { "sql" } else { "steps" };
@@ -52,11 +67,9 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
     Ok(PlannedJob { ctx, physical })
 }
 
-/// Plan SQL text: every statement but the last must be DDL (views, external
-/// tables); the last is the query.
-async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
-    let state = ctx.state();
-    let mut statements = DFParser::parse_sql(sql).map_err(|e| {
+/// SQL text as statements; a syntax error says where.
+fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
+    DFParser::parse_sql(sql).map_err(|e| {
         let mut err = plan_error("sql", e);
         if let IgnisError::Plan(msg) = &mut err
             && msg.ends_with("found: EOF")
@@ -64,7 +77,27 @@ async fn plan_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
             msg.push_str(&format!(" at the end of the SQL text ({})", end_position(sql)));
         }
         err
-    })?;
+    })
+}
+
+/// The job's table names the statements read, so a job registers (lists,
+/// reads footers of, infers schemas of) only those; `None` when DataFusion
+/// cannot tell, and then every table is registered.
+fn used_tables(ctx: &SessionContext, statements: &VecDeque<Statement>) -> Option<HashSet<String>> {
+    let state = ctx.state();
+    let mut used = HashSet::new();
+    for statement in statements {
+        for reference in state.resolve_table_references(statement).ok()? {
+            used.insert(reference.table().to_owned());
+        }
+    }
+    Some(used)
+}
+
+/// Plan SQL statements: every statement but the last must be DDL (views,
+/// external tables); the last is the query.
+async fn plan_sql(ctx: &SessionContext, mut statements: VecDeque<Statement>) -> Result<DataFrame> {
+    let state = ctx.state();
     let Some(last) = statements.pop_back() else {
         return Err(IgnisError::Plan("sql: no statement found".into()));
     };
@@ -129,7 +162,7 @@ fn end_position(text: &str) -> String {
     format!("Line: {line}, Column: {column}")
 }
 
-async fn register_tables(ctx: &SessionContext, tables: &BTreeMap<String, TableSpec>) -> Result<()> {
+async fn register_tables(ctx: &SessionContext, tables: impl Iterator<Item = (&String, &TableSpec)>) -> Result<()> {
     for (name, table) in tables {
         register_table(ctx, name, table).await.map_err(|e| match e {
             IgnisError::DataFusion(inner) => {

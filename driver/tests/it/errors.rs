@@ -39,6 +39,22 @@ fn missing_input_names_the_table_and_path() {
 }
 
 #[test]
+fn only_the_tables_the_sql_reads_are_opened() {
+    let ws = orders_workspace();
+    let missing = "\n[tables.Archive]\nformat = \"parquet\"\nlocation = \"no_such_dir/\"\n";
+    // A declared table the SQL never reads is never listed, so its missing files do not matter.
+    std::fs::write(ws.path().join("ok.toml"), format!("sql = 'SELECT count(*) AS n FROM orders'\n{TABLE}{missing}"))
+        .unwrap();
+    let out = ignis(&["run", "ok.toml"], ws.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Read under any spelling SQL folds to its name, or through a view, it is opened and its absence reported.
+    for sql in ["SELECT * FROM ARCHIVE", "CREATE VIEW recent AS SELECT * FROM archive; SELECT * FROM recent"] {
+        let err = fails(ws.path(), &format!("sql = '{sql}'\n{TABLE}{missing}{WRITE}"));
+        assert!(err.contains("table 'Archive'") && err.contains("no_such_dir"), "{sql}: {err}");
+    }
+}
+
+#[test]
 fn bad_sql_reports_the_position() {
     let ws = orders_workspace();
     let err = fails(ws.path(), &format!("sql = \"SELECT product FROM orders WHER country = 'US'\"\n{TABLE}{WRITE}"));
