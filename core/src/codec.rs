@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::csv::{CsvScanExec, CsvScanOptions};
 use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
+use crate::joins::BroadcastExec;
 use crate::map_batches::{BatchFunctions, MapBatchesExec};
 use crate::protocol::{PieceLocation, StageInput};
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
@@ -54,6 +55,7 @@ enum IgnisNode {
     ShuffleWriter { partitioning: Option<String> },
     CsvScan { files: Vec<String>, schema: String, options: CsvScanOptions, projection: Option<Vec<usize>> },
     MapBatches { function: String, schema: String },
+    Broadcast { partitions: usize },
 }
 
 /// Serialise a plan with Ignis's codec.
@@ -130,6 +132,12 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 };
                 Ok(Arc::new(MapBatchesExec::new(input.clone(), f.clone(), schema_from_b64(&schema)?)))
             }
+            IgnisNode::Broadcast { partitions } => {
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal("BroadcastExec takes one input".into()));
+                };
+                Ok(Arc::new(BroadcastExec::try_new(input.clone(), partitions)?))
+            }
         }
     }
 
@@ -160,6 +168,8 @@ impl PhysicalExtensionCodec for IgnisCodec {
             }
         } else if let Some(map) = node.downcast_ref::<MapBatchesExec>() {
             IgnisNode::MapBatches { function: map.function().name().to_owned(), schema: schema_to_b64(&map.schema())? }
+        } else if let Some(broadcast) = node.downcast_ref::<BroadcastExec>() {
+            IgnisNode::Broadcast { partitions: broadcast.partitions() }
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

@@ -18,17 +18,29 @@
 //!   task (TPC-H q21: all of `lineitem` through one task on one core). A
 //!   partitioned join handles each key in one task and runs in parallel.
 //!   Null-aware anti joins (`NOT IN`) stay `CollectLeft`: DataFusion needs them so.
+//! - The stage cutter runs the `CollectLeft` build-tracking joins that remain
+//!   (small probe side, or null-aware) with the build side split across tasks
+//!   and the probe side sent whole to each ([`BroadcastExec`]), instead of
+//!   both sides in one task.
 
 use std::sync::Arc;
 
+use std::fmt;
+
 use datafusion::common::JoinType;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::error::Result;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
 
 /// Build sides estimated below this many bytes are broadcast (Spark's default).
 pub const BROADCAST_BYTES: usize = 10 << 20;
@@ -86,6 +98,62 @@ fn is_small(plan: &Arc<dyn ExecutionPlan>) -> bool {
         *rows < BROADCAST_ROWS
     } else {
         false
+    }
+}
+
+/// Every one of its `partitions` partitions streams all rows of its
+/// single-partition input: the probe side of a join whose build side is split
+/// across tasks, where each build row must meet every probe row (left
+/// semi/anti/outer joins with a small probe side).
+#[derive(Debug)]
+pub struct BroadcastExec {
+    input: Arc<dyn ExecutionPlan>,
+    cache: Arc<PlanProperties>,
+}
+
+impl BroadcastExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Self> {
+        if input.output_partitioning().partition_count() != 1 {
+            return Err(DataFusionError::Internal("BroadcastExec takes a single-partition input".into()));
+        }
+        let cache = PlanProperties::new(
+            input.equivalence_properties().clone(),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self { input, cache: Arc::new(cache) })
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.cache.output_partitioning().partition_count()
+    }
+}
+
+impl DisplayAs for BroadcastExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "BroadcastExec: partitions={}", self.partitions())
+    }
+}
+
+impl ExecutionPlan for BroadcastExec {
+    crate::unary_plan_methods!("BroadcastExec", |this, input| BroadcastExec::try_new(input, this.partitions())?);
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition >= self.partitions() {
+            return Err(DataFusionError::Internal(format!(
+                "BroadcastExec has {} partitions, asked for {partition}",
+                self.partitions()
+            )));
+        }
+        self.input.execute(0, context)
     }
 }
 

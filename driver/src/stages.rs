@@ -26,6 +26,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::StageId;
+use ignis_core::joins::BroadcastExec;
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 /// How a stage's output reaches the stage that reads it.
@@ -139,9 +140,16 @@ fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
 /// A join that collects its build (left) side in every task and must also emit
 /// build rows after seeing every probe row (left/full outer, semi, anti, mark)
 /// relies on the probe partitions running in one process, sharing which build
-/// rows matched. Tasks run partitions apart, so give such a join a single probe
-/// partition: its probe side becomes a gather stage.
-fn gather_probe_side_if_needed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+/// rows matched. Tasks run partitions apart, so:
+/// - a hash join that does not emit unmatched probe rows (all those but full
+///   outer) whose build side is split as its probe side is gets the build side
+///   split across tasks and the whole probe side in each ([`BroadcastExec`]):
+///   each build row is still matched against every probe row, once. (The
+///   build sides of these joins are the large ones: the join rule partitions
+///   them when the probe side is not small.)
+/// - any other gets a single probe partition: its probe side becomes a gather
+///   stage, and one task runs the join.
+fn distribute_build_tracking_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let (join_type, right) = if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
         if *j.partition_mode() != PartitionMode::CollectLeft {
             return Ok(plan);
@@ -156,11 +164,26 @@ fn gather_probe_side_if_needed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn E
         join_type,
         JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
     );
-    if !emits_build_rows || right.output_partitioning().partition_count() <= 1 {
+    let partitions = right.output_partitioning().partition_count();
+    if !emits_build_rows || partitions <= 1 {
         return Ok(plan);
     }
+    let probe = Arc::new(CoalescePartitionsExec::new(right));
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>()
+        && join_type != JoinType::Full
+        && let Some(merge) = join.left().downcast_ref::<CoalescePartitionsExec>()
+        && merge.fetch().is_none()
+        && merge.input().output_partitioning().partition_count() == partitions
+    {
+        let children = vec![merge.input().clone(), Arc::new(BroadcastExec::try_new(probe, partitions)?) as _];
+        return Ok(join
+            .builder()
+            .with_partition_mode(PartitionMode::Partitioned)
+            .with_new_children(children)?
+            .build_exec()?);
+    }
     let left = plan.children()[0].clone();
-    with_children(plan, vec![left, Arc::new(CoalescePartitionsExec::new(right))])
+    with_children(plan, vec![left, probe])
 }
 
 fn with_children(
@@ -180,7 +203,7 @@ impl Cutter {
     }
 
     fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = gather_probe_side_if_needed(plan)?;
+        let plan = distribute_build_tracking_join(plan)?;
         let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
         let plan = if children.is_empty() {
             plan
