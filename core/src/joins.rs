@@ -85,6 +85,42 @@ impl PhysicalOptimizerRule for DistributeJoins {
     }
 }
 
+/// File scans are cut into this many tasks per shuffle partition.
+pub const SCAN_TASKS_PER_PARTITION: usize = 2;
+
+/// Runs last: splits every multi-partition file scan into more, smaller
+/// partitions (byte ranges of its files), so a scan stage has more tasks than
+/// workers and the scheduler evens out uneven splits: a task whose range
+/// holds more row groups no longer holds up the stage alone (in one process
+/// DataFusion's partitions steal work from each other; tasks cannot).
+#[derive(Debug, Default)]
+pub struct SplitScans;
+
+impl PhysicalOptimizerRule for SplitScans {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let target = config.execution.target_partitions * SCAN_TASKS_PER_PARTITION;
+        plan.transform_up(|plan| {
+            let partitions = plan.output_partitioning().partition_count();
+            if !plan.children().is_empty() || partitions <= 1 || partitions >= target {
+                return Ok(Transformed::no(plan));
+            }
+            Ok(match plan.repartitioned(target, config)? {
+                Some(split) => Transformed::yes(split),
+                None => Transformed::no(plan),
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "ignis_split_scans"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
 /// Whether the plan's estimated output is below the broadcast threshold
 /// (then gathering it is cheap too);
 /// unknown sizes are not small.

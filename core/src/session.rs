@@ -7,7 +7,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::joins::DistributeJoins;
+use crate::joins::{DistributeJoins, SplitScans};
 
 /// Settings for planning a distributed job.
 ///
@@ -45,6 +45,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionC
     let mut rules = PhysicalOptimizer::new().rules;
     let after_join_selection = rules.iter().position(|r| r.name() == "join_selection").map_or(0, |i| i + 1);
     rules.insert(after_join_selection, Arc::new(DistributeJoins));
+    rules.push(Arc::new(SplitScans));
     let state = SessionStateBuilder::new()
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()
