@@ -30,6 +30,8 @@ use std::fmt;
 use datafusion::common::JoinType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
@@ -85,7 +87,9 @@ impl PhysicalOptimizerRule for DistributeJoins {
     }
 }
 
-/// File scans are cut into this many tasks per shuffle partition.
+/// File scans are cut into this many tasks per shuffle partition, when each
+/// task still reads at least DataFusion's `repartition_file_min_size` (10 MiB)
+/// of files.
 pub const SCAN_TASKS_PER_PARTITION: usize = 2;
 
 /// Runs last: splits every multi-partition file scan into more, smaller
@@ -101,7 +105,9 @@ impl PhysicalOptimizerRule for SplitScans {
         let target = config.execution.target_partitions * SCAN_TASKS_PER_PARTITION;
         plan.transform_up(|plan| {
             let partitions = plan.output_partitioning().partition_count();
-            if !plan.children().is_empty() || partitions <= 1 || partitions >= target {
+            let min_bytes = (config.optimizer.repartition_file_min_size * target) as u64;
+            let big_enough = file_bytes(&plan).is_some_and(|bytes| bytes >= min_bytes);
+            if partitions <= 1 || partitions >= target || !big_enough {
                 return Ok(Transformed::no(plan));
             }
             Ok(match plan.repartitioned(target, config)? {
@@ -119,6 +125,14 @@ impl PhysicalOptimizerRule for SplitScans {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// The bytes of files a file scan reads (its ranges, or whole files); `None`
+/// for any other operator.
+fn file_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    let config = plan.downcast_ref::<DataSourceExec>()?.data_source().downcast_ref::<FileScanConfig>()?;
+    let files = config.file_groups.iter().flat_map(|group| group.iter());
+    Some(files.map(|f| f.range.as_ref().map_or(f.object_meta.size, |r| (r.end - r.start).max(0) as u64)).sum())
 }
 
 /// Whether the plan's estimated output is below the broadcast threshold
@@ -204,18 +218,22 @@ mod tests {
 
     use crate::session::session_context;
 
-    /// A table of `rows` rows (`k`, `v`: two Int64 columns, 16 bytes a row).
-    fn table(rows: i64) -> Arc<MemTable> {
+    /// `rows` rows of `k`, `v`: two Int64 columns, 16 bytes a row.
+    fn batch(rows: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
             Field::new("v", DataType::Int64, false),
         ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        RecordBatch::try_new(
+            schema,
             vec![Arc::new(Int64Array::from_iter_values(0..rows)), Arc::new(Int64Array::from_iter_values(0..rows))],
         )
-        .unwrap();
-        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+        .unwrap()
+    }
+
+    fn table(rows: i64) -> Arc<MemTable> {
+        let batch = batch(rows);
+        Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())
     }
 
     async fn join_modes(sql: &str) -> Vec<String> {
@@ -232,6 +250,33 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("HashJoinExec: "))
             .map(|l| l.split(", on=").next().unwrap().to_owned())
             .collect()
+    }
+
+    /// Tasks of the scan of `files` Parquet files of `rows` rows each, with
+    /// DataFusion's minimum split size set to `min_bytes`.
+    async fn scan_tasks(files: usize, rows: i64, min_bytes: usize) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = batch(rows);
+        for i in 0..files {
+            let file = std::fs::File::create(dir.path().join(format!("part-{i}.parquet"))).unwrap();
+            let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+        }
+        let ctx = session_context(3, 8192);
+        ctx.state_ref().write().config_mut().options_mut().optimizer.repartition_file_min_size = min_bytes;
+        let location = format!("{}/", dir.path().display());
+        ctx.register_parquet("t", &location, Default::default()).await.unwrap();
+        let plan = ctx.sql("SELECT k FROM t WHERE v > 5").await.unwrap().create_physical_plan().await.unwrap();
+        plan.properties().output_partitioning().partition_count()
+    }
+
+    #[tokio::test]
+    async fn large_scans_get_two_tasks_per_shuffle_partition_and_small_ones_stay() {
+        // 4 files of ~1.6 MB: DataFusion splits them into 3 partitions; Ignis into 6 small enough ones.
+        assert_eq!(scan_tasks(4, 200_000, 1 << 10).await, 6);
+        // Below 6 x the minimum split size: left as DataFusion planned it.
+        assert_eq!(scan_tasks(4, 200_000, 10 << 20).await, 3);
     }
 
     #[tokio::test]

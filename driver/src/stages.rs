@@ -142,8 +142,7 @@ fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
 /// relies on the probe partitions running in one process, sharing which build
 /// rows matched. Tasks run partitions apart, so:
 /// - a hash join that does not emit unmatched probe rows (all those but full
-///   outer) whose build side is split as its probe side is gets the build side
-///   split across tasks and the whole probe side in each ([`BroadcastExec`]):
+///   outer) whose build side is split gets the build side split across tasks and the whole probe side in each ([`BroadcastExec`]):
 ///   each build row is still matched against every probe row, once. (The
 ///   build sides of these joins are the large ones: the join rule partitions
 ///   them when the probe side is not small.)
@@ -173,9 +172,13 @@ fn distribute_build_tracking_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
         && join_type != JoinType::Full
         && let Some(merge) = join.left().downcast_ref::<CoalescePartitionsExec>()
         && merge.fetch().is_none()
-        && merge.input().output_partitioning().partition_count() == partitions
+        && merge.input().output_partitioning().partition_count() > 1
     {
-        let children = vec![merge.input().clone(), Arc::new(BroadcastExec::try_new(probe, partitions)?) as _];
+        // The join's output is split as its build side now. Nothing above it
+        // pairs partitions with another input: its output had no hash
+        // partitioning, so any such consumer reads it through an exchange.
+        let build_partitions = merge.input().output_partitioning().partition_count();
+        let children = vec![merge.input().clone(), Arc::new(BroadcastExec::try_new(probe, build_partitions)?) as _];
         return Ok(join
             .builder()
             .with_partition_mode(PartitionMode::Partitioned)
