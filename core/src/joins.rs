@@ -1,4 +1,4 @@
-//! How joins are distributed across tasks, on top of DataFusion's join
+//! How joins (and scans) are distributed across tasks, on top of DataFusion's join
 //! selection (which is tuned for one process, where a repartition is a cheap
 //! in-memory shuffle and every partition can share state):
 //!
@@ -22,10 +22,10 @@
 //!   (small probe side, or null-aware) with the build side split across tasks
 //!   and the probe side sent whole to each ([`BroadcastExec`]), instead of
 //!   both sides in one task.
-
-use std::sync::Arc;
+//! - [`SplitScans`] cuts large file scans into more tasks than workers.
 
 use std::fmt;
+use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::common::config::ConfigOptions;

@@ -142,10 +142,10 @@ fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
 /// relies on the probe partitions running in one process, sharing which build
 /// rows matched. Tasks run partitions apart, so:
 /// - a hash join that does not emit unmatched probe rows (all those but full
-///   outer) whose build side is split gets the build side split across tasks and the whole probe side in each ([`BroadcastExec`]):
-///   each build row is still matched against every probe row, once. (The
-///   build sides of these joins are the large ones: the join rule partitions
-///   them when the probe side is not small.)
+///   outer) whose build side is split keeps it split across tasks and gets
+///   the whole probe side in each ([`BroadcastExec`]): each build row is
+///   still matched against every probe row, once. (The probe sides of these
+///   joins are the small ones: the join rule partitions the others.)
 /// - any other gets a single probe partition: its probe side becomes a gather
 ///   stage, and one task runs the join.
 fn distribute_build_tracking_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -163,8 +163,7 @@ fn distribute_build_tracking_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
         join_type,
         JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
     );
-    let partitions = right.output_partitioning().partition_count();
-    if !emits_build_rows || partitions <= 1 {
+    if !emits_build_rows || right.output_partitioning().partition_count() <= 1 {
         return Ok(plan);
     }
     let probe = Arc::new(CoalescePartitionsExec::new(right));
