@@ -49,7 +49,8 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
             register_tables(
                 &ctx,
                 job.tables.iter().filter(|(name, _)| {
-                    // The name as SQL sees it (`Orders` is `orders` unless quoted), parsed as `register_parquet` parses it.
+                    // The name as SQL sees it (`Orders` is `orders` unless quoted),
+                    // parsed as `register_parquet` parses it.
                     used.as_ref().is_none_or(|u| u.contains(TableReference::from(name.as_str()).table()))
                 }),
             )
