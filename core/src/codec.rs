@@ -33,6 +33,7 @@ use crate::ids::StageId;
 use crate::joins::BroadcastExec;
 use crate::map_batches::{BatchFunctions, MapBatchesExec};
 use crate::protocol::{PieceLocation, StageInput};
+use crate::runtime_filter::RuntimeFilterExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 /// Encodes and decodes Ignis operators inside datafusion-proto plans.
@@ -56,6 +57,7 @@ enum IgnisNode {
     CsvScan { files: Vec<String>, schema: String, options: CsvScanOptions, projection: Option<Vec<usize>> },
     MapBatches { function: String, schema: String },
     Broadcast { partitions: usize },
+    RuntimeFilter { on: Vec<(usize, usize)> },
 }
 
 /// Serialise a plan with Ignis's codec.
@@ -138,6 +140,12 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 };
                 Ok(Arc::new(BroadcastExec::try_new(input.clone(), partitions)?))
             }
+            IgnisNode::RuntimeFilter { on } => {
+                let [input, keys] = inputs else {
+                    return Err(DataFusionError::Internal("RuntimeFilterExec takes two inputs".into()));
+                };
+                Ok(Arc::new(RuntimeFilterExec::try_new(input.clone(), keys.clone(), on)?))
+            }
         }
     }
 
@@ -170,6 +178,8 @@ impl PhysicalExtensionCodec for IgnisCodec {
             IgnisNode::MapBatches { function: map.function().name().to_owned(), schema: schema_to_b64(&map.schema())? }
         } else if let Some(broadcast) = node.downcast_ref::<BroadcastExec>() {
             IgnisNode::Broadcast { partitions: broadcast.partitions() }
+        } else if let Some(filter) = node.downcast_ref::<RuntimeFilterExec>() {
+            IgnisNode::RuntimeFilter { on: filter.on().to_vec() }
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

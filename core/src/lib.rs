@@ -109,6 +109,7 @@ pub mod job;
 pub mod joins;
 pub mod map_batches;
 pub mod protocol;
+pub mod runtime_filter;
 pub mod session;
 pub mod shuffle;
 pub mod store;

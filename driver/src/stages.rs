@@ -75,6 +75,7 @@ impl StageGraph {
         }
         let tasks = root.output_partitioning().partition_count();
         cutter.stages.push(Stage { id, plan: root, tasks, inputs, exchange: Exchange::Result, consumer: None });
+        crate::runtime_filters::add(&mut cutter.stages)?;
         Ok(Self { stages: cutter.stages })
     }
 

@@ -1,0 +1,371 @@
+//! Runtime join filters across stages (Spark's runtime filters, DataFusion's
+//! dynamic join filters).
+//!
+//! In one process DataFusion narrows the probe side of a hash join to the keys
+//! its build side holds while the probe side is still being scanned. Across
+//! stages that is too late: by the time a join runs, its inputs have already
+//! been written through the shuffle in full (TPC-H q18 shuffled all six million
+//! rows of `lineitem` to keep the few hundred whose order appears among 57
+//! large orders). The stage cutter instead lets the stage that feeds one side of
+//! a join wait for the stage that holds the other side's keys, and puts a
+//! [`RuntimeFilterExec`] under its shuffle writer: rows whose key the other side
+//! does not hold are dropped before they are written.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::HashSet;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+/// A key side with more rows than this is not worth a filter: every task
+/// would read it whole and hash every probe row against it; the rows pass
+/// unfiltered instead.
+pub const MAX_KEY_ROWS: usize = 500_000;
+/// After this many input rows, a filter that dropped less than
+/// [`MIN_DROPPED_PERCENT`] of them stops filtering.
+const CHECK_AFTER_ROWS: usize = 100_000;
+const MIN_DROPPED_PERCENT: usize = 10;
+
+/// Passes the rows of `input` whose key columns all hold values found in the
+/// matching columns of `keys` (read whole, by every partition). Rows with a
+/// null key are dropped: they match nothing in an equi-join.
+#[derive(Debug)]
+pub struct RuntimeFilterExec {
+    input: Arc<dyn ExecutionPlan>,
+    keys: Arc<dyn ExecutionPlan>,
+    /// Pairs of (column of `input`, column of `keys`).
+    on: Vec<(usize, usize)>,
+    cache: Arc<PlanProperties>,
+}
+
+impl RuntimeFilterExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, keys: Arc<dyn ExecutionPlan>, on: Vec<(usize, usize)>) -> Result<Self> {
+        if keys.output_partitioning().partition_count() != 1 {
+            return Err(DataFusionError::Internal("RuntimeFilterExec takes a single-partition key side".into()));
+        }
+        let (input_schema, key_schema) = (input.schema(), keys.schema());
+        for &(i, k) in &on {
+            let (Some(a), Some(b)) = (input_schema.fields().get(i), key_schema.fields().get(k)) else {
+                return Err(DataFusionError::Internal(format!("RuntimeFilterExec: no columns {i} / {k}")));
+            };
+            if a.data_type() != b.data_type() {
+                return Err(DataFusionError::Internal(format!(
+                    "RuntimeFilterExec: {} is {} but its keys {} are {}",
+                    a.name(),
+                    a.data_type(),
+                    b.name(),
+                    b.data_type()
+                )));
+            }
+        }
+        if on.is_empty() {
+            return Err(DataFusionError::Internal("RuntimeFilterExec needs a key column".into()));
+        }
+        let cache = input.properties().clone();
+        Ok(Self { input, keys, on, cache })
+    }
+
+    pub fn on(&self) -> &[(usize, usize)] {
+        &self.on
+    }
+}
+
+impl DisplayAs for RuntimeFilterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let (input, keys) = (self.input.schema(), self.keys.schema());
+        let pairs: Vec<String> = self
+            .on
+            .iter()
+            .map(|&(i, k)| format!("{}@{i} in {}@{k}", input.field(i).name(), keys.field(k).name()))
+            .collect();
+        write!(f, "RuntimeFilterExec: {}", pairs.join(", "))
+    }
+}
+
+impl ExecutionPlan for RuntimeFilterExec {
+    fn name(&self) -> &str {
+        "RuntimeFilterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input, &self.keys]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true, false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input, keys] = <[_; 2]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("RuntimeFilterExec takes two children".into()))?;
+        Ok(Arc::new(Self::try_new(input, keys, self.on.clone())?))
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let keys = self.keys.execute(0, context)?;
+        let schema = self.input.schema();
+        let on = self.on.clone();
+        let filtered = futures::stream::once(async move {
+            let sets = key_sets(keys, &on, &schema).await?;
+            Ok::<_, DataFusionError>(filter(input, sets, on))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.input.schema(), filtered)))
+    }
+}
+
+/// The set of key values the other side holds, one per key column, or `None`
+/// when the key side is too large to be worth it. (Each column is checked on
+/// its own: a row can still pass whose combination of keys the other side
+/// lacks; the join drops it.)
+async fn key_sets(
+    mut keys: SendableRecordBatchStream,
+    on: &[(usize, usize)],
+    schema: &Schema,
+) -> Result<Option<Vec<KeySet>>> {
+    let mut sets = on.iter().map(|&(i, _)| KeySet::new(schema.field(i).data_type())).collect::<Result<Vec<_>>>()?;
+    let mut rows = 0;
+    while let Some(batch) = keys.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if rows > MAX_KEY_ROWS {
+            return Ok(None);
+        }
+        for (set, &(_, k)) in sets.iter_mut().zip(on) {
+            set.insert(batch.column(k))?;
+        }
+    }
+    Ok(Some(sets))
+}
+
+/// The values of one key column.
+enum KeySet {
+    /// Integer columns, widened to `i64`.
+    Ints(HashSet<i64>),
+    /// Any other type, in arrow's row format.
+    Rows(RowConverter, HashSet<Box<[u8]>>),
+}
+
+impl KeySet {
+    fn new(data_type: &DataType) -> Result<Self> {
+        Ok(if is_small_int(data_type) {
+            Self::Ints(HashSet::default())
+        } else {
+            Self::Rows(RowConverter::new(vec![SortField::new(data_type.clone())])?, HashSet::default())
+        })
+    }
+
+    /// Add the non-null values of `array`.
+    fn insert(&mut self, array: &ArrayRef) -> Result<()> {
+        match self {
+            Self::Ints(set) => {
+                let ints = cast(array, &DataType::Int64)?;
+                set.extend(ints.as_primitive::<Int64Type>().iter().flatten());
+            }
+            Self::Rows(converter, set) => {
+                let rows = converter.convert_columns(std::slice::from_ref(array))?;
+                for i in (0..array.len()).filter(|&i| array.is_valid(i)) {
+                    set.insert(rows.row(i).as_ref().into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which values of `array` are in the set (nulls are not).
+    fn contains(&self, array: &ArrayRef) -> Result<BooleanBuffer> {
+        Ok(match self {
+            Self::Ints(set) => {
+                let ints = cast(array, &DataType::Int64)?;
+                let ints = ints.as_primitive::<Int64Type>();
+                BooleanBuffer::collect_bool(ints.len(), |i| ints.is_valid(i) && set.contains(&ints.value(i)))
+            }
+            Self::Rows(converter, set) => {
+                let rows = converter.convert_columns(std::slice::from_ref(array))?;
+                BooleanBuffer::collect_bool(array.len(), |i| array.is_valid(i) && set.contains(rows.row(i).as_ref()))
+            }
+        })
+    }
+}
+
+/// Integer types that widen to `i64` without loss.
+fn is_small_int(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
+/// `input` with rows whose keys are in `sets` kept (`None`: all kept), until
+/// the filter proves not to drop enough rows.
+fn filter(
+    input: SendableRecordBatchStream,
+    sets: Option<Vec<KeySet>>,
+    on: Vec<(usize, usize)>,
+) -> impl futures::Stream<Item = Result<RecordBatch>> {
+    let mut sets = sets;
+    let (mut seen, mut kept) = (0usize, 0usize);
+    input.filter_map(move |batch| {
+        let out = match (batch, &sets) {
+            (Err(e), _) => Some(Err(e)),
+            (Ok(batch), None) => Some(Ok(batch)),
+            (Ok(batch), Some(key_sets)) => match apply(key_sets, &on, &batch) {
+                Err(e) => Some(Err(e)),
+                Ok(filtered) => {
+                    seen += batch.num_rows();
+                    kept += filtered.num_rows();
+                    if seen >= CHECK_AFTER_ROWS && (seen - kept) * 100 < seen * MIN_DROPPED_PERCENT {
+                        sets = None;
+                    }
+                    (filtered.num_rows() > 0).then_some(Ok(filtered))
+                }
+            },
+        };
+        futures::future::ready(out)
+    })
+}
+
+fn apply(sets: &[KeySet], on: &[(usize, usize)], batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut mask: Option<BooleanBuffer> = None;
+    for (set, &(i, _)) in sets.iter().zip(on) {
+        let found = set.contains(batch.column(i))?;
+        mask = Some(match mask {
+            None => found,
+            Some(m) => &m & &found,
+        });
+    }
+    match mask {
+        Some(mask) => Ok(filter_record_batch(batch, &BooleanArray::new(mask, None))?),
+        None => Ok(batch.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::execution::TaskContext;
+    use datafusion::physical_plan::{ExecutionPlan, collect};
+
+    use super::{MAX_KEY_ROWS, RuntimeFilterExec};
+
+    fn source(columns: Vec<(&str, Vec<Option<i64>>)>) -> Arc<dyn ExecutionPlan> {
+        let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Int64, true)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        let arrays = columns.into_iter().map(|(_, v)| Arc::new(Int64Array::from(v)) as _).collect();
+        let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+        MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap()
+    }
+
+    /// The `v` column of the rows that pass.
+    async fn passing(keys: Vec<Option<i64>>) -> Vec<String> {
+        let input = {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("v", DataType::Utf8, false),
+                Field::new("k", DataType::Int64, true),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["a", "b", "c", "null", "b2", "e"])),
+                    Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(3), None, Some(2), Some(5)])),
+                ],
+            )
+            .unwrap();
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap()
+        };
+        let keys = source(vec![("other", keys.iter().map(|_| Some(0)).collect()), ("key", keys)]);
+        let filter = Arc::new(RuntimeFilterExec::try_new(input, keys, vec![(1, 1)]).unwrap());
+        let batches = collect(filter, Arc::new(TaskContext::default())).await.unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                let v = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                v.iter().map(|s| s.unwrap().to_owned()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn keeps_rows_whose_key_the_other_side_holds_and_drops_null_keys() {
+        assert_eq!(passing(vec![Some(2), None, Some(5), Some(2)]).await, ["b", "b2", "e"]);
+        // No keys at all: nothing can match.
+        assert!(passing(vec![]).await.is_empty());
+        // Too many keys to be worth it: every row passes.
+        let many: Vec<Option<i64>> = (0..=MAX_KEY_ROWS as i64).map(|k| Some(k + 100)).collect();
+        assert_eq!(passing(many).await, ["a", "b", "c", "null", "b2", "e"]);
+    }
+
+    #[tokio::test]
+    async fn several_key_columns_of_other_types_are_each_checked() {
+        let batch = |ks: Vec<i32>, names: Vec<Option<&str>>| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int32, false),
+                Field::new("name", DataType::Utf8, true),
+            ]));
+            let columns = vec![Arc::new(Int32Array::from(ks)) as _, Arc::new(StringArray::from(names)) as _];
+            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap()
+        };
+        let input = batch(vec![1, 1, 2, 3, 2], vec![Some("x"), Some("y"), Some("x"), Some("x"), None]);
+        let keys = batch(vec![1, 2], vec![Some("x"), Some("z")]);
+        let filter = Arc::new(RuntimeFilterExec::try_new(input, keys, vec![(0, 0), (1, 1)]).unwrap());
+        let batches = collect(filter, Arc::new(TaskContext::default())).await.unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        // (1, x) and (2, x): each column's value is among the keys; (1, y), (3, x) and (2, NULL) are not.
+        assert_eq!(rows, 2);
+    }
+
+    #[tokio::test]
+    async fn mismatched_key_types_are_refused() {
+        let input = source(vec![("k", vec![Some(1)])]);
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["1"]))]).unwrap();
+        let keys = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let err = RuntimeFilterExec::try_new(input, keys, vec![(0, 0)]).unwrap_err();
+        assert!(err.to_string().contains("k is Int64 but its keys k are Utf8"), "{err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Placing runtime join filters ([`RuntimeFilterExec`]) in a cut stage graph.
+//!
+//! For every hash join, each side whose unmatched rows do not reach the join's
+//! output (both sides of an inner or semi join; the non-preserved side of an
+//! outer or anti join) may be narrowed to the keys the other side holds. The
+//! narrowing pays where it happens before a shuffle: the side's key columns are
+//! followed down through the operators of the join's stage that pass them on
+//! unchanged (projections, filters, group-by keys, joins, merges) to the shuffle
+//! readers they come from, and the stages behind those readers get the filter
+//! under their writer. The keys come from the stage the other side's key
+//! columns lead to; they hold every key that side can have (maybe more).
+//!
+//! The filtered stage then waits for the key stage. That is worth it when the
+//! key side is small and selective, which the plan cannot tell for sure, so:
+//! only key stages computed under a filter (a `WHERE` or `HAVING` somewhere in
+//! them or the stages they read) are used, and at run time a key side above
+//! [`MAX_KEY_ROWS`](ignis_core::runtime_filter::MAX_KEY_ROWS) rows, or a filter
+//! that drops too little, lets rows through unfiltered.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::common::{JoinType, NullEquality};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, PhysicalExpr};
+use ignis_core::error::Result;
+use ignis_core::ids::StageId;
+use ignis_core::joins::BroadcastExec;
+use ignis_core::runtime_filter::RuntimeFilterExec;
+use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
+
+use crate::stages::Stage;
+
+/// A shuffle reader of the join's stage (reading `stage`) and columns of its rows.
+#[derive(Clone)]
+struct Origin {
+    stage: StageId,
+    reader: Arc<dyn ExecutionPlan>,
+    columns: Vec<usize>,
+}
+
+/// One filter to place: the stage behind `target` keeps the rows whose
+/// `target.columns` are among `keys.columns` of the stage behind `keys`.
+struct Placement {
+    target: Origin,
+    keys: Origin,
+}
+
+/// Add runtime filters to `stages` (see the module docs).
+pub fn add(stages: &mut [Stage]) -> Result<()> {
+    let mut placements = vec![];
+    for stage in stages.iter() {
+        joins(&stage.plan, &mut |join| placements.extend(join_placements(join, stages)));
+    }
+    let mut placed: HashSet<(StageId, StageId)> = HashSet::new();
+    for Placement { target, keys } in placements {
+        let (target_stage, key_stage) = (target.stage, keys.stage);
+        // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
+        if target_stage == key_stage
+            || placed.contains(&(target_stage, key_stage))
+            || depends_on(stages, key_stage, target_stage)
+        {
+            continue;
+        }
+        let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
+            continue;
+        };
+        let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
+            continue;
+        };
+        let mut key_side = keys.reader.clone();
+        if key_side.output_partitioning().partition_count() > 1 {
+            key_side = Arc::new(CoalescePartitionsExec::new(key_side));
+        }
+        let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(keys.columns.iter().copied()).collect();
+        let (target_schema, key_schema) = (writer.input().schema(), key_side.schema());
+        if on.iter().any(|&(t, k)| target_schema.field(t).data_type() != key_schema.field(k).data_type()) {
+            continue;
+        }
+        let filter = Arc::new(RuntimeFilterExec::try_new(writer.input().clone(), key_side, on)?);
+        stage.plan = stage.plan.clone().replace_children(vec![filter], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
+        if !stage.inputs.contains(&key_stage) {
+            stage.inputs.push(key_stage);
+        }
+        placed.insert((target_stage, key_stage));
+    }
+    Ok(())
+}
+
+fn joins(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&HashJoinExec)) {
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        f(join);
+    }
+    for child in plan.children() {
+        joins(child, f);
+    }
+}
+
+/// Whether `stage` reads `other`'s output, directly or through other stages.
+fn depends_on(stages: &[Stage], stage: StageId, other: StageId) -> bool {
+    let Some(s) = stages.iter().find(|s| s.id == stage) else {
+        return false;
+    };
+    s.inputs.iter().any(|&i| i == other || depends_on(stages, i, other))
+}
+
+/// Whether `stage` or a stage it reads filters rows.
+fn filters_rows(stages: &[Stage], stage: StageId) -> bool {
+    fn has_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        plan.is::<FilterExec>() || plan.children().into_iter().any(has_filter)
+    }
+    let Some(s) = stages.iter().find(|s| s.id == stage) else {
+        return false;
+    };
+    has_filter(&s.plan) || s.inputs.iter().any(|&i| filters_rows(stages, i))
+}
+
+fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
+    if join.null_aware || join.null_equality() != NullEquality::NullEqualsNothing || join.fetch().is_some() {
+        return vec![];
+    }
+    let (filter_left, filter_right) = match join.join_type() {
+        JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => (true, true),
+        JoinType::Left | JoinType::LeftAnti => (false, true),
+        JoinType::Right | JoinType::RightAnti => (true, false),
+        JoinType::Full | JoinType::LeftMark | JoinType::RightMark => (false, false),
+    };
+    let (Some(left_keys), Some(right_keys)) = (
+        columns(join.on().iter().map(|(l, _)| l)),
+        columns(join.on().iter().map(|(_, r)| r)),
+    ) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    let mut narrow = |side: &Arc<dyn ExecutionPlan>, side_keys: &[usize], other: &Arc<dyn ExecutionPlan>, other_keys| {
+        let Some(keys) = origins(other, other_keys).into_iter().next() else {
+            return;
+        };
+        if !filters_rows(stages, keys.stage) {
+            return;
+        }
+        for target in origins(side, side_keys) {
+            out.push(Placement { target, keys: keys.clone() });
+        }
+    };
+    if filter_right {
+        narrow(join.right(), &right_keys, join.left(), &left_keys);
+    }
+    if filter_left {
+        narrow(join.left(), &left_keys, join.right(), &right_keys);
+    }
+    out
+}
+
+/// The column indices of expressions that are all plain columns.
+fn columns<'a>(exprs: impl Iterator<Item = &'a Arc<dyn PhysicalExpr>>) -> Option<Vec<usize>> {
+    exprs.map(|e| e.downcast_ref::<Column>().map(Column::index)).collect()
+}
+
+/// The shuffle readers under `plan` (in its stage) whose rows reach `plan`'s
+/// `cols` unchanged, so that dropping a reader row by those values drops
+/// exactly the output rows holding them (and nothing else).
+fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
+    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+        return vec![Origin { stage: reader.stage_id(), reader: plan.clone(), columns: cols.to_vec() }];
+    }
+    if plan.fetch().is_some() {
+        return vec![];
+    }
+    let through_first_child = plan.is::<CoalescePartitionsExec>()
+        || plan.is::<BroadcastExec>()
+        || plan.is::<SortExec>();
+    if through_first_child {
+        return origins(plan.children()[0], cols);
+    }
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let exprs = projection.expr();
+        return match columns(cols.iter().filter_map(|&c| exprs.get(c).map(|e| &e.expr))) {
+            Some(inner) if inner.len() == cols.len() => origins(projection.input(), &inner),
+            _ => vec![],
+        };
+    }
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let inner = match filter.projection() {
+            Some(p) => cols.iter().map(|&c| p.get(c).copied()).collect::<Option<Vec<_>>>(),
+            None => Some(cols.to_vec()),
+        };
+        return inner.map(|inner| origins(filter.input(), &inner)).unwrap_or_default();
+    }
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        let groups = aggregate.group_expr();
+        if groups.has_grouping_set() {
+            return vec![];
+        }
+        let exprs = groups.expr();
+        return match columns(cols.iter().filter_map(|&c| exprs.get(c).map(|(e, _)| e))) {
+            Some(inner) if inner.len() == cols.len() => origins(aggregate.input(), &inner),
+            _ => vec![],
+        };
+    }
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        return join_origins(join, cols);
+    }
+    vec![]
+}
+
+fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
+    let cols = match &join.projection {
+        Some(p) => match cols.iter().map(|&c| p.get(c).copied()).collect::<Option<Vec<_>>>() {
+            Some(c) => c,
+            None => return vec![],
+        },
+        None => cols.to_vec(),
+    };
+    let left_width = join.left().schema().fields().len();
+    // Which side's columns the join emits unchanged (a null-extended side's are not).
+    let (left_out, right_out, right_offset) = match join.join_type() {
+        JoinType::Inner => (true, true, left_width),
+        JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => (true, false, 0),
+        JoinType::Right => (false, true, left_width),
+        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (false, true, 0),
+        JoinType::Full => (false, false, 0),
+    };
+    let (side, inner): (_, Vec<usize>) = if left_out && cols.iter().all(|&c| c < left_width) {
+        (0, cols)
+    } else if right_out && cols.iter().all(|&c| c >= right_offset) {
+        (1, cols.iter().map(|&c| c - right_offset).collect())
+    } else {
+        return vec![];
+    };
+    let width = [left_width, join.right().schema().fields().len()];
+    if inner.iter().any(|&c| c >= width[side]) {
+        return vec![];
+    }
+    let children = [join.left(), join.right()];
+    let mut out = origins(children[side], &inner);
+    // Where every column is a join key of an inner or semi join, the output
+    // rows' values are also the other side's keys: narrow that side too.
+    let equal_keys = matches!(join.join_type(), JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
+        && join.null_equality() == NullEquality::NullEqualsNothing;
+    if equal_keys {
+        let (Some(left_keys), Some(right_keys)) = (
+            columns(join.on().iter().map(|(l, _)| l)),
+            columns(join.on().iter().map(|(_, r)| r)),
+        ) else {
+            return out;
+        };
+        let (mine, theirs) = if side == 0 { (&left_keys, &right_keys) } else { (&right_keys, &left_keys) };
+        let other: Option<Vec<usize>> =
+            inner.iter().map(|c| mine.iter().position(|k| k == c).map(|i| theirs[i])).collect();
+        if let Some(other) = other {
+            out.extend(origins(children[1 - side], &other));
+        }
+    }
+    out
+}
