@@ -82,6 +82,14 @@ impl RuntimeFilterExec {
     pub fn on(&self) -> &[(usize, usize)] {
         &self.on
     }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    pub fn keys(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.keys
+    }
 }
 
 impl DisplayAs for RuntimeFilterExec {

@@ -30,7 +30,7 @@ pub mod hosts;
 pub mod lambda;
 mod map_batches;
 mod plan;
-mod runtime_filters;
+pub(crate) mod runtime_filters;
 pub mod scheduler;
 pub mod service;
 pub mod stages;

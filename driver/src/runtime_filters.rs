@@ -12,14 +12,18 @@
 //!
 //! The filtered stage then waits for the key stage. That is worth it when the
 //! key side is small and selective, which the plan cannot tell for sure, so:
-//! only key stages computed under a filter (a `WHERE` or `HAVING` somewhere in
-//! them or the stages they read) are used, and at run time a key side above
-//! [`MAX_KEY_ROWS`](ignis_core::runtime_filter::MAX_KEY_ROWS) rows, or a filter
-//! that drops too little, lets rows through unfiltered.
+//! - only key stages computed under a filter (a `WHERE` or `HAVING` somewhere
+//!   in them or the stages they read), and not estimated clearly large, are
+//!   used;
+//! - when the waiting stage is submitted, the driver knows the key stage's
+//!   rows and drops the filter from its tasks ([`drop_oversized`]) if there
+//!   are more than [`MAX_KEY_ROWS`] or about as many as the rows to narrow;
+//! - a task whose filter drops too few rows stops filtering.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::AggregateExec;
@@ -29,11 +33,12 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, PhysicalExpr};
 use ignis_core::error::Result;
 use ignis_core::ids::StageId;
 use ignis_core::joins::BroadcastExec;
-use ignis_core::runtime_filter::RuntimeFilterExec;
+use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 use crate::stages::Stage;
@@ -122,6 +127,56 @@ fn filters_rows(stages: &[Stage], stage: StageId) -> bool {
     has_filter(&s.plan) || s.inputs.iter().any(|&i| filters_rows(stages, i))
 }
 
+/// Key stages estimated above this many rows are not used. Estimates of
+/// filtered rows are rough (DataFusion assumes a fixed selectivity where it
+/// cannot tell), so this only rules out the clearly large; the run-time limit
+/// does the rest.
+const ESTIMATE_LIMIT: usize = 4 * MAX_KEY_ROWS;
+
+/// DataFusion's estimate of the rows `stage` outputs (0 when unknown).
+fn estimated_rows(stages: &[Stage], stage: StageId) -> usize {
+    let Some(plan) = stages.iter().find(|s| s.id == stage).map(|s| &s.plan) else {
+        return 0;
+    };
+    estimated_output(plan.downcast_ref::<ShuffleWriterExec>().map_or(plan, |w| w.input())).unwrap_or(0)
+}
+
+fn estimated_output(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()).ok()?;
+    stats.num_rows.get_value().copied()
+}
+
+/// `plan` without the runtime filters whose key stage turned out larger than
+/// [`MAX_KEY_ROWS`] (`rows` gives a finished stage's output rows), where each
+/// task would read the whole key side only to let every row through, or over
+/// half the rows estimated for the side it narrows.
+pub fn drop_oversized(
+    plan: Arc<dyn ExecutionPlan>,
+    rows: &dyn Fn(StageId) -> Option<u64>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let plan = plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<RuntimeFilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let key_rows: u64 = reader_stages(filter.keys()).into_iter().filter_map(rows).sum();
+        // A key side about as large as the side it would narrow drops little.
+        let input_rows = estimated_output(filter.input()).unwrap_or(usize::MAX) as u64;
+        if key_rows > MAX_KEY_ROWS as u64 || key_rows.saturating_mul(2) > input_rows {
+            return Ok(Transformed::yes(filter.input().clone()));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(plan.data)
+}
+
+fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
+    let mut ids: Vec<StageId> = plan.children().into_iter().flat_map(reader_stages).collect();
+    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+        ids.push(reader.stage_id());
+    }
+    ids
+}
+
 fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
     if join.null_aware || join.null_equality() != NullEquality::NullEqualsNothing || join.fetch().is_some() {
         return vec![];
@@ -143,7 +198,7 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
         let Some(keys) = origins(other, other_keys).into_iter().next() else {
             return;
         };
-        if !filters_rows(stages, keys.stage) {
+        if !filters_rows(stages, keys.stage) || estimated_rows(stages, keys.stage) > ESTIMATE_LIMIT {
             return;
         }
         for target in origins(side, side_keys) {
@@ -260,4 +315,42 @@ fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_plan::ExecutionPlan;
+    use ignis_core::ids::StageId;
+    use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
+    use ignis_core::shuffle::ShuffleReaderExec;
+
+    use super::drop_oversized;
+
+    /// A filter over `rows` input rows whose keys come from stage 2.
+    fn filter(rows: i64) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..rows))]).unwrap();
+        let input = MemorySourceConfig::try_new_exec(&[vec![batch]], schema.clone(), None).unwrap();
+        let keys = Arc::new(ShuffleReaderExec::new(StageId(2), schema, 1));
+        Arc::new(RuntimeFilterExec::try_new(input, keys, vec![(0, 0)]).unwrap())
+    }
+
+    fn kept(plan: Arc<dyn ExecutionPlan>, key_rows: u64) -> bool {
+        let rows = move |id: StageId| (id == StageId(2)).then_some(key_rows);
+        drop_oversized(plan, &rows).unwrap().is::<RuntimeFilterExec>()
+    }
+
+    #[test]
+    fn filters_whose_key_side_proved_large_are_dropped_before_the_tasks_run() {
+        assert!(kept(filter(100_000), 57));
+        // More keys than a task reads for a filter.
+        assert!(!kept(filter(100_000), MAX_KEY_ROWS as u64 + 1));
+        // Keys about as many as the rows they would narrow.
+        assert!(!kept(filter(100_000), 60_000));
+    }
 }

@@ -219,7 +219,9 @@ fn stage_request(
         stage_id: stage.id,
         partition: 0,
         attempt: 0,
-        plan: encode_plan(result_plan(stage, &settings.target)?)?,
+        plan: encode_plan(crate::runtime_filters::drop_oversized(result_plan(stage, &settings.target)?, &|id| {
+            done.get(&id).map(|results| results.iter().map(|r| r.metrics.output_rows).sum())
+        })?)?,
         inputs,
         output,
         batch_size: settings.batch_size,
