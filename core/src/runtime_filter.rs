@@ -53,7 +53,11 @@ pub struct RuntimeFilterExec {
 }
 
 impl RuntimeFilterExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, keys: Arc<dyn ExecutionPlan>, on: Vec<(usize, usize)>) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        keys: Arc<dyn ExecutionPlan>,
+        on: Vec<(usize, usize)>,
+    ) -> Result<Self> {
         if keys.output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Internal("RuntimeFilterExec takes a single-partition key side".into()));
         }

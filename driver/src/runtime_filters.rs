@@ -90,7 +90,10 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
             continue;
         }
         let filter = Arc::new(RuntimeFilterExec::try_new(writer.input().clone(), key_side, on)?);
-        stage.plan = stage.plan.clone().replace_children(vec![filter], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
+        stage.plan = stage
+            .plan
+            .clone()
+            .replace_children(vec![filter], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
         if !stage.inputs.contains(&key_stage) {
             stage.inputs.push(key_stage);
         }
@@ -187,24 +190,24 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
         JoinType::Right | JoinType::RightAnti => (true, false),
         JoinType::Full | JoinType::LeftMark | JoinType::RightMark => (false, false),
     };
-    let (Some(left_keys), Some(right_keys)) = (
-        columns(join.on().iter().map(|(l, _)| l)),
-        columns(join.on().iter().map(|(_, r)| r)),
-    ) else {
+    let (Some(left_keys), Some(right_keys)) =
+        (columns(join.on().iter().map(|(l, _)| l)), columns(join.on().iter().map(|(_, r)| r)))
+    else {
         return vec![];
     };
     let mut out = vec![];
-    let mut narrow = |side: &Arc<dyn ExecutionPlan>, side_keys: &[usize], other: &Arc<dyn ExecutionPlan>, other_keys| {
-        let Some(keys) = origins(other, other_keys).into_iter().next() else {
-            return;
+    let mut narrow =
+        |side: &Arc<dyn ExecutionPlan>, side_keys: &[usize], other: &Arc<dyn ExecutionPlan>, other_keys| {
+            let Some(keys) = origins(other, other_keys).into_iter().next() else {
+                return;
+            };
+            if !filters_rows(stages, keys.stage) || estimated_rows(stages, keys.stage) > ESTIMATE_LIMIT {
+                return;
+            }
+            for target in origins(side, side_keys) {
+                out.push(Placement { target, keys: keys.clone() });
+            }
         };
-        if !filters_rows(stages, keys.stage) || estimated_rows(stages, keys.stage) > ESTIMATE_LIMIT {
-            return;
-        }
-        for target in origins(side, side_keys) {
-            out.push(Placement { target, keys: keys.clone() });
-        }
-    };
     if filter_right {
         narrow(join.right(), &right_keys, join.left(), &left_keys);
     }
@@ -229,9 +232,8 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
     if plan.fetch().is_some() {
         return vec![];
     }
-    let through_first_child = plan.is::<CoalescePartitionsExec>()
-        || plan.is::<BroadcastExec>()
-        || plan.is::<SortExec>();
+    let through_first_child =
+        plan.is::<CoalescePartitionsExec>() || plan.is::<BroadcastExec>() || plan.is::<SortExec>();
     if through_first_child {
         return origins(plan.children()[0], cols);
     }
@@ -301,10 +303,9 @@ fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
     let equal_keys = matches!(join.join_type(), JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
         && join.null_equality() == NullEquality::NullEqualsNothing;
     if equal_keys {
-        let (Some(left_keys), Some(right_keys)) = (
-            columns(join.on().iter().map(|(l, _)| l)),
-            columns(join.on().iter().map(|(_, r)| r)),
-        ) else {
+        let (Some(left_keys), Some(right_keys)) =
+            (columns(join.on().iter().map(|(l, _)| l)), columns(join.on().iter().map(|(_, r)| r)))
+        else {
             return out;
         };
         let (mine, theirs) = if side == 0 { (&left_keys, &right_keys) } else { (&right_keys, &left_keys) };
@@ -334,7 +335,8 @@ mod tests {
     /// A filter over `rows` input rows whose keys come from stage 2.
     fn filter(rows: i64) -> Arc<dyn ExecutionPlan> {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..rows))]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..rows))]).unwrap();
         let input = MemorySourceConfig::try_new_exec(&[vec![batch]], schema.clone(), None).unwrap();
         let keys = Arc::new(ShuffleReaderExec::new(StageId(2), schema, 1));
         Arc::new(RuntimeFilterExec::try_new(input, keys, vec![(0, 0)]).unwrap())
