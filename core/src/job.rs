@@ -247,6 +247,12 @@ pub struct JobConfig {
     /// the driver was started with (default: the driver's default backend).
     #[serde(default)]
     pub backend: Option<String>,
+    /// Narrow one side of a join to the keys of the other side's filtered
+    /// stage before it is shuffled (default true). The narrowed stage waits for
+    /// that stage; with many idle executors, running both at once may finish
+    /// sooner.
+    #[serde(default)]
+    pub runtime_filters: Option<bool>,
 }
 
 // Measured on TPC-H SF1 (bench --shuffle-compression): none and lz4 give the
@@ -268,6 +274,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 8192;
 impl JobConfig {
     pub fn shuffle_partitions(&self) -> usize {
         self.shuffle_partitions.unwrap_or(DEFAULT_SHUFFLE_PARTITIONS).max(1)
+    }
+    pub fn runtime_filters(&self) -> bool {
+        self.runtime_filters.unwrap_or(true)
     }
     pub fn max_task_attempts(&self) -> u32 {
         self.max_task_attempts.unwrap_or(DEFAULT_MAX_TASK_ATTEMPTS).max(1)

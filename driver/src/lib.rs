@@ -212,7 +212,7 @@ impl Driver {
     pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
         let (_, components) = self.job_udfs(job).await?;
         let planned = plan::plan_job(job, &components).await?;
-        StageGraph::cut(planned.physical)
+        StageGraph::cut(planned.physical, job.config.runtime_filters())
     }
 
     /// Run a job to completion. `events` sees every stage and task transition.
@@ -234,7 +234,7 @@ impl Driver {
         let backend = self.backend_for(job)?.clone();
         let (udf_refs, components) = self.job_udfs(job).await?;
         let planned = plan::plan_job(job, &components).await?;
-        let graph = StageGraph::cut(planned.physical)?;
+        let graph = StageGraph::cut(planned.physical, job.config.runtime_filters())?;
         let env = planned.ctx.runtime_env();
         events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });
 

@@ -146,6 +146,28 @@ async fn every_shuffle_compression_gives_the_same_rows() {
 }
 
 #[tokio::test]
+async fn runtime_filters_narrow_a_join_side_and_can_be_turned_off() {
+    let ws = workspace();
+    // The HAVING side is small: its stage is gathered, and the stage that
+    // aggregates all orders keeps only its products before the shuffle.
+    let sql = "SELECT t.product, t.q FROM (SELECT product, sum(quantity) AS q FROM orders GROUP BY product) t \
+               WHERE t.product IN (SELECT product FROM orders WHERE country = 'US' GROUP BY product \
+               HAVING count(*) > 2)";
+    let theirs = single_node_rows(ws.path(), sql).await;
+    assert!(!lines(&theirs, false).is_empty());
+    for (setting, filtered) in [("", true), ("runtime_filters = false", false)] {
+        let mut job =
+            JobSpec::parse(&format!("sql = \"{sql}\"\n{}{setting}\n", tables_toml()), "toml", "parity").unwrap();
+        job.resolve_paths(ws.path()).unwrap();
+        let graph = Driver::local(2, DriverConfig::default()).explain(&job).await.unwrap();
+        let text = graph.display("collect");
+        assert_eq!(text.contains("RuntimeFilterExec: product@0 in product@0"), filtered, "{setting}:\n{text}");
+        let ours = ignis_rows(ws.path(), &job).await;
+        assert_eq!(lines(&ours, false), lines(&theirs, false), "{setting}");
+    }
+}
+
+#[tokio::test]
 async fn every_step_kind_matches_the_same_query_in_sql() {
     let ws = workspace();
     let steps = r#"
