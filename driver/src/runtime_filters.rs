@@ -23,9 +23,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
@@ -51,11 +52,28 @@ struct Origin {
     columns: Vec<usize>,
 }
 
+/// Where a filter's keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// Another stage's output, through a reader of it.
+    Stage(Origin),
+    /// A small plan of the join's stage that reads no other stage (a filtered
+    /// dimension table): the filtered stage's tasks run a copy of it.
+    Local { plan: Arc<dyn ExecutionPlan>, columns: Vec<usize> },
+}
+
+/// Identifies the keys of a placed filter, so a stage is not filtered twice by the same keys.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum KeysId {
+    Stage(StageId),
+    Local(*const ()),
+}
+
 /// One filter to place: the stage behind `target` keeps the rows whose
-/// `target.columns` are among `keys.columns` of the stage behind `keys`.
+/// `target.columns` are among the key columns of `keys`.
 struct Placement {
     target: Origin,
-    keys: Origin,
+    keys: Keys,
 }
 
 /// Add runtime filters to `stages` (see the module docs).
@@ -64,14 +82,25 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
     for stage in stages.iter() {
         joins(&stage.plan, &mut |join| placements.extend(join_placements(join, stages)));
     }
-    let mut placed: HashSet<(StageId, StageId)> = HashSet::new();
+    let mut placed: HashSet<(StageId, KeysId)> = HashSet::new();
     for Placement { target, keys } in placements {
-        let (target_stage, key_stage) = (target.stage, keys.stage);
+        let target_stage = target.stage;
+        let (key_side, key_columns, key_stage, id) = match keys {
+            Keys::Stage(origin) => {
+                let mut reader = origin.reader;
+                if reader.output_partitioning().partition_count() > 1 {
+                    reader = Arc::new(CoalescePartitionsExec::new(reader));
+                }
+                (reader, origin.columns, Some(origin.stage), KeysId::Stage(origin.stage))
+            }
+            Keys::Local { plan, columns } => {
+                let id = KeysId::Local(Arc::as_ptr(&plan) as *const ());
+                (plan, columns, None, id)
+            }
+        };
         // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
-        if target_stage == key_stage
-            || placed.contains(&(target_stage, key_stage))
-            || depends_on(stages, key_stage, target_stage)
-        {
+        let cyclic = key_stage.is_some_and(|k| k == target_stage || depends_on(stages, k, target_stage));
+        if cyclic || placed.contains(&(target_stage, id)) {
             continue;
         }
         let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
@@ -80,11 +109,7 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
         let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
             continue;
         };
-        let mut key_side = keys.reader.clone();
-        if key_side.output_partitioning().partition_count() > 1 {
-            key_side = Arc::new(CoalescePartitionsExec::new(key_side));
-        }
-        let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(keys.columns.iter().copied()).collect();
+        let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(key_columns).collect();
         let (target_schema, key_schema) = (writer.input().schema(), key_side.schema());
         if on.iter().any(|&(t, k)| target_schema.field(t).data_type() != key_schema.field(k).data_type()) {
             continue;
@@ -94,10 +119,12 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
             .plan
             .clone()
             .replace_children(vec![filter], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
-        if !stage.inputs.contains(&key_stage) {
+        if let Some(key_stage) = key_stage
+            && !stage.inputs.contains(&key_stage)
+        {
             stage.inputs.push(key_stage);
         }
-        placed.insert((target_stage, key_stage));
+        placed.insert((target_stage, id));
     }
     Ok(())
 }
@@ -119,11 +146,34 @@ fn depends_on(stages: &[Stage], stage: StageId, other: StageId) -> bool {
     s.inputs.iter().any(|&i| i == other || depends_on(stages, i, other))
 }
 
+fn has_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<FilterExec>() || plan.children().into_iter().any(has_filter)
+}
+
+/// Local key sides are run again by every filtered task: at most this many rows (estimated).
+const LOCAL_KEY_ROWS: usize = 100_000;
+
+/// Whether `plan` can be run by the filtered stage's tasks for its keys: one
+/// partition, no input from other stages, a filter, few rows, and nothing
+/// volatile (a second run must give the same rows).
+fn is_small_local_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    fn volatile(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        let mut found = false;
+        let _ = plan.apply_expressions(&mut |e| {
+            found |= is_volatile(e);
+            Ok(TreeNodeRecursion::Continue)
+        });
+        found || plan.children().into_iter().any(volatile)
+    }
+    plan.output_partitioning().partition_count() == 1
+        && reader_stages(plan).is_empty()
+        && has_filter(plan)
+        && estimated_output(plan).is_some_and(|rows| rows <= LOCAL_KEY_ROWS)
+        && !volatile(plan)
+}
+
 /// Whether `stage` or a stage it reads filters rows.
 fn filters_rows(stages: &[Stage], stage: StageId) -> bool {
-    fn has_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
-        plan.is::<FilterExec>() || plan.children().into_iter().any(has_filter)
-    }
     let Some(s) = stages.iter().find(|s| s.id == stage) else {
         return false;
     };
@@ -198,12 +248,18 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
     let mut out = vec![];
     let mut narrow =
         |side: &Arc<dyn ExecutionPlan>, side_keys: &[usize], other: &Arc<dyn ExecutionPlan>, other_keys| {
-            let Some(keys) = origins(other, other_keys).into_iter().next() else {
-                return;
+            let keys = match origins(other, other_keys).into_iter().next() {
+                Some(origin) => {
+                    if !filters_rows(stages, origin.stage) || estimated_rows(stages, origin.stage) > ESTIMATE_LIMIT {
+                        return;
+                    }
+                    Keys::Stage(origin)
+                }
+                None if is_small_local_filter(other) => {
+                    Keys::Local { plan: other.clone(), columns: other_keys.to_vec() }
+                }
+                None => return,
             };
-            if !filters_rows(stages, keys.stage) || estimated_rows(stages, keys.stage) > ESTIMATE_LIMIT {
-                return;
-            }
             for target in origins(side, side_keys) {
                 out.push(Placement { target, keys: keys.clone() });
             }
