@@ -8,7 +8,10 @@
 //! unchanged (projections, filters, group-by keys, joins, merges) to the shuffle
 //! readers they come from, and the stages behind those readers get the filter
 //! under their writer. The keys come from the stage the other side's key
-//! columns lead to; they hold every key that side can have (maybe more).
+//! columns lead to; they hold every key that side can have (maybe more). Where
+//! the other side is a small filtered plan reading no other stage (a filtered
+//! dimension table scanned inside the join's stage), the filtered tasks run a
+//! copy of it instead and wait for nothing.
 //!
 //! The filtered stage then waits for the key stage. That is worth it when the
 //! key side is small and selective, which the plan cannot tell for sure, so:
@@ -246,24 +249,24 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
         return vec![];
     };
     let mut out = vec![];
-    let mut narrow =
-        |side: &Arc<dyn ExecutionPlan>, side_keys: &[usize], other: &Arc<dyn ExecutionPlan>, other_keys| {
-            let keys = match origins(other, other_keys).into_iter().next() {
-                Some(origin) => {
-                    if !filters_rows(stages, origin.stage) || estimated_rows(stages, origin.stage) > ESTIMATE_LIMIT {
-                        return;
-                    }
-                    Keys::Stage(origin)
+    let mut narrow = |side: &Arc<dyn ExecutionPlan>,
+                      side_keys: &[usize],
+                      other: &Arc<dyn ExecutionPlan>,
+                      other_keys| {
+        let keys = match origins(other, other_keys).into_iter().next() {
+            Some(origin) => {
+                if !filters_rows(stages, origin.stage) || estimated_rows(stages, origin.stage) > ESTIMATE_LIMIT {
+                    return;
                 }
-                None if is_small_local_filter(other) => {
-                    Keys::Local { plan: other.clone(), columns: other_keys.to_vec() }
-                }
-                None => return,
-            };
-            for target in origins(side, side_keys) {
-                out.push(Placement { target, keys: keys.clone() });
+                Keys::Stage(origin)
             }
+            None if is_small_local_filter(other) => Keys::Local { plan: other.clone(), columns: other_keys.to_vec() },
+            None => return,
         };
+        for target in origins(side, side_keys) {
+            out.push(Placement { target, keys: keys.clone() });
+        }
+    };
     if filter_right {
         narrow(join.right(), &right_keys, join.left(), &left_keys);
     }
