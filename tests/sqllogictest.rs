@@ -25,7 +25,7 @@ const SCALE: f64 = 0.01;
 const FILES_PER_TABLE: i32 = 3;
 const SHUFFLE_PARTITIONS: usize = 3;
 /// TPC-H queries whose stage DAG is kept as an approved snapshot.
-const PLAN_SNAPSHOTS: [&str; 5] = ["q1", "q3", "q5", "q16", "q18"];
+const PLAN_SNAPSHOTS: [&str; 6] = ["q1", "q3", "q5", "q7", "q16", "q18"];
 
 struct Suite {
     root: PathBuf,
