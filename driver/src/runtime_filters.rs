@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::aggregates::AggregateExec;
@@ -157,9 +158,15 @@ fn has_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
 const LOCAL_KEY_ROWS: usize = 100_000;
 
 /// Whether `plan` can be run by the filtered stage's tasks for its keys: one
-/// partition, no input from other stages, a filter, few rows, and nothing
-/// volatile (a second run must give the same rows).
+/// partition, reading only DataFusion's file and memory scans (not another
+/// stage, nor a CSV scan counting malformed rows into the job's metrics), a
+/// filter, few rows, and nothing volatile (a second run must give the same
+/// rows).
 fn is_small_local_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    fn plain_scans(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        let children = plan.children();
+        if children.is_empty() { plan.is::<DataSourceExec>() } else { children.into_iter().all(plain_scans) }
+    }
     fn volatile(plan: &Arc<dyn ExecutionPlan>) -> bool {
         let mut found = false;
         let _ = plan.apply_expressions(&mut |e| {
@@ -169,7 +176,7 @@ fn is_small_local_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
         found || plan.children().into_iter().any(volatile)
     }
     plan.output_partitioning().partition_count() == 1
-        && reader_stages(plan).is_empty()
+        && plain_scans(plan)
         && has_filter(plan)
         && estimated_output(plan).is_some_and(|rows| rows <= LOCAL_KEY_ROWS)
         && !volatile(plan)
