@@ -30,13 +30,18 @@ fn tables_toml() -> &'static str {
 }
 
 async fn ignis_rows(ws: &Path, job: &JobSpec) -> Vec<RecordBatch> {
+    ignis_run(ws, job).await.0
+}
+
+/// The job's rows and the bytes it shuffled.
+async fn ignis_run(ws: &Path, job: &JobSpec) -> (Vec<RecordBatch>, u64) {
     let config = DriverConfig {
         shuffle_root: url::Url::from_directory_path(ws.join("_shuffle")).unwrap().to_string(),
         ..DriverConfig::default()
     };
     let outcome = Driver::local(2, config).run(job, &|_| {}).await.unwrap();
     match outcome.result {
-        JobResult::Rows { batches, .. } => batches,
+        JobResult::Rows { batches, .. } => (batches, outcome.shuffle_bytes),
         other => panic!("expected rows, got {other:?}"),
     }
 }
@@ -150,11 +155,13 @@ async fn runtime_filters_narrow_a_join_side_and_can_be_turned_off() {
     let ws = workspace();
     // The HAVING side is small: its stage is gathered, and the stage that
     // aggregates all orders keeps only its products before the shuffle.
-    let sql = "SELECT t.product, t.q FROM (SELECT product, sum(quantity) AS q FROM orders GROUP BY product) t \
-               WHERE t.product IN (SELECT product FROM orders WHERE country = 'US' GROUP BY product \
-               HAVING count(*) > 2)";
+    let sql = "SELECT t.product, t.country, t.q FROM \
+               (SELECT product, country, sum(quantity) AS q FROM orders GROUP BY product, country) t \
+               WHERE t.product IN (SELECT product FROM orders WHERE country = 'US' AND product LIKE 'l%' \
+               GROUP BY product HAVING count(*) > 2)";
     let theirs = single_node_rows(ws.path(), sql).await;
     assert!(!lines(&theirs, false).is_empty());
+    let mut shuffled = vec![];
     for (setting, filtered) in [("", true), ("runtime_filters = false", false)] {
         let mut job =
             JobSpec::parse(&format!("sql = \"{sql}\"\n{}{setting}\n", tables_toml()), "toml", "parity").unwrap();
@@ -162,9 +169,12 @@ async fn runtime_filters_narrow_a_join_side_and_can_be_turned_off() {
         let graph = Driver::local(2, DriverConfig::default()).explain(&job).await.unwrap();
         let text = graph.display("collect");
         assert_eq!(text.contains("RuntimeFilterExec: product@0 in product@0"), filtered, "{setting}:\n{text}");
-        let ours = ignis_rows(ws.path(), &job).await;
+        let (ours, bytes) = ignis_run(ws.path(), &job).await;
         assert_eq!(lines(&ours, false), lines(&theirs, false), "{setting}");
+        shuffled.push(bytes);
     }
+    // Only the laptop groups reach the shuffle.
+    assert!(shuffled[0] < shuffled[1], "shuffled bytes with and without runtime filters: {shuffled:?}");
 }
 
 #[tokio::test]
