@@ -21,7 +21,8 @@ use crate::joins::{DistributeJoins, SplitScans};
 ///   `ScalarSubqueryExec` whose results reach expressions through shared
 ///   in-process state that cannot cross a stage boundary.
 /// - Dynamic filter pushdown is off: a filter fed by a join in one stage cannot
-///   reach a scan that ran in an earlier stage.
+///   reach a scan that ran in an earlier stage. The stage cutter places
+///   runtime filters across stages instead (`RuntimeFilterExec`).
 pub fn session_config(shuffle_partitions: usize, batch_size: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(shuffle_partitions)
