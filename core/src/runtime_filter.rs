@@ -61,26 +61,26 @@ impl RuntimeFilterExec {
         if keys.output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Internal("RuntimeFilterExec takes a single-partition key side".into()));
         }
-        let (input_schema, key_schema) = (input.schema(), keys.schema());
-        for &(i, k) in &on {
-            let (Some(a), Some(b)) = (input_schema.fields().get(i), key_schema.fields().get(k)) else {
-                return Err(DataFusionError::Internal(format!("RuntimeFilterExec: no columns {i} / {k}")));
-            };
-            if a.data_type() != b.data_type() {
-                return Err(DataFusionError::Internal(format!(
-                    "RuntimeFilterExec: {} is {} but its keys {} are {}",
-                    a.name(),
-                    a.data_type(),
-                    b.name(),
-                    b.data_type()
-                )));
-            }
+        if let Some(mismatch) = Self::mismatch(&input.schema(), &keys.schema(), &on) {
+            return Err(DataFusionError::Internal(format!("RuntimeFilterExec: {mismatch}")));
         }
         if on.is_empty() {
             return Err(DataFusionError::Internal("RuntimeFilterExec needs a key column".into()));
         }
         let cache = input.properties().clone();
         Ok(Self { input, keys, on, cache })
+    }
+
+    /// Why the `on` pairs cannot filter `input` by `keys` (a missing column or
+    /// different types), if they cannot.
+    pub fn mismatch(input: &Schema, keys: &Schema, on: &[(usize, usize)]) -> Option<String> {
+        on.iter().find_map(|&(i, k)| {
+            let (Some(a), Some(b)) = (input.fields().get(i), keys.fields().get(k)) else {
+                return Some(format!("no columns {i} / {k}"));
+            };
+            (a.data_type() != b.data_type())
+                .then(|| format!("{} is {} but its keys {} are {}", a.name(), a.data_type(), b.name(), b.data_type()))
+        })
     }
 
     pub fn on(&self) -> &[(usize, usize)] {

@@ -33,7 +33,6 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -46,7 +45,7 @@ use ignis_core::joins::BroadcastExec;
 use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
-use crate::stages::Stage;
+use crate::stages::{Stage, reader_stages, with_children};
 
 /// A shuffle reader of the join's stage (reading `stage`) and columns of its rows.
 #[derive(Clone)]
@@ -114,15 +113,11 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
             continue;
         };
         let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(key_columns).collect();
-        let (target_schema, key_schema) = (writer.input().schema(), key_side.schema());
-        if on.iter().any(|&(t, k)| target_schema.field(t).data_type() != key_schema.field(k).data_type()) {
+        if RuntimeFilterExec::mismatch(&writer.input().schema(), &key_side.schema(), &on).is_some() {
             continue;
         }
         let filter = Arc::new(RuntimeFilterExec::try_new(writer.input().clone(), key_side, on)?);
-        stage.plan = stage
-            .plan
-            .clone()
-            .replace_children(vec![filter], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
+        stage.plan = with_children(stage.plan.clone(), vec![filter])?;
         if let Some(key_stage) = key_stage
             && !stage.inputs.contains(&key_stage)
         {
@@ -232,14 +227,6 @@ pub fn drop_oversized(
     Ok(plan.data)
 }
 
-fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
-    let mut ids: Vec<StageId> = plan.children().into_iter().flat_map(reader_stages).collect();
-    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
-        ids.push(reader.stage_id());
-    }
-    ids
-}
-
 fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
     if join.null_aware || join.null_equality() != NullEquality::NullEqualsNothing || join.fetch().is_some() {
         return vec![];
@@ -250,9 +237,7 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
         JoinType::Right | JoinType::RightAnti => (true, false),
         JoinType::Full | JoinType::LeftMark | JoinType::RightMark => (false, false),
     };
-    let (Some(left_keys), Some(right_keys)) =
-        (columns(join.on().iter().map(|(l, _)| l)), columns(join.on().iter().map(|(_, r)| r)))
-    else {
+    let Some((left_keys, right_keys)) = key_columns(join) else {
         return vec![];
     };
     let mut out = vec![];
@@ -283,9 +268,20 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
     out
 }
 
-/// The column indices of expressions that are all plain columns.
-fn columns<'a>(exprs: impl Iterator<Item = &'a Arc<dyn PhysicalExpr>>) -> Option<Vec<usize>> {
-    exprs.map(|e| e.downcast_ref::<Column>().map(Column::index)).collect()
+/// The left and right key column indices of a join whose keys are all plain columns.
+fn key_columns(join: &HashJoinExec) -> Option<(Vec<usize>, Vec<usize>)> {
+    let left = join.on().iter().map(|(l, _)| column(l)).collect::<Option<_>>()?;
+    let right = join.on().iter().map(|(_, r)| column(r)).collect::<Option<_>>()?;
+    Some((left, right))
+}
+
+fn column(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    expr.downcast_ref::<Column>().map(Column::index)
+}
+
+/// `cols` mapped through `f`, or `None` if any column does not map.
+fn remap(cols: &[usize], f: impl Fn(usize) -> Option<usize>) -> Option<Vec<usize>> {
+    cols.iter().map(|&c| f(c)).collect()
 }
 
 /// The shuffle readers under `plan` (in its stage) whose rows reach `plan`'s
@@ -305,14 +301,12 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
     }
     if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
         let exprs = projection.expr();
-        return match columns(cols.iter().filter_map(|&c| exprs.get(c).map(|e| &e.expr))) {
-            Some(inner) if inner.len() == cols.len() => origins(projection.input(), &inner),
-            _ => vec![],
-        };
+        let inner = remap(cols, |c| column(&exprs.get(c)?.expr));
+        return inner.map(|inner| origins(projection.input(), &inner)).unwrap_or_default();
     }
     if let Some(filter) = plan.downcast_ref::<FilterExec>() {
         let inner = match filter.projection() {
-            Some(p) => cols.iter().map(|&c| p.get(c).copied()).collect::<Option<Vec<_>>>(),
+            Some(p) => remap(cols, |c| p.get(c).copied()),
             None => Some(cols.to_vec()),
         };
         return inner.map(|inner| origins(filter.input(), &inner)).unwrap_or_default();
@@ -323,10 +317,8 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
             return vec![];
         }
         let exprs = groups.expr();
-        return match columns(cols.iter().filter_map(|&c| exprs.get(c).map(|(e, _)| e))) {
-            Some(inner) if inner.len() == cols.len() => origins(aggregate.input(), &inner),
-            _ => vec![],
-        };
+        let inner = remap(cols, |c| column(&exprs.get(c)?.0));
+        return inner.map(|inner| origins(aggregate.input(), &inner)).unwrap_or_default();
     }
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
         return join_origins(join, cols);
@@ -336,7 +328,7 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
 
 fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
     let cols = match &join.projection {
-        Some(p) => match cols.iter().map(|&c| p.get(c).copied()).collect::<Option<Vec<_>>>() {
+        Some(p) => match remap(cols, |c| p.get(c).copied()) {
             Some(c) => c,
             None => return vec![],
         },
@@ -369,9 +361,7 @@ fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
     let equal_keys = matches!(join.join_type(), JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
         && join.null_equality() == NullEquality::NullEqualsNothing;
     if equal_keys {
-        let (Some(left_keys), Some(right_keys)) =
-            (columns(join.on().iter().map(|(l, _)| l)), columns(join.on().iter().map(|(_, r)| r)))
-        else {
+        let Some((left_keys, right_keys)) = key_columns(join) else {
             return out;
         };
         let (mine, theirs) = if side == 0 { (&left_keys, &right_keys) } else { (&right_keys, &left_keys) };

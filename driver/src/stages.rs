@@ -125,7 +125,7 @@ impl StageGraph {
 }
 
 /// Stage ids of the shuffle readers in a plan.
-fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
+pub(crate) fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
     let mut ids = vec![];
     if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
         ids.push(r.stage_id());
@@ -191,7 +191,7 @@ fn distribute_build_tracking_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
     with_children(plan, vec![left, probe])
 }
 
-fn with_children(
+pub(crate) fn with_children(
     plan: Arc<dyn ExecutionPlan>,
     children: Vec<Arc<dyn ExecutionPlan>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
