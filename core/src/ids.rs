@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 pub struct JobId(String);
 
 impl JobId {
-    /// A fresh id: time-ordered, with random bits so two drivers do not collide.
+    /// A fresh id: time-ordered, then 128 random bits, so an id can neither be
+    /// guessed nor collide with another driver's.
     pub fn generate() -> Self {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let salt: u16 = rand::random();
-        Self(format!("job-{millis:x}-{salt:04x}"))
+        let random: u128 = rand::random();
+        Self(format!("job-{millis:x}-{random:032x}"))
     }
 
     pub fn as_str(&self) -> &str {

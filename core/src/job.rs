@@ -25,6 +25,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IgnisError, Result};
+use crate::location::Location;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +194,69 @@ pub enum JoinHow {
     Anti,
 }
 
+/// A job's location, parsed, with the field that named it and how the job uses it.
+#[derive(Clone, Debug)]
+pub struct JobLocation {
+    pub field: String,
+    pub location: Location,
+    pub access: Access,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Upper bounds of a job's settings, checked when a job arrives; a driver
+/// may set its own (`ignis serve --max-*`).
+#[derive(Clone, Debug)]
+pub struct JobLimits {
+    pub shuffle_partitions: usize,
+    pub batch_size: usize,
+    pub max_task_attempts: u32,
+    /// Characters of `name`.
+    pub name_chars: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self { shuffle_partitions: 10_000, batch_size: 1 << 20, max_task_attempts: 16, name_chars: 256 }
+    }
+}
+
+impl JobLimits {
+    /// The first setting past its bound, as an error naming the field and the bound.
+    pub fn check(&self, job: &JobSpec) -> Result<()> {
+        let over = |field: &str, value: u64, bound: u64, unit: &str| {
+            (value > bound)
+                .then(|| IgnisError::Job(format!("{field}: {value} is over this driver's limit of {bound}{unit}")))
+        };
+        let c = &job.config;
+        let name_chars = job.name.as_ref().map(|n| n.chars().count()).unwrap_or(0);
+        let checks = [
+            over(
+                "config.shuffle_partitions",
+                c.shuffle_partitions.unwrap_or(0) as u64,
+                self.shuffle_partitions as u64,
+                "",
+            ),
+            over("config.batch_size", c.batch_size.unwrap_or(0) as u64, self.batch_size as u64, ""),
+            over(
+                "config.max_task_attempts",
+                c.max_task_attempts.unwrap_or(0).into(),
+                self.max_task_attempts.into(),
+                "",
+            ),
+            over("name", name_chars as u64, self.name_chars as u64, " characters"),
+        ];
+        match checks.into_iter().flatten().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where the result goes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -333,14 +397,9 @@ impl JobSpec {
     }
 
     /// Make relative table and output locations absolute `file://` URLs,
-    /// relative to `base` (the job file's directory).
+    /// relative to `base` (the job file's directory), and every location canonical.
     pub fn resolve_paths(&mut self, base: &Path) -> Result<()> {
-        for table in self.tables.values_mut() {
-            table.location = resolve_location(&table.location, base)?;
-        }
-        if let OutputSpec::Write(w) = &mut self.output {
-            w.location = resolve_location(&w.location, base)?;
-        }
+        self.resolve_locations(Some(base))?;
         for udf in &mut self.udfs {
             if is_wasm_path(udf) && !Path::new(udf.as_str()).is_absolute() {
                 *udf = base.join(udf.as_str()).to_string_lossy().into_owned();
@@ -349,32 +408,28 @@ impl JobSpec {
         Ok(())
     }
 
-    /// A job that arrives without a file (over HTTP) has no directory to resolve
-    /// relative paths against: every location must be absolute or a URL; and
-    /// unless `allow_local_files`, it must be object storage, not the driver's disk.
-    pub fn check_submitted_locations(&self, allow_local_files: bool) -> Result<()> {
-        let check = |location: &str, field: &str| {
-            let is_url = has_url_scheme(location);
-            if !is_url && !Path::new(location).is_absolute() {
-                return Err(IgnisError::Job(format!(
-                    "{field}: {location:?} is a relative path; a submitted job needs an absolute path or a URL \
-                     (s3://)"
-                )));
-            }
-            if !allow_local_files && (!is_url || location.starts_with("file:")) {
-                return Err(IgnisError::Job(format!(
-                    "{field}: {location:?} is on the driver's local disk; this driver only reads and writes \
-                     object storage (s3://) unless started with --allow-local-files"
-                )));
-            }
-            Ok(())
-        };
-        for (name, table) in &self.tables {
-            check(&table.location, &format!("tables.{name}.location"))?;
+    /// Parse every table and output location once: relative paths against
+    /// `base` (none for a submitted job: then they are errors), each location
+    /// replaced by its canonical URL. Returns them typed, for access checks.
+    pub fn resolve_locations(&mut self, base: Option<&Path>) -> Result<Vec<JobLocation>> {
+        let mut out = Vec::new();
+        for (name, table) in &mut self.tables {
+            let field = format!("tables.{name}.location");
+            let location = Location::parse(&table.location, base, &field)?;
+            table.location = location.url();
+            out.push(JobLocation { field, location, access: Access::Read });
         }
-        if let OutputSpec::Write(w) = &self.output {
-            check(&w.location, "output.location")?;
+        if let OutputSpec::Write(w) = &mut self.output {
+            let field = "output.write.location".to_string();
+            let location = Location::parse(&w.location, base, &field)?;
+            w.location = location.url();
+            out.push(JobLocation { field, location, access: Access::Write });
         }
+        Ok(out)
+    }
+
+    /// A submitted job names uploaded UDF components, never files on the driver.
+    pub fn check_submitted_udfs(&self) -> Result<()> {
         for (i, udf) in self.udfs.iter().enumerate() {
             if is_wasm_path(udf) {
                 return Err(IgnisError::Job(format!(
@@ -464,46 +519,10 @@ fn field_path(p: &serde_path_to_error::Path) -> String {
     if s == "." { "(top level)".into() } else { s }
 }
 
-/// A location with a URL scheme is kept; a path becomes an absolute `file://` URL.
+/// A location as a canonical URL: a path becomes an absolute `file://` URL
+/// (relative to `base`); see [`Location::parse`].
 pub fn resolve_location(location: &str, base: &Path) -> Result<String> {
-    if has_url_scheme(location) {
-        return Ok(location.to_string());
-    }
-    let path = Path::new(location);
-    let abs = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
-    let abs = if abs.is_absolute() { abs } else { std::env::current_dir()?.join(abs) };
-    let abs = normalize(&abs);
-    let mut url = url::Url::from_file_path(&abs)
-        .map_err(|()| IgnisError::Job(format!("cannot turn {location:?} into a file URL")))?
-        .to_string();
-    // Keep a trailing slash: it marks a directory for the listing code.
-    if location.ends_with('/') && !url.ends_with('/') {
-        url.push('/');
-    }
-    Ok(url)
-}
-
-fn has_url_scheme(s: &str) -> bool {
-    match s.find("://") {
-        Some(i) => i > 1 && s[..i].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'),
-        None => false,
-    }
-}
-
-/// Remove `.` and `..` components without touching the filesystem.
-fn normalize(p: &Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
+    Ok(Location::parse(location, Some(base), "location")?.url())
 }
 
 /// A `udfs` entry that names a component file rather than an uploaded component.

@@ -107,6 +107,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod joins;
+pub mod location;
 pub mod map_batches;
 pub mod protocol;
 pub mod runtime_filter;

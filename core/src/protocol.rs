@@ -156,6 +156,50 @@ impl TaskRequest {
     }
 }
 
+impl TaskResult {
+    /// Whether this result can be the outcome of `request`: the same task
+    /// attempt, its shuffle object where that attempt writes it, its files
+    /// inside the attempt's staging directory. An executor that reports
+    /// anything else is refused (and the attempt fails).
+    pub fn check_against(&self, request: &TaskRequest) -> Result<(), String> {
+        let same = self.job_id == request.job_id
+            && self.stage_id == request.stage_id
+            && self.partition == request.partition
+            && self.attempt == request.attempt;
+        if !same {
+            return Err(format!(
+                "the result names job {} stage {} partition {} attempt {}, not the task it was given",
+                self.job_id, self.stage_id, self.partition, self.attempt
+            ));
+        }
+        match (&self.output, &request.output) {
+            (TaskResultOutput::Shuffle { url, .. }, TaskOutput::Shuffle { root, .. }) => {
+                let expected = crate::shuffle::shuffle_object_url(
+                    root,
+                    &request.job_id,
+                    request.stage_id,
+                    request.partition,
+                    request.attempt,
+                );
+                if *url != expected {
+                    return Err(format!("the shuffle object {url} is not where this attempt writes ({expected})"));
+                }
+            }
+            (TaskResultOutput::Files { files }, TaskOutput::Files { .. }) => {
+                for f in files {
+                    let bad =
+                        f.relative_path.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\'));
+                    if bad {
+                        return Err(format!("the written file {:?} is not a plain relative path", f.relative_path));
+                    }
+                }
+            }
+            _ => return Err("the result's kind of output is not the one the task was given".into()),
+        }
+        Ok(())
+    }
+}
+
 /// What an executor host sends when it joins a driver.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterHost {
@@ -170,6 +214,9 @@ pub struct RegisterHost {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostRegistered {
     pub executor_id: String,
+    /// What the host presents from now on (`Authorization: Bearer <token>`);
+    /// the executor secret only registers.
+    pub token: String,
     /// How often the driver expects a heartbeat.
     pub heartbeat_interval_ms: u64,
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
 use crate::backend::TaskBackend;
+use crate::service::{KeyHash, hash_key};
 
 type Reply = oneshot::Sender<Result<TaskResult, TaskFailure>>;
 
@@ -43,12 +44,15 @@ struct State {
     hosts: HashMap<String, Host>,
     queue: VecDeque<u64>,
     tasks: HashMap<u64, Pending>,
+    /// Hosts by the hash of the token each was given at registration.
+    tokens: HashMap<KeyHash, String>,
     next_task: u64,
     next_host: u64,
 }
 
 struct Host {
     name: String,
+    token: KeyHash,
     slots: u32,
     running: Vec<u64>,
     draining: bool,
@@ -78,6 +82,14 @@ pub struct HostInfo {
 pub enum HostError {
     UnknownHost,
     ProtocolMismatch(u32),
+    /// The host reported a result that does not fit the task it was given.
+    BadResult(String),
+}
+
+/// A registered host: its id and the token it presents from now on.
+pub struct Registration {
+    pub id: String,
+    pub token: String,
 }
 
 impl HostsBackend {
@@ -104,15 +116,19 @@ impl HostsBackend {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, req: &RegisterHost) -> Result<String, HostError> {
+    pub fn register(&self, req: &RegisterHost) -> Result<Registration, HostError> {
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(HostError::ProtocolMismatch(req.protocol_version));
         }
         let mut state = self.lock();
         state.next_host += 1;
         let id = format!("exec-{}", state.next_host);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let token_hash = hash_key(&token);
+        state.tokens.insert(token_hash, id.clone());
         let host = Host {
             name: req.name.clone(),
+            token: token_hash,
             slots: req.slots.max(1),
             running: vec![],
             draining: false,
@@ -123,7 +139,12 @@ impl HostsBackend {
         drop(state);
         tracing::info!(executor = %id, name = %req.name, slots = req.slots, "executor host registered");
         self.wake.notify_waiters();
-        Ok(id)
+        Ok(Registration { id, token })
+    }
+
+    /// The host that was given the token with this hash.
+    pub fn host_for_token(&self, hash: &KeyHash) -> Option<String> {
+        self.lock().tokens.get(hash).cloned()
     }
 
     pub fn heartbeat(&self, id: &str, draining: bool) -> Result<(), HostError> {
@@ -142,7 +163,12 @@ impl HostsBackend {
 
     /// A host leaves: whatever it still runs is re-run elsewhere.
     pub fn leave(&self, id: &str) -> Result<(), HostError> {
-        let host = self.lock().hosts.remove(id).ok_or(HostError::UnknownHost)?;
+        let host = {
+            let mut state = self.lock();
+            let host = state.hosts.remove(id).ok_or(HostError::UnknownHost)?;
+            state.tokens.remove(&host.token);
+            host
+        };
         self.fail_tasks(&host, &format!("executor host {} ({id}) left", host.name));
         tracing::info!(executor = %id, "executor host left");
         Ok(())
@@ -183,20 +209,36 @@ impl HostsBackend {
     }
 
     /// A host reports a task's outcome. Returns whether it was accepted: a
-    /// result from a host that no longer owns the task (it was declared lost
-    /// and the task re-run) is dropped.
+    /// result for a task the host was not given (another host's, or one it no
+    /// longer owns since it was declared lost) is dropped and logged. A
+    /// result that does not fit its task (another attempt, a shuffle object or
+    /// files outside the attempt's place) fails the attempt and is refused.
     pub fn complete(&self, id: &str, key: u64, outcome: Result<TaskResult, TaskFailure>) -> Result<bool, HostError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let host = state.hosts.get_mut(id).ok_or(HostError::UnknownHost)?;
         host.last_seen = Instant::now();
-        let Some(pos) = host.running.iter().position(|k| *k == key) else { return Ok(false) };
+        let Some(pos) = host.running.iter().position(|k| *k == key) else {
+            tracing::warn!(executor = %id, task_key = key, "refused a result for a task this host was not given");
+            return Ok(false);
+        };
         host.running.swap_remove(pos);
         host.tasks_done += 1;
-        let reply = state.tasks.remove(&key).and_then(|mut p| p.reply.take());
+        let Some(mut pending) = state.tasks.remove(&key) else { return Ok(false) };
         drop(guard);
         self.wake.notify_waiters();
-        Ok(reply.is_some_and(|r| r.send(outcome).is_ok()))
+        let misfit = match &outcome {
+            Ok(result) => result.check_against(&pending.request).err(),
+            Err(_) => None,
+        };
+        let Some(reply) = pending.reply.take() else { return Ok(false) };
+        if let Some(why) = misfit {
+            tracing::warn!(executor = %id, task_key = key, %why, "refused a task result that does not fit its task");
+            let message = format!("executor host {id} reported a result that does not fit the task: {why}");
+            let _ = reply.send(Err(TaskFailure { kind: ErrorKind::Internal, message }));
+            return Err(HostError::BadResult(why));
+        }
+        Ok(reply.send(outcome).is_ok())
     }
 
     pub fn hosts(&self) -> Vec<HostInfo> {
@@ -227,7 +269,12 @@ impl HostsBackend {
                 .filter(|(_, h)| h.last_seen.elapsed() > self.config.lost_after)
                 .map(|(id, _)| id.clone())
                 .collect();
-            ids.into_iter().filter_map(|id| state.hosts.remove(&id).map(|h| (id, h))).collect()
+            let lost: Vec<(String, Host)> =
+                ids.into_iter().filter_map(|id| state.hosts.remove(&id).map(|h| (id, h))).collect();
+            for (_, host) in &lost {
+                state.tokens.remove(&host.token);
+            }
+            lost
         };
         for (id, host) in lost {
             tracing::warn!(executor = %id, name = %host.name, tasks = host.running.len(), "executor host lost");

@@ -34,6 +34,7 @@ pub(crate) mod runtime_filters;
 pub mod scheduler;
 pub mod service;
 pub mod stages;
+pub mod statements;
 mod steps;
 pub mod udfs;
 
@@ -44,6 +45,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::{JobId, StageId};
 use ignis_core::job::{JobSpec, OutputSpec};
@@ -65,7 +67,13 @@ pub struct DriverConfig {
     pub shuffle_root: String,
     /// URL of the UDF registry (see [`udfs`]), e.g. `s3://bucket/ignis/udfs/`.
     pub udf_root: String,
+    /// The most bytes (in memory) of rows a `collect` job may bring back to
+    /// the driver, like Spark's spark.driver.maxResultSize.
+    pub max_result_bytes: usize,
 }
+
+/// Default of [`DriverConfig::max_result_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 << 20;
 
 impl Default for DriverConfig {
     fn default() -> Self {
@@ -73,7 +81,7 @@ impl Default for DriverConfig {
         let shuffle_root = url::Url::from_directory_path(&dir)
             .map(|u| u.to_string())
             .unwrap_or_else(|()| "file:///tmp/ignis-shuffle/".to_string());
-        Self { shuffle_root, udf_root: default_udf_root() }
+        Self { shuffle_root, udf_root: default_udf_root(), max_result_bytes: DEFAULT_MAX_RESULT_BYTES }
     }
 }
 
@@ -280,7 +288,9 @@ impl Driver {
             () = cancel => Err(IgnisError::Cancelled),
         };
         let finished = match run {
-            Ok(results) => finish(&planned.ctx, &graph, &results, pending.as_ref()).await.map(|r| (r, results)),
+            Ok(results) => finish(&planned.ctx, &graph, &results, pending.as_ref(), self.config.max_result_bytes)
+                .await
+                .map(|r| (r, results)),
             Err(e) => Err(e),
         };
         if finished.is_err()
@@ -316,6 +326,7 @@ async fn finish(
     graph: &StageGraph,
     results: &StageResults,
     pending: Option<&PendingWrite>,
+    max_result_bytes: usize,
 ) -> Result<JobResult> {
     let stage = graph.result_stage();
     let stage_results = results.results.get(&stage.id).map(Vec::as_slice).unwrap_or_default();
@@ -326,9 +337,29 @@ async fn finish(
             let schema = stage.plan.schema();
             let reader = ShuffleReaderExec::new(stage.id, schema.clone(), 1)
                 .with_pieces(vec![scheduler::result_pieces(stage_results)])?;
-            let batches = datafusion::physical_plan::collect(Arc::new(reader), ctx.task_ctx())
-                .await
+            let too_large = || {
+                IgnisError::Output(format!(
+                    "the collected result is larger than this driver's limit of {} MiB (--max-result-bytes, like \
+                     Spark's spark.driver.maxResultSize); write it out with [output.write] instead, or add a LIMIT",
+                    max_result_bytes >> 20
+                ))
+            };
+            // The encoded size is known before reading: refuse at once what cannot fit.
+            let encoded: u64 = stage_results.iter().map(|r| r.metrics.output_bytes).sum();
+            if encoded > max_result_bytes as u64 {
+                return Err(too_large());
+            }
+            let mut stream = datafusion::physical_plan::execute_stream(Arc::new(reader), ctx.task_ctx())
                 .map_err(IgnisError::from_datafusion)?;
+            let (mut batches, mut bytes) = (Vec::new(), 0usize);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(IgnisError::from_datafusion)?;
+                bytes += batch.get_array_memory_size();
+                if bytes > max_result_bytes {
+                    return Err(too_large());
+                }
+                batches.push(batch);
+            }
             Ok(JobResult::Rows { schema, batches })
         }
     }

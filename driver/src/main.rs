@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use ignis_core::job::JobSpec;
+use ignis_core::job::{JobLimits, JobSpec};
+use ignis_driver::service::{ServerLimits, TenantLimits};
 use ignis_driver::{Driver, DriverConfig, JobOutcome, JobResult};
 
 #[derive(Parser)]
@@ -37,7 +38,7 @@ enum Command {
     /// Print a job's stage DAG without running it.
     Explain { job: PathBuf },
     /// Run the driver as a service: the job API over HTTP, tasks on executor hosts, Lambda or in-process workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an executor host: register with a driver and run its tasks until SIGTERM (then drain).
     Executor(ExecutorArgs),
     /// Submit a job file to a driver, follow its progress, print the result.
@@ -116,9 +117,16 @@ struct ServeArgs {
     /// that every executor can read (s3://bucket/udfs). Default: ~/.local/share/ignis/udfs.
     #[arg(long, env = "IGNIS_UDF_ROOT")]
     udf_root: Option<String>,
-    /// A file of API keys, `tenant:key` per line.
+    /// A file of API keys: `tenant:key` per line (a key may be given as its
+    /// hash, `tenant:sha256:<hex>`), or a `.toml` file of `[tenants.NAME]`
+    /// tables with `keys = [...]` and storage grants `prefixes = [...]`.
     #[arg(long, env = "IGNIS_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
+    /// Each tenant's own storage prefix, a URL holding `{tenant}`
+    /// (s3://bucket/tenants/{tenant}/); with it (or grants), a job may only
+    /// read and write under its tenant's prefixes.
+    #[arg(long, env = "IGNIS_TENANT_ROOT")]
+    tenant_root: Option<String>,
     /// API keys as `tenant:key,tenant:key` (added to the file's).
     #[arg(long, env = "IGNIS_API_KEYS", hide_env_values = true)]
     api_keys: Option<String>,
@@ -160,10 +168,47 @@ struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
-    /// Let jobs read and write files on the driver's disk (file:// URLs and
-    /// absolute paths); off by default, since tenants share the driver.
-    #[arg(long)]
-    allow_local_files: bool,
+    /// Let jobs read and write files on the driver's disk under this
+    /// directory (which may hold `{tenant}`: each tenant its own); without it
+    /// `file://` locations and paths are refused, since tenants share the driver.
+    #[arg(long, value_name = "DIR")]
+    allow_local_files: Option<String>,
+    /// The most bytes of rows a `collect` job may bring back to the driver.
+    #[arg(long, default_value_t = ignis_driver::DEFAULT_MAX_RESULT_BYTES)]
+    max_result_bytes: usize,
+    /// Upper bound of a job's config.shuffle_partitions.
+    #[arg(long, default_value_t = JobLimits::default().shuffle_partitions)]
+    max_shuffle_partitions: usize,
+    /// Upper bound of a job's config.batch_size.
+    #[arg(long, default_value_t = JobLimits::default().batch_size)]
+    max_batch_size: usize,
+    /// Upper bound of a job's config.max_task_attempts.
+    #[arg(long, default_value_t = JobLimits::default().max_task_attempts)]
+    max_task_attempts: u32,
+    /// Upper bound of a job's name, in characters.
+    #[arg(long, default_value_t = JobLimits::default().name_chars)]
+    max_job_name_chars: usize,
+    /// Jobs of one tenant running at once (more wait in its queue).
+    #[arg(long, default_value_t = TenantLimits::default().running)]
+    max_running_jobs: usize,
+    /// Jobs of one tenant waiting to run; past that a submission gets 429.
+    #[arg(long, default_value_t = TenantLimits::default().queued)]
+    max_queued_jobs: usize,
+    /// Finished jobs kept per tenant for status and results.
+    #[arg(long, default_value_t = TenantLimits::default().retained)]
+    retained_jobs: usize,
+    /// Seconds a job may take to plan at submission.
+    #[arg(long, default_value_t = 30.0)]
+    planning_timeout: f64,
+    /// HTTP connections open at once.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and an idle connection stays open).
+    #[arg(long, default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Seconds one HTTP request may take.
+    #[arg(long, default_value_t = 120.0)]
+    request_timeout: f64,
 }
 
 #[derive(clap::Args)]
@@ -209,7 +254,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { job, local, show } => runtime.block_on(run(job, local, show)),
         Command::Explain { job } => runtime.block_on(explain(job)),
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Executor(args) => runtime.block_on(executor(args)),
         Command::Submit { job, client, show, detach } => runtime.block_on(submit(job, client, show, detach)),
         Command::Status { job, client } => runtime.block_on(status(job, client)),
@@ -228,8 +273,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A job file as local mode runs it: within the default bounds of job settings.
 fn load(job: &std::path::Path) -> anyhow::Result<JobSpec> {
-    Ok(JobSpec::from_file(job)?)
+    let spec = JobSpec::from_file(job)?;
+    JobLimits::default().check(&spec)?;
+    Ok(spec)
 }
 
 async fn explain(job: PathBuf) -> anyhow::Result<()> {
@@ -284,21 +332,39 @@ async fn stop_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use ignis_driver::hosts::{HostsBackend, HostsConfig};
     use ignis_driver::lambda::{LambdaBackend, LambdaConfig};
-    use ignis_driver::service::{AuthConfig, ServiceConfig};
+    use ignis_driver::service::{AuthConfig, ServiceConfig, StoragePolicy, Tenants};
 
-    let mut keys = std::collections::HashMap::new();
+    let mut tenants = Tenants::default();
     if let Some(file) = &args.api_keys_file {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        keys.extend(AuthConfig::parse_keys(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?);
+        let origin = file.display().to_string();
+        let parsed = if file.extension().is_some_and(|e| e == "toml") {
+            Tenants::parse_toml(&text, &origin)
+        } else {
+            Tenants::parse_lines(&text, &origin)
+        };
+        tenants.extend(parsed.map_err(anyhow::Error::msg)?);
     }
     if let Some(text) = &args.api_keys {
-        keys.extend(AuthConfig::parse_keys(text, "IGNIS_API_KEYS").map_err(anyhow::Error::msg)?);
+        tenants.extend(Tenants::parse_lines(text, "IGNIS_API_KEYS").map_err(anyhow::Error::msg)?);
     }
-    let auth = AuthConfig::new(keys, args.executor_secret.clone()).map_err(anyhow::Error::msg)?;
+    let auth = AuthConfig::new(tenants.keys, args.executor_secret.as_deref()).map_err(anyhow::Error::msg)?;
     let seconds = |s: f64, flag: &str| {
         std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{flag} must be a positive number"))
     };
-    let config = driver_config(args.shuffle_root, args.udf_root)?;
+    let mut config = driver_config(args.shuffle_root, args.udf_root)?;
+    config.max_result_bytes = args.max_result_bytes;
+    let mut policy =
+        StoragePolicy::new(args.tenant_root, tenants.grants, args.allow_local_files).map_err(anyhow::Error::msg)?;
+    for (what, root) in [("shuffle root", &config.shuffle_root), ("UDF registry", &config.udf_root)] {
+        policy.reserve(what, ignis_core::location::Location::parse(root, None, what)?);
+    }
+    if !policy.isolates_tenants() {
+        tracing::warn!(
+            "no --tenant-root and no grants: every tenant may read and write every object-store location this \
+             driver reaches (give --tenant-root s3://bucket/tenants/{{tenant}}/ to keep tenants apart)"
+        );
+    }
     let mut backends: Vec<std::sync::Arc<dyn ignis_driver::backend::TaskBackend>> = Vec::new();
     if let Some(n) = args.local_executors {
         backends.push(std::sync::Arc::new(ignis_driver::backend::LocalBackend::new(n)));
@@ -347,13 +413,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("--default-backend {name}: that backend is not offered; this driver offers: {offered}")
         })?;
     }
-    let service =
-        ServiceConfig { auth, max_body_bytes: args.max_body_bytes, allow_local_files: args.allow_local_files };
+    let mut service = ServiceConfig::new(auth, policy);
+    service.max_body_bytes = args.max_body_bytes;
+    service.job_limits = JobLimits {
+        shuffle_partitions: args.max_shuffle_partitions,
+        batch_size: args.max_batch_size,
+        max_task_attempts: args.max_task_attempts,
+        name_chars: args.max_job_name_chars,
+    };
+    service.tenant_limits =
+        TenantLimits { running: args.max_running_jobs, queued: args.max_queued_jobs, retained: args.retained_jobs };
+    service.planning_timeout = seconds(args.planning_timeout, "planning-timeout")?;
+    let server = ServerLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: seconds(args.header_read_timeout, "header-read-timeout")?,
+        request_timeout: seconds(args.request_timeout, "request-timeout")?,
+    };
     let names = driver.backend_names().join(", ");
     let router =
         ignis_driver::service::router(std::sync::Arc::new(driver), hosts, service).map_err(anyhow::Error::msg)?;
     eprintln!("ignis driver listening on http://{} (backends: {names})", args.listen);
-    ignis_driver::service::serve(router, args.listen, stop_signal())
+    ignis_driver::service::serve(router, args.listen, server, stop_signal())
         .await
         .with_context(|| format!("serving on {}", args.listen))
 }

@@ -70,7 +70,7 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
 
 /// SQL text as statements; a syntax error says where.
 fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
-    DFParser::parse_sql(sql).map_err(|e| {
+    let statements = DFParser::parse_sql(sql).map_err(|e| {
         let mut err = plan_error("sql", e);
         if let IgnisError::Plan(msg) = &mut err
             && msg.ends_with("found: EOF")
@@ -78,7 +78,9 @@ fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
             msg.push_str(&format!(" at the end of the SQL text ({})", end_position(sql)));
         }
         err
-    })
+    })?;
+    crate::statements::check(&statements)?;
+    Ok(statements)
 }
 
 /// The job's table names the statements read, so a job registers (lists,

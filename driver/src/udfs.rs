@@ -177,7 +177,9 @@ impl UdfRegistry {
                 }
                 let digest = entry.to_ascii_lowercase();
                 let (object_store, path) = store::resolve(&self.env, &self.component_url(&digest))?;
-                if object_store.head(&path).await.is_err() {
+                // A tenant runs only what it uploaded itself; local mode has one user.
+                let owned = tenant == LOCAL_TENANT || self.list(tenant).await?.iter().any(|u| u.digest == digest);
+                if !owned || object_store.head(&path).await.is_err() {
                     return Err(IgnisError::Job(format!("udfs[{i}]: no component with digest {entry} was uploaded")));
                 }
                 label = digest.chars().take(19).collect();

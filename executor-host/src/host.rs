@@ -60,6 +60,7 @@ pub async fn run_host(
         let registered = client.register(&config, &mut drain).await?;
         let Some(registered) = registered else { return Ok(()) };
         let id = registered.executor_id.clone();
+        let token = registered.token.clone();
         tracing::info!(executor = %id, driver = %config.driver, slots = config.slots, "registered with the driver");
         if !draining.load(Ordering::SeqCst) {
             state.send_replace(HostState::Ready);
@@ -71,6 +72,7 @@ pub async fn run_host(
                 client: client.clone(),
                 executor: executor.clone(),
                 id: id.clone(),
+                token: token.clone(),
                 draining: draining.clone(),
                 lost: lost.clone(),
                 config: config.clone(),
@@ -83,7 +85,7 @@ pub async fn run_host(
             tokio::select! {
                 _ = ticker.tick() => {
                     let beat = Heartbeat { draining: draining.load(Ordering::SeqCst) };
-                    match client.heartbeat(&id, &beat).await {
+                    match client.heartbeat(&id, &token, &beat).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(executor = %id, "the driver no longer knows this host; registering again");
@@ -100,14 +102,14 @@ pub async fn run_host(
                         tracing::info!(executor = %id, "draining: finishing running tasks, taking no new ones");
                         draining.store(true, Ordering::SeqCst);
                         state.send_replace(HostState::Draining);
-                        let _ = client.heartbeat(&id, &Heartbeat { draining: true }).await;
+                        let _ = client.heartbeat(&id, &token, &Heartbeat { draining: true }).await;
                     }
                 }
                 Some(_) = workers.join_next() => {}
             }
         }
         if draining.load(Ordering::SeqCst) {
-            client.leave(&id).await;
+            client.leave(&id, &token).await;
             tracing::info!(executor = %id, "drained and left the driver");
             return Ok(());
         }
@@ -118,6 +120,8 @@ struct Worker {
     client: DriverClient,
     executor: Executor,
     id: String,
+    /// What this host presents to the driver since it registered.
+    token: String,
     draining: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
     config: HostConfig,
@@ -126,7 +130,7 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         while !self.draining.load(Ordering::SeqCst) && !self.lost.load(Ordering::SeqCst) {
-            let assignment = match self.client.next_task(&self.id, self.config.poll_wait).await {
+            let assignment = match self.client.next_task(&self.id, &self.token, self.config.poll_wait).await {
                 Ok(Some(a)) => a,
                 Ok(None) => continue,
                 Err(PollError::UnknownHost) => {
@@ -143,7 +147,7 @@ impl Worker {
                 tokio::time::sleep(self.config.task_delay).await;
             }
             let outcome = TaskOutcome::from(self.executor.run_task(assignment.request).await);
-            self.client.report(&self.id, assignment.task_key, &outcome).await;
+            self.client.report(&self.id, &self.token, assignment.task_key, &outcome).await;
         }
     }
 }
@@ -170,8 +174,9 @@ impl DriverClient {
         Ok(Self { http, base: config.driver.trim_end_matches('/').to_string(), secret: config.secret.clone() })
     }
 
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.secret)
+    /// A POST with the executor secret (registration) or the host's token (everything after).
+    fn post(&self, path: &str, credential: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.base)).bearer_auth(credential)
     }
 
     /// Register, retrying while the driver is unreachable; `None` when asked to drain first.
@@ -182,7 +187,7 @@ impl DriverClient {
             if *drain.borrow() {
                 return Ok(None);
             }
-            match send_json::<_, HostRegistered>(self.post("/v1/executors"), &body).await {
+            match send_json::<_, HostRegistered>(self.post("/v1/executors", &self.secret), &body).await {
                 Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => return Err(IgnisError::Protocol("the driver sent no registration".into())),
                 Err(SendError::Refused(status, message)) => {
@@ -200,30 +205,36 @@ impl DriverClient {
         }
     }
 
-    async fn heartbeat(&self, id: &str, beat: &Heartbeat) -> Result<bool> {
-        match send_json::<_, serde_json::Value>(self.post(&format!("/v1/executors/{id}/heartbeat")), beat).await {
+    async fn heartbeat(&self, id: &str, token: &str, beat: &Heartbeat) -> Result<bool> {
+        let request = self.post(&format!("/v1/executors/{id}/heartbeat"), token);
+        match send_json::<_, serde_json::Value>(request, beat).await {
             Ok(_) => Ok(true),
-            Err(SendError::Refused(StatusCode::NOT_FOUND, _)) => Ok(false),
+            Err(SendError::Refused(status, _)) if forgotten(status) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn next_task(&self, id: &str, wait: Duration) -> std::result::Result<Option<TaskAssignment>, PollError> {
+    async fn next_task(
+        &self,
+        id: &str,
+        token: &str,
+        wait: Duration,
+    ) -> std::result::Result<Option<TaskAssignment>, PollError> {
         let path = format!("/v1/executors/{id}/tasks/next?wait_ms={}", wait.as_millis());
-        let request = self.post(&path).timeout(wait + Duration::from_secs(10));
+        let request = self.post(&path, token).timeout(wait + Duration::from_secs(10));
         match send_json::<_, TaskAssignment>(request, &serde_json::json!({})).await {
             Ok(a) => Ok(a),
-            Err(SendError::Refused(StatusCode::NOT_FOUND, _)) => Err(PollError::UnknownHost),
+            Err(SendError::Refused(status, _)) if forgotten(status) => Err(PollError::UnknownHost),
             Err(e) => Err(PollError::Other(e.into())),
         }
     }
 
     /// Report a task's outcome; retried while the driver is unreachable, since
     /// the work is done and the driver would otherwise run it again.
-    async fn report(&self, id: &str, task_key: u64, outcome: &TaskOutcome) {
+    async fn report(&self, id: &str, token: &str, task_key: u64, outcome: &TaskOutcome) {
         let path = format!("/v1/executors/{id}/tasks/{task_key}/result");
         for attempt in 0..5u32 {
-            match send_json::<_, serde_json::Value>(self.post(&path), outcome).await {
+            match send_json::<_, serde_json::Value>(self.post(&path, token), outcome).await {
                 Ok(_) => return,
                 Err(SendError::Refused(status, message)) => {
                     tracing::warn!(task_key, %status, %message, "the driver did not take the task result");
@@ -237,12 +248,18 @@ impl DriverClient {
         }
     }
 
-    async fn leave(&self, id: &str) {
-        let request = self.http.delete(format!("{}/v1/executors/{id}", self.base)).bearer_auth(&self.secret);
+    async fn leave(&self, id: &str, token: &str) {
+        let request = self.http.delete(format!("{}/v1/executors/{id}", self.base)).bearer_auth(token);
         if let Err(e) = request.send().await {
             tracing::warn!(executor = %id, error = %e, "could not tell the driver this host is leaving");
         }
     }
+}
+
+/// The driver no longer knows this host (declared lost, or restarted): its
+/// id answers 404 and its token 401. The host registers again.
+fn forgotten(status: StatusCode) -> bool {
+    status == StatusCode::NOT_FOUND || status == StatusCode::UNAUTHORIZED
 }
 
 enum SendError {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 /// The `error` object of every error response, and of a failed job's status.
@@ -27,7 +29,12 @@ pub struct ErrorEnvelope {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self { status, body: ErrorBody { code: code.to_string(), message: message.into() } }
+        Self { status, body: ErrorBody { code: code.to_string(), message: message.into() }, retry_after: None }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -73,7 +80,11 @@ pub fn user_error_code(e: &IgnisError) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorEnvelope { error: self.body })).into_response()
+        let mut response = (self.status, axum::Json(ErrorEnvelope { error: self.body })).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

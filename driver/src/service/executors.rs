@@ -15,7 +15,7 @@ use ignis_core::protocol::{Heartbeat, HostRegistered, PROTOCOL_VERSION, Register
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::{ExecutorCaller, Tenant};
+use super::auth::{HostCaller, Registering, Tenant};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, body_error};
 use crate::hosts::{HostError, HostInfo, HostsBackend};
@@ -48,6 +48,7 @@ fn host_error(id: &str, e: HostError) -> ApiError {
             "protocol_mismatch",
             format!("the executor speaks task protocol version {v}; this driver speaks version {PROTOCOL_VERSION}"),
         ),
+        HostError::BadResult(why) => ApiError::bad_request("bad_result", format!("result refused: {why}")),
     }
 }
 
@@ -62,23 +63,27 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiRes
 
 async fn register(
     State(state): State<Arc<AppState>>,
-    _executor: ExecutorCaller,
+    _executor: Registering,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let hosts = hosts(&state)?;
     let req: RegisterHost = json_body(body)?;
-    let executor_id = hosts.register(&req).map_err(|e| host_error(&req.name, e))?;
-    let registered =
-        HostRegistered { executor_id, heartbeat_interval_ms: hosts.heartbeat_interval().as_millis() as u64 };
+    let registration = hosts.register(&req).map_err(|e| host_error(&req.name, e))?;
+    let registered = HostRegistered {
+        executor_id: registration.id,
+        token: registration.token,
+        heartbeat_interval_ms: hosts.heartbeat_interval().as_millis() as u64,
+    };
     Ok((StatusCode::CREATED, Json(registered)).into_response())
 }
 
 async fn heartbeat(
     State(state): State<Arc<AppState>>,
-    _executor: ExecutorCaller,
+    caller: HostCaller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    caller.owns(&id)?;
     let beat: Heartbeat = json_body(body)?;
     hosts(&state)?.heartbeat(&id, beat.draining).map_err(|e| host_error(&id, e))?;
     Ok(Json(serde_json::json!({"ok": true})))
@@ -86,9 +91,10 @@ async fn heartbeat(
 
 async fn leave(
     State(state): State<Arc<AppState>>,
-    _executor: ExecutorCaller,
+    caller: HostCaller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    caller.owns(&id)?;
     hosts(&state)?.leave(&id).map_err(|e| host_error(&id, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -100,10 +106,11 @@ struct PollParams {
 
 async fn next_task(
     State(state): State<Arc<AppState>>,
-    _executor: ExecutorCaller,
+    caller: HostCaller,
     Path(id): Path<String>,
     params: Result<Query<PollParams>, QueryRejection>,
 ) -> ApiResult<Response> {
+    caller.owns(&id)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(10_000)).min(MAX_POLL_WAIT);
     match hosts(&state)?.next_task(&id, wait).await.map_err(|e| host_error(&id, e))? {
@@ -114,10 +121,11 @@ async fn next_task(
 
 async fn report(
     State(state): State<Arc<AppState>>,
-    _executor: ExecutorCaller,
+    caller: HostCaller,
     Path((id, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    caller.owns(&id)?;
     let key: u64 =
         key.parse().map_err(|_| ApiError::bad_request("invalid_path", format!("task key {key:?} is not a number")))?;
     let outcome: TaskOutcome = json_body(body)?;

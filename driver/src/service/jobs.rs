@@ -3,7 +3,7 @@
 //! kept for `GET /v1/jobs/{id}`. Every job belongs to the tenant that
 //! submitted it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,18 +11,34 @@ use ignis_core::error::{ErrorKind, IgnisError};
 use ignis_core::ids::JobId;
 use ignis_core::job::JobSpec;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::error::{ErrorBody, user_error_code};
 use crate::scheduler::JobEvent;
 use crate::{Driver, JobOutcome, JobResult};
 
-/// Finished jobs kept for status and results; the oldest go first.
-const RETAINED_JOBS: usize = 1000;
+/// How many jobs a tenant may have, and keep.
+#[derive(Clone, Debug)]
+pub struct TenantLimits {
+    /// Jobs of one tenant running at once; more wait in a queue.
+    pub running: usize,
+    /// Jobs of one tenant waiting to run; past that, a submission is refused (429).
+    pub queued: usize,
+    /// Finished jobs kept per tenant for status and results; its oldest go first.
+    pub retained: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self { running: 4, queued: 16, retained: 100 }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for one of its tenant's running slots.
+    Queued,
     Running,
     Succeeded,
     Failed,
@@ -31,7 +47,7 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_finished(self) -> bool {
-        self != JobState::Running
+        !matches!(self, JobState::Running | JobState::Queued)
     }
 }
 
@@ -92,6 +108,7 @@ pub struct JobEntry {
 
 #[derive(Default)]
 struct Progress {
+    /// None until the job finishes, except `Queued` while it waits.
     state: Option<JobState>,
     elapsed_ms: Option<u64>,
     stages: BTreeMap<u32, StageStatus>,
@@ -231,24 +248,49 @@ fn job_error(e: &IgnisError) -> ErrorBody {
 #[derive(Default)]
 pub struct JobRegistry {
     jobs: Mutex<Jobs>,
+    limits: TenantLimits,
+    /// Running slots per tenant.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The tenant has as many jobs running and queued as it may.
+#[derive(Debug)]
+pub struct Busy {
+    pub running: usize,
+    pub queued: usize,
 }
 
 /// Jobs by id, and their ids in submission order.
 type Jobs = (BTreeMap<JobId, Arc<JobEntry>>, VecDeque<JobId>);
 
 impl JobRegistry {
+    pub fn new(limits: TenantLimits) -> Self {
+        Self { limits, ..Default::default() }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start `job` in the background for `tenant`; `done` runs when it ends.
+    fn slots(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.entry(tenant.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.running.max(1)))).clone()
+    }
+
+    /// Start `job` in the background for `tenant` (queued behind the tenant's
+    /// running jobs if it has its fill); `done` runs when it ends.
     pub fn submit(
         &self,
         driver: Arc<Driver>,
         tenant: String,
         job: JobSpec,
         done: impl FnOnce(&JobEntry) + Send + 'static,
-    ) -> Arc<JobEntry> {
+    ) -> Result<Arc<JobEntry>, Busy> {
+        let unfinished = self.list(&tenant).iter().filter(|j| !j.state().is_finished()).count();
+        if unfinished >= self.limits.running + self.limits.queued {
+            return Err(Busy { running: self.limits.running, queued: self.limits.queued });
+        }
+        let slots = self.slots(&tenant);
         let (cancel, mut cancelled) = watch::channel(false);
         let submitted_at_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
@@ -259,7 +301,7 @@ impl JobRegistry {
             submitted_at_ms,
             started: Instant::now(),
             cancel,
-            progress: Mutex::default(),
+            progress: Mutex::new(Progress { state: Some(JobState::Queued), ..Default::default() }),
         });
         self.insert(entry.clone());
         let running = entry.clone();
@@ -269,22 +311,38 @@ impl JobRegistry {
                 // An error means the sender is gone, which never happens while the job runs.
                 let _ = cancelled.wait_for(|c| *c).await;
             };
-            let outcome = driver.run_job(running.id.clone(), &job, &events, cancel).await;
+            tokio::pin!(cancel);
+            let outcome = tokio::select! {
+                permit = slots.acquire_owned() => {
+                    running.progress().state = None;
+                    // The semaphore is never closed.
+                    let _permit = permit;
+                    driver.run_job(running.id.clone(), &job, &events, cancel).await
+                }
+                () = &mut cancel => Err(IgnisError::Cancelled),
+            };
             running.finish(outcome);
             done(&running);
         });
-        entry
+        Ok(entry)
     }
 
+    /// Keep `entry`; drop the tenant's oldest finished jobs past its share,
+    /// never another tenant's.
     fn insert(&self, entry: Arc<JobEntry>) {
         let mut guard = self.lock();
         let (jobs, order) = &mut *guard;
+        let tenant = entry.tenant.clone();
         order.push_back(entry.id.clone());
         jobs.insert(entry.id.clone(), entry);
-        while order.len() > RETAINED_JOBS {
-            let Some(pos) = order.iter().position(|id| jobs.get(id).is_none_or(|j| j.state().is_finished())) else {
-                break;
-            };
+        let finished: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| jobs.get(*id).is_some_and(|j| j.tenant == tenant && j.state().is_finished()))
+            .map(|(pos, _)| pos)
+            .collect();
+        let excess = finished.len().saturating_sub(self.limits.retained);
+        for pos in finished.into_iter().take(excess).rev() {
             if let Some(id) = order.remove(pos) {
                 jobs.remove(&id);
             }

@@ -6,11 +6,13 @@ mod auth;
 mod error;
 mod executors;
 mod jobs;
+mod policy;
+mod server;
 mod udfs;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,20 +22,26 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::arrow::ipc::writer::StreamWriter;
-use ignis_core::job::JobSpec;
+use ignis_core::job::{JobLimits, JobSpec};
 use serde::Serialize;
 
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, KeyHash, Tenants, hash_key};
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorEnvelope};
-pub use jobs::{JobMetrics, JobState, JobStatus, StageStatus, WrittenOutput};
+pub use jobs::{JobMetrics, JobState, JobStatus, StageStatus, TenantLimits, WrittenOutput};
+pub use policy::StoragePolicy;
+pub use server::{ServerLimits, serve};
 
 use crate::hosts::HostsBackend;
+use crate::stages::StageGraph;
 use crate::{Driver, JobResult};
 use auth::Tenant;
 use jobs::{JobEntry, JobRegistry};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
+
+/// Seconds a client is asked to wait after a 429.
+const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Media type of Arrow IPC stream results.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -42,8 +50,27 @@ pub struct ServiceConfig {
     pub auth: AuthConfig,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
-    /// Let jobs read and write the driver's local files (file:// and paths).
-    pub allow_local_files: bool,
+    /// What each tenant's jobs may read and write.
+    pub policy: StoragePolicy,
+    /// Upper bounds of job settings.
+    pub job_limits: JobLimits,
+    /// Jobs running, queued and kept per tenant.
+    pub tenant_limits: TenantLimits,
+    /// The longest a job may take to plan at submission.
+    pub planning_timeout: Duration,
+}
+
+impl ServiceConfig {
+    pub fn new(auth: AuthConfig, policy: StoragePolicy) -> Self {
+        Self {
+            auth,
+            max_body_bytes: 8 << 20,
+            policy,
+            job_limits: JobLimits::default(),
+            tenant_limits: TenantLimits::default(),
+            planning_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 pub struct AppState {
@@ -51,7 +78,9 @@ pub struct AppState {
     hosts: Option<Arc<HostsBackend>>,
     jobs: JobRegistry,
     auth: AuthConfig,
-    allow_local_files: bool,
+    policy: StoragePolicy,
+    job_limits: JobLimits,
+    planning_timeout: Duration,
     metrics: Metrics,
     openapi: serde_json::Value,
 }
@@ -73,9 +102,11 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
     let state = Arc::new(AppState {
         driver,
         hosts,
-        jobs: JobRegistry::default(),
+        jobs: JobRegistry::new(config.tenant_limits),
         auth: config.auth,
-        allow_local_files: config.allow_local_files,
+        policy: config.policy,
+        job_limits: config.job_limits,
+        planning_timeout: config.planning_timeout,
         metrics: Metrics::default(),
         openapi,
     });
@@ -98,17 +129,6 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         .with_state(state))
 }
 
-/// Serve `router` on `listen` until `shutdown` completes.
-pub async fn serve(
-    router: Router,
-    listen: SocketAddr,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "driver listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
-}
-
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -117,15 +137,41 @@ async fn openapi_doc(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.openapi.clone()).into_response()
 }
 
-/// A request body as a job spec; errors name the field.
-fn parse_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<JobSpec> {
+/// A request body as a job of `tenant`, resolved once: settings within
+/// bounds, every location parsed and allowed by the storage policy, UDF names
+/// turned into the tenant's own components, the backend offered. Errors name
+/// the field.
+async fn resolve_job(state: &AppState, tenant: &str, body: Result<Bytes, BytesRejection>) -> ApiResult<JobSpec> {
     let body = body.map_err(body_error)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
     let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
-    job.check_submitted_locations(state.allow_local_files).map_err(ApiError::from_job_error)?;
+    state.job_limits.check(&job).map_err(ApiError::from_job_error)?;
+    job.check_submitted_udfs().map_err(ApiError::from_job_error)?;
+    let locations = job.resolve_locations(None).map_err(ApiError::from_job_error)?;
+    state.policy.check(tenant, &locations)?;
     state.driver.backend_for(&job).map_err(ApiError::from_job_error)?;
-    job.resolve_paths(std::path::Path::new("/")).map_err(ApiError::from_job_error)?;
+    udfs::resolve_names(state, tenant, &mut job).await?;
     Ok(job)
+}
+
+/// Plan a job away from the request's task, under the planning time limit:
+/// planning reads metadata (listings, footers, schemas), never rows.
+async fn plan_in_background(state: &AppState, job: &JobSpec) -> ApiResult<StageGraph> {
+    let driver = state.driver.clone();
+    let owned = job.clone();
+    let planning = tokio::spawn(async move { driver.explain(&owned).await });
+    match tokio::time::timeout(state.planning_timeout, planning).await {
+        Ok(Ok(planned)) => planned.map_err(ApiError::from_job_error),
+        Ok(Err(join)) => Err(ApiError::internal(join)),
+        Err(_) => Err(ApiError::bad_request(
+            "planning_timeout",
+            format!(
+                "planning the job took longer than {} s (listing and reading the tables' metadata); point tables \
+                 at fewer files",
+                state.planning_timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
@@ -147,16 +193,29 @@ async fn submit_job(
     Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let mut job = parse_job(&state, body)?;
-    udfs::resolve_names(&state, &tenant, &mut job).await?;
+    let job = resolve_job(&state, &tenant, body).await?;
     // Plan now so a bad query is answered at once, like Spark's analysis errors.
-    state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
-    state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+    plan_in_background(&state, &job).await?;
     let finished = state.clone();
-    let entry = state.jobs.submit(state.driver.clone(), tenant, job, move |job| finished.record_finished(job));
+    let entry = state
+        .jobs
+        .submit(state.driver.clone(), tenant, job, move |job| finished.record_finished(job))
+        .map_err(|busy| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_jobs",
+                format!(
+                    "this tenant already has {} jobs running and {} queued, the most this driver takes; submit again \
+                     when one has finished",
+                    busy.running, busy.queued
+                ),
+            )
+            .with_retry_after(RETRY_AFTER_SECONDS)
+        })?;
+    state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
     tracing::info!(job = %entry.id, tenant = %entry.tenant, "job submitted");
     let location = format!("/v1/jobs/{}", entry.id);
-    let body = axum::Json(Submitted { id: entry.id.to_string(), state: JobState::Running });
+    let body = axum::Json(Submitted { id: entry.id.to_string(), state: entry.state() });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
 }
 
@@ -219,6 +278,7 @@ async fn job_result(
     let Some(result) = job.result() else {
         let why = match job.state() {
             JobState::Running => "is still running",
+            JobState::Queued => "is still queued",
             JobState::Cancelled => "was cancelled",
             _ => "failed; its status says why",
         };
@@ -285,9 +345,8 @@ async fn explain(
     Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Explained>> {
-    let mut job = parse_job(&state, body)?;
-    udfs::resolve_names(&state, &tenant, &mut job).await?;
-    let graph = state.driver.explain(&job).await.map_err(ApiError::from_job_error)?;
+    let job = resolve_job(&state, &tenant, body).await?;
+    let graph = plan_in_background(&state, &job).await?;
     let stages = graph
         .stages
         .iter()
@@ -296,8 +355,8 @@ async fn explain(
     Ok(axum::Json(Explained { stages, text: graph.display(&Driver::describe_output(&job)) }))
 }
 
-/// Prometheus text format.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Prometheus text format; any tenant's key reads it (the numbers are the driver's, not a tenant's).
+async fn metrics(State(state): State<Arc<AppState>>, _tenant: Tenant) -> Response {
     let m = &state.metrics;
     let hosts = state.hosts.as_ref().map(|h| h.hosts()).unwrap_or_default();
     let mut out = String::new();

@@ -229,7 +229,7 @@ async fn check_bad_requests(cluster: &Cluster) {
     // The driver's own disk is off limits unless it was started to allow it.
     let local = json!({"tables": {"t": {"format": "csv", "location": "/etc/"}}, "sql": "SELECT * FROM t"});
     let (status, body) = cluster.api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(local)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 403, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("--allow-local-files"), "{body}");
     // A relative path cannot be resolved on the driver.
     let rel = json!({"tables": {"t": {"format": "csv", "location": "data/t.csv"}}, "sql": "SELECT * FROM t"});
@@ -245,8 +245,9 @@ async fn check_bad_requests(cluster: &Cluster) {
     assert_eq!(cluster.api.request(Method::GET, "/v1/jobs/job-nope", Some(ALICE), None).await.0, 404);
     let (status, body) = cluster.api.request(Method::GET, "/v1/nothing", Some(ALICE), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    // Metrics are Prometheus text.
-    let (status, body) = cluster.api.request(Method::GET, "/metrics", None, None).await;
+    // Metrics are Prometheus text, for callers with a key.
+    assert_eq!(cluster.api.request(Method::GET, "/metrics", None, None).await.0, 401);
+    let (status, body) = cluster.api.request(Method::GET, "/metrics", Some(ALICE), None).await;
     assert_eq!(status, 200);
     assert!(body.as_str().unwrap().contains("ignis_jobs_finished_total{state=\"succeeded\"}"), "{body}");
 }

@@ -156,6 +156,7 @@ async fn example_udfs_in_sql_run_distributed_and_match_the_same_logic_native() {
     let config = DriverConfig {
         shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
         udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+        ..DriverConfig::default()
     };
     let driver = Driver::local(2, config);
     let outcome = driver.run(&job, &|_| {}).await.unwrap();
@@ -208,6 +209,7 @@ async fn map_batches_runs_the_example_transform_distributed_like_the_same_logic_
     let config = DriverConfig {
         shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
         udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+        ..DriverConfig::default()
     };
     let driver = Driver::local(2, config);
     let ctx = SessionContext::new();
@@ -293,6 +295,7 @@ async fn a_python_udf_built_with_componentize_py_runs_distributed_like_the_same_
     let config = DriverConfig {
         shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
         udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+        ..DriverConfig::default()
     };
     let outcome = Driver::local(2, config).run(&job, &|_| {}).await.unwrap();
     assert!(outcome.stages >= 2, "{outcome:?}");
@@ -323,6 +326,7 @@ async fn a_trapping_udf_fails_the_job_with_its_name_and_is_not_retried() {
     let config = DriverConfig {
         shuffle_root: url::Url::from_directory_path(ws.path().join("_shuffle")).unwrap().to_string(),
         udf_root: url::Url::from_directory_path(ws.path().join("_udfs")).unwrap().to_string(),
+        ..DriverConfig::default()
     };
     let driver = Driver::local(2, config);
     let attempts = std::sync::atomic::AtomicUsize::new(0);
@@ -394,7 +398,9 @@ async fn upload_over_http_validates_and_jobs_use_udfs_on_an_executor_host() {
     let udf_root = ws.path().join("udfs");
     let mut driver = Command::new(env!("CARGO_BIN_EXE_ignis"));
     driver
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--allow-local-files", "--local-executors", "1"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--local-executors", "1"])
+        .arg("--allow-local-files")
+        .arg(ws.path())
         .args(["--executor-secret", SECRET, "--shuffle-root"])
         .arg(ws.path().join("shuffle"))
         .arg("--udf-root")
