@@ -57,7 +57,7 @@ fn check_create_table(table: &ast::CreateTable) -> std::result::Result<(), Strin
     });
     let Some(values) = values else {
         return Err("only CREATE TABLE name AS VALUES (...) is allowed; for a query, use CREATE VIEW name AS \
-                    SELECT ..."
+                    SELECT ...; declare inputs under `tables` and write results with `output`"
             .into());
     };
     if values.rows.len() > MAX_VALUES_ROWS {

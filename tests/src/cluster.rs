@@ -253,7 +253,7 @@ impl Api {
         loop {
             let (status, body) = self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(key), None).await;
             assert_eq!(status, 200, "{body}");
-            if body["state"] != "running" {
+            if body["state"] != "running" && body["state"] != "queued" {
                 return body;
             }
             assert!(Instant::now() < deadline, "job {id} did not finish: {body}");

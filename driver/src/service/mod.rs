@@ -126,7 +126,27 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            refuse_declared_oversize(req, next, config.max_body_bytes)
+        }))
         .with_state(state))
+}
+
+/// A body whose Content-Length is past the route's limit is refused before
+/// any of it is read (the body limit alone would read up to the limit first,
+/// and wait for a client that sends nothing).
+async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middleware::Next, limit: usize) -> Response {
+    let limit = if req.uri().path() == "/v1/udfs" { udfs::MAX_COMPONENT_BYTES } else { limit };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is too large (at most {limit} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz() -> &'static str {

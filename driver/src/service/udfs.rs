@@ -19,7 +19,7 @@ use super::{AppState, body_error};
 use crate::udfs::RegisteredUdf;
 
 /// Components are larger than job specs: a Rust one is a few MB, a Python one ~20 MB.
-const MAX_COMPONENT_BYTES: usize = 64 << 20;
+pub(super) const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()

@@ -11,5 +11,6 @@ mod formats;
 mod orders;
 mod parity;
 mod retry;
+mod tenants;
 mod udf;
 mod write_modes;
