@@ -3,6 +3,11 @@
 //! has succeeded does the driver move the accepted attempts' files into place,
 //! write the `_SUCCESS` manifest, and (for overwrite) remove the old files.
 //! A job that fails before that leaves the location exactly as it was.
+//!
+//! One job writes a location at a time: `prepare` creates the lock object
+//! `{location}/_ignis_write.lock` with a conditional put (create only if
+//! absent), and the job removes it when it has committed or cleaned up. A
+//! second job that finds it fails at once, naming the job that holds it.
 
 use std::sync::Arc;
 
@@ -13,10 +18,12 @@ use ignis_core::job::{WriteMode, WriteSpec};
 use ignis_core::protocol::{TaskResult, TaskResultOutput};
 use ignis_core::store;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::Serialize;
 
 pub const SUCCESS_MANIFEST: &str = "_SUCCESS";
+/// The object that marks a location as being written by a job.
+pub const WRITE_LOCK: &str = "_ignis_write.lock";
 
 /// A write about to start: the mode has been checked against what is there.
 pub struct PendingWrite {
@@ -44,24 +51,55 @@ pub struct Committed {
 }
 
 /// `None` when mode = ignore and data is there: the job should not run.
+/// Takes the location's write lock first; it is released again unless a
+/// [`PendingWrite`] is returned (which releases it in `commit` or `cleanup`).
 pub async fn prepare(env: &RuntimeEnv, spec: &WriteSpec, job_id: &JobId) -> Result<Option<PendingWrite>> {
     let (store, root) = store::resolve(env, &spec.location)?;
-    let existing = visible_files(store.as_ref(), &root).await?;
     let location_existed = location_exists(&spec.location);
-    if !existing.is_empty() {
-        match spec.mode {
-            WriteMode::Error => {
-                return Err(IgnisError::Output(format!(
-                    "output location {} already holds {} file(s); set output.write.mode to \"overwrite\", \"append\" or \"ignore\"",
-                    spec.location,
-                    existing.len()
-                )));
-            }
-            WriteMode::Ignore => return Ok(None),
-            WriteMode::Overwrite | WriteMode::Append => {}
+    let lock = child_path(&root, WRITE_LOCK);
+    lock_location(store.as_ref(), &lock, &spec.location, job_id).await?;
+    let pending = PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed };
+    let go_ahead = match visible_files(pending.store.as_ref(), &pending.root).await {
+        Ok(existing) if existing.is_empty() => Ok(true),
+        Ok(existing) => match spec.mode {
+            WriteMode::Error => Err(IgnisError::Output(format!(
+                "output location {} already holds {} file(s); set output.write.mode to \"overwrite\", \"append\" or \"ignore\"",
+                spec.location,
+                existing.len()
+            ))),
+            WriteMode::Ignore => Ok(false),
+            WriteMode::Overwrite | WriteMode::Append => Ok(true),
+        },
+        Err(e) => Err(e),
+    };
+    match go_ahead {
+        Ok(true) => Ok(Some(pending)),
+        other => {
+            pending.cleanup().await?;
+            other.map(|_| None)
         }
     }
-    Ok(Some(PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed }))
+}
+
+/// Create the lock object, only if there is none: two jobs never write one location at once.
+async fn lock_location(store: &dyn ObjectStore, lock: &Path, location: &str, job_id: &JobId) -> Result<()> {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let body = serde_json::json!({"job_id": job_id.to_string(), "since_unix_s": since}).to_string();
+    let create = PutOptions::from(PutMode::Create);
+    match store.put_opts(lock, PutPayload::from(body), create).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let holder = match store.get(lock).await {
+                Ok(got) => got.bytes().await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            Err(IgnisError::Output(format!(
+                "output location {location} is being written by another job ({holder}); try again when it has \
+                 finished (if no job is writing there, a driver stopped mid-job: remove {location}/{WRITE_LOCK})"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl PendingWrite {
@@ -121,6 +159,7 @@ impl PendingWrite {
         let staging = self.staging_url();
         let staging_path = child_path(&self.root, &format!("_temporary/{}", self.job_id));
         store::delete_prefix(self.store.as_ref(), &staging, &staging_path).await?;
+        self.store.delete(&child_path(&self.root, WRITE_LOCK)).await?;
         let temporary = store::join(&self.spec.location, "_temporary");
         remove_local_dir_if_empty(&temporary);
         if !self.location_existed {

@@ -281,10 +281,22 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
                      "output": {"write": {"format": "parquet",
                                           "location": format!("s3://{BUCKET}/tenants/alice/out/"), "mode": "overwrite"}},
                      "config": {"backend": "hosts"}});
-    let (status, body) = api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(own)).await;
+    let (status, body) = api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(own.clone())).await;
     assert_eq!(status, 202, "{body}");
     let done = api.wait(ALICE, body["id"].as_str().unwrap()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+
+    // A location another job is writing (it holds the write lock) is refused cleanly, untouched.
+    let lock = object_store::path::Path::from(format!("tenants/alice/out/{}", ignis_driver::commit::WRITE_LOCK));
+    store.put(&lock, r#"{"job_id":"job-other"}"#.into()).await.unwrap();
+    let before = snapshot(store.as_ref(), "tenants/alice/out").await;
+    let (status, body) = api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(own.clone())).await;
+    assert_eq!(status, 202, "{body}");
+    let refused = api.wait(ALICE, body["id"].as_str().unwrap()).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("being written by another job"), "{refused}");
+    assert!(snapshot(store.as_ref(), "tenants/alice/out").await == before, "a refused write changed its location");
+    store.delete(&lock).await.unwrap();
 
     // Afterwards: the driver answers, bob's objects and the UDF registry are
     // byte-identical, and memory is near where it started.

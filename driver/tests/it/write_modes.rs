@@ -124,3 +124,24 @@ fn csv_and_json_output_hold_the_rows() {
         assert_eq!(text, expected);
     }
 }
+
+#[test]
+fn a_location_being_written_by_another_job_is_refused_and_left_alone() {
+    let ws = orders_workspace();
+    run_ok(ws.path(), &job_with(ws.path(), "first", "overwrite", ""));
+    let dir = ws.path().join("out/us_orders_by_product");
+    // Another job holds the location's write lock (as one running now would).
+    let lock = dir.join(ignis_driver::commit::WRITE_LOCK);
+    std::fs::write(&lock, r#"{"job_id":"job-other","since_unix_s":0}"#).unwrap();
+    let before = snapshot(&dir);
+    let out = ignis(&["run", &job_with(ws.path(), "second", "overwrite", "")], ws.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("being written by another job") && err.contains("job-other"), "{err}");
+    assert_eq!(snapshot(&dir), before, "the refused job changed the location");
+    // Once that job is done, the location is free; a job leaves no lock behind.
+    std::fs::remove_file(&lock).unwrap();
+    run_ok(ws.path(), &job_with(ws.path(), "third", "overwrite", ""));
+    assert!(!lock.exists(), "the lock outlived its job");
+    assert_eq!(read_counts(&dir, "product", "orders"), us_orders_by_product(&ws.path().join("data")));
+}
