@@ -63,6 +63,14 @@ fn evil_guests_are_contained_each_with_the_right_error() {
     assert!(e.contains("UDF boom (evil) trapped"), "{e}");
     assert!(e.contains("boom at 7") && e.contains("about to fail on 7"), "guest stderr is in the error: {e}");
 
+    // Much stderr: kept to its last 4 KiB, never a trap; the error carries only that tail.
+    let out = evil.call_scalar(&calls, "chatty", &ints(&[5])).unwrap();
+    assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values(), &[15]);
+    let e = error("shout", &ints(&[9]));
+    assert!(e.contains("UDF shout (evil) trapped") && e.contains("shouted out at 9"), "{e}");
+    assert!(e.contains("earlier bytes dropped") && !e.contains("shouting line     0 "), "{e}");
+    assert!(e.len() < 6 << 10, "the error carries {} bytes", e.len());
+
     // No files: not even a directory listing of the root.
     let e = error("read_file", &strings(&["/etc/passwd"]));
     assert!(e.contains("UDF read_file (evil) failed") && e.contains("cannot read /etc/passwd"), "{e}");

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use super::stderr::TailPipe;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -16,7 +17,6 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy, ResourceLimiter, Store,
     Trap,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
@@ -43,13 +43,13 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall time one call (one batch) may take.
     pub call_timeout: Duration,
-    /// Guest stderr kept for the error message.
+    /// The last bytes of guest stderr kept for an error message (earlier ones are dropped).
     pub stderr_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 256 << 20, call_timeout: Duration::from_secs(10), stderr_bytes: 16 << 10 }
+        Self { memory_bytes: 256 << 20, call_timeout: Duration::from_secs(10), stderr_bytes: 4 << 10 }
     }
 }
 
@@ -330,7 +330,7 @@ struct Call {
     label: String,
     limits: Limits,
     store: Store<Sandbox>,
-    stderr: MemoryOutputPipe,
+    stderr: TailPipe,
     instance: bindings::Udf,
 }
 
@@ -353,7 +353,7 @@ impl Component {
 
     fn instantiate(&self, function: &str) -> Result<Call> {
         let limits = &self.host.limits;
-        let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+        let stderr = TailPipe::new(limits.stderr_bytes);
         // Nothing granted: no preopened directories, no environment variables,
         // no arguments, no sockets, no name lookups. stdout goes nowhere.
         let wasi = WasiCtxBuilder::new()
@@ -439,7 +439,7 @@ impl Component {
     /// its memory limit (a guest that leaks gets a clean one) or wrote to
     /// stderr (an error must show only its own call's output).
     fn checkin(&self, instances: &Instances, call: Call) {
-        if call.store.data().limiter.grown_to > call.limits.memory_bytes / 2 || !call.stderr.contents().is_empty() {
+        if call.store.data().limiter.grown_to > call.limits.memory_bytes / 2 || !call.stderr.is_empty() {
             return;
         }
         let mut idle = instances.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -549,9 +549,7 @@ impl Call {
     }
 
     fn stderr_tail(&self) -> String {
-        let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
+        let text = self.stderr.text();
         if text.is_empty() { String::new() } else { format!("; its stderr: {text}") }
     }
 }

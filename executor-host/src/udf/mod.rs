@@ -41,6 +41,7 @@ macro_rules! wasm_function_identity {
 mod aggregate;
 mod host;
 mod scalar;
+mod stderr;
 mod transform;
 
 pub use aggregate::WasmAggregateUdf;

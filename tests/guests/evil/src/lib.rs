@@ -41,6 +41,24 @@ fn boom(x: i64) -> i64 {
     panic!("boom at {x}")
 }
 
+/// Writes 100 KiB to stderr, then answers: printing is no reason to fail.
+#[ignis_udf::scalar]
+fn chatty(x: i64) -> i64 {
+    for i in 0..2_000 {
+        eprintln!("chatty line {i:>5} of the guest's stderr, written to fill it .....");
+    }
+    x * 3
+}
+
+/// Writes 100 KiB to stderr, then panics: the error keeps only the last lines.
+#[ignis_udf::scalar]
+fn shout(x: i64) -> i64 {
+    for i in 0..2_000 {
+        eprintln!("shouting line {i:>5} of the guest's stderr, written to fill it ...");
+    }
+    panic!("shouted out at {x}")
+}
+
 /// Tries to read a file of the host.
 #[ignis_udf::scalar]
 fn read_file(path: &str) -> Result<String, String> {
@@ -106,5 +124,6 @@ fn explode(batch: ignis_udf::arrow_array::RecordBatch) -> ignis_udf::arrow_array
 }
 
 ignis_udf::export!(
-    spin, hog, huge, recurse, boom, read_file, list_dir, env_var, env_count, connect, double, shifty, explode
+    spin, hog, huge, recurse, boom, chatty, shout, read_file, list_dir, env_var, env_count, connect, double, shifty,
+    explode
 );
