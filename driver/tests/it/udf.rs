@@ -53,6 +53,9 @@ fn evil_guests_are_contained_each_with_the_right_error() {
 
     let e = error("spin", &ints(&[1]));
     assert!(e.contains("UDF spin (evil) was stopped after its time limit of 0.5 s"), "{e}");
+    // A wait in the host (an hour's sleep) ends at the same limit.
+    let e = error("nap", &ints(&[1]));
+    assert!(e.contains("UDF nap (evil) was stopped after its time limit of 0.5 s"), "{e}");
     let e = error("hog", &ints(&[1]));
     assert!(e.contains("UDF hog (evil) ran out of memory (limit 64 MiB per call)"), "{e}");
     let e = error("huge", &ints(&[1]));

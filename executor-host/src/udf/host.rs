@@ -2,8 +2,9 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::clock::{Deadlined, GuestClock, add_capped_waits};
 use super::stderr::TailPipe;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -80,6 +81,23 @@ struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    clock: GuestClock,
+    /// When the running call must end (its epoch deadline, as an instant).
+    deadline: Instant,
+}
+
+impl Deadlined for Sandbox {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    fn clock(&self) -> GuestClock {
+        self.clock
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl WasiView for Sandbox {
@@ -173,6 +191,7 @@ impl UdfHost {
             .map_err(IgnisError::Io)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| add_capped_waits(&mut linker))
             .map_err(|e| IgnisError::Udf(format!("cannot link WASI: {e}")))?;
         std::fs::create_dir_all(&cache_dir)?;
         Ok(Self { engine, linker, cache_dir, limits, loaded: Mutex::default() })
@@ -356,7 +375,9 @@ impl Component {
         let stderr = TailPipe::new(limits.stderr_bytes);
         // Nothing granted: no preopened directories, no environment variables,
         // no arguments, no sockets, no name lookups. stdout goes nowhere.
+        let clock = GuestClock { start: Instant::now() };
         let wasi = WasiCtxBuilder::new()
+            .monotonic_clock(clock)
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
@@ -366,6 +387,8 @@ impl Component {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter { memory_bytes: limits.memory_bytes, hit: false, grown_to: 0 },
+            clock,
+            deadline: Instant::now() + limits.call_timeout,
         };
         let mut store = Store::new(&self.host.engine, sandbox);
         store.limiter(|s| &mut s.limiter);
@@ -514,6 +537,7 @@ impl Component {
 fn set_deadline(store: &mut Store<Sandbox>, limits: &Limits) {
     let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
     store.set_epoch_deadline(ticks);
+    store.data_mut().deadline = Instant::now() + limits.call_timeout;
 }
 
 impl Call {

@@ -39,6 +39,7 @@ macro_rules! wasm_function_identity {
 }
 
 mod aggregate;
+mod clock;
 mod host;
 mod scalar;
 mod stderr;

@@ -12,6 +12,13 @@ fn spin(x: i64) -> i64 {
     }
 }
 
+/// Sleeps for an hour: a wait in the host, where no Wasm code runs.
+#[ignis_udf::scalar]
+fn nap(x: i64) -> i64 {
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    x
+}
+
 /// Allocates until the memory limit stops it.
 #[ignis_udf::scalar]
 fn hog(x: i64) -> i64 {
@@ -124,6 +131,6 @@ fn explode(batch: ignis_udf::arrow_array::RecordBatch) -> ignis_udf::arrow_array
 }
 
 ignis_udf::export!(
-    spin, hog, huge, recurse, boom, chatty, shout, read_file, list_dir, env_var, env_count, connect, double, shifty,
-    explode
+    spin, nap, hog, huge, recurse, boom, chatty, shout, read_file, list_dir, env_var, env_count, connect, double,
+    shifty, explode
 );
