@@ -82,6 +82,7 @@ pub struct AppState {
     job_limits: JobLimits,
     planning_timeout: Duration,
     metrics: Metrics,
+    compile_gate: udfs::CompileGate,
     openapi: serde_json::Value,
 }
 
@@ -108,6 +109,7 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         job_limits: config.job_limits,
         planning_timeout: config.planning_timeout,
         metrics: Metrics::default(),
+        compile_gate: udfs::CompileGate::default(),
         openapi,
     });
     Ok(Router::new()

@@ -20,6 +20,41 @@ use crate::udfs::RegisteredUdf;
 
 /// Components are larger than job specs: a Rust one is a few MB, a Python one ~20 MB.
 pub(super) const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// Uploads waiting for the compiler (one compiles at a time); more get 429.
+const COMPILE_QUEUE: usize = 4;
+
+/// Compiling a component takes seconds of a core: one at a time per driver,
+/// and a short queue, so uploads cannot starve the jobs of CPU.
+#[derive(Debug)]
+pub(super) struct CompileGate {
+    compiler: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for CompileGate {
+    fn default() -> Self {
+        Self { compiler: tokio::sync::Semaphore::new(1), waiting: Default::default() }
+    }
+}
+
+impl CompileGate {
+    /// Wait for the compiler, or refuse when the queue is full.
+    async fn enter(&self) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= COMPILE_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "compile_queue_full",
+                format!("{COMPILE_QUEUE} component uploads are already waiting to compile; upload again shortly"),
+            )
+            .with_retry_after(super::RETRY_AFTER_SECONDS));
+        }
+        let permit = self.compiler.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(ApiError::internal)
+    }
+}
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -45,6 +80,7 @@ async fn upload(
     if body.is_empty() {
         return Err(ApiError::bad_request("invalid_udf", "the body is empty; send the component's .wasm bytes"));
     }
+    let _compiler = state.compile_gate.enter().await?;
     let registered = state.driver.udfs().upload(&tenant, &name, body).await.map_err(ApiError::from_job_error)?;
     tracing::info!(tenant = %tenant, name = %registered.name, digest = %registered.digest, "UDF component uploaded");
     Ok((StatusCode::CREATED, axum::Json(registered)).into_response())

@@ -89,6 +89,22 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     let upload_udf = api.http.post(format!("{}/v1/udfs?name=bob-udfs", api.base)).bearer_auth(BOB).body(bob_udf);
     let uploaded: Value = serde_json::from_slice(&upload_udf.send().await.unwrap().bytes().await.unwrap()).unwrap();
     let bob_digest = uploaded["digest"].as_str().expect("bob's upload has a digest").to_string();
+    // A burst of uploads (distinct bytes: a custom section appended): one
+    // compiles at a time, four wait, the rest are refused with Retry-After.
+    let base = std::fs::read(component("tests/guests/evil")).unwrap();
+    let uploads = (0..6u8).map(|i| {
+        let mut bytes = base.clone();
+        bytes.extend_from_slice(&[0x00, 0x05, 0x04, b'p', b'a', b'd', i]);
+        let request = api.http.post(format!("{}/v1/udfs?name=burst-{i}", api.base)).bearer_auth(ALICE).body(bytes);
+        async move { request.send().await.unwrap() }
+    });
+    let answers = futures::future::join_all(uploads).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert!(statuses.iter().all(|s| [201, 400, 429].contains(s)), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "one of the same functions is kept: {statuses:?}");
+    let refused: Vec<_> = answers.iter().filter(|r| r.status() == 429).collect();
+    assert!(!refused.is_empty(), "no upload was refused: {statuses:?}");
+    assert!(refused.iter().all(|r| r.headers().contains_key("retry-after")));
     let bob_objects = snapshot(store.as_ref(), "tenants/bob").await;
     let udf_objects = snapshot(store.as_ref(), "_udfs").await;
     assert!(!bob_objects.is_empty() && !udf_objects.is_empty());

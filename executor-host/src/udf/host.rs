@@ -1,5 +1,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -193,7 +195,7 @@ impl UdfHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .and_then(|()| add_capped_waits(&mut linker))
             .map_err(|e| IgnisError::Udf(format!("cannot link WASI: {e}")))?;
-        std::fs::create_dir_all(&cache_dir)?;
+        private_dir(&cache_dir)?;
         Ok(Self { engine, linker, cache_dir, limits, loaded: Mutex::default() })
     }
 
@@ -250,8 +252,8 @@ impl UdfHost {
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
         let file =
             self.cache_dir.join(format!("{}-{:016x}.cwasm", digest.trim_start_matches("sha256:"), hasher.finish()));
-        if file.exists() {
-            match self.deserialize(&file) {
+        if std::fs::symlink_metadata(&file).is_ok() {
+            match own_regular_file(&file).and_then(|()| self.deserialize(&file)) {
                 Ok(component) => return Ok(component),
                 Err(e) => {
                     tracing::warn!(file = %file.display(), error = %e, "precompiled component unusable; recompiling")
@@ -265,9 +267,19 @@ impl UdfHost {
                 root_cause(&e)
             ))
         })?;
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &compiled)?;
-        std::fs::rename(&tmp, &file)?;
+        // A new file (never an existing one, nor through a symlink), renamed into place whole.
+        let tmp = file.with_extension(format!("tmp-{}-{:016x}", std::process::id(), rand_suffix()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&compiled).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         self.deserialize(&file)
     }
 
@@ -279,6 +291,54 @@ impl UdfHost {
         // only once complete; wasmtime checks the header and version on load.
         unsafe { wasmtime::component::Component::deserialize_file(&self.engine, file) }
             .map_err(|e| IgnisError::Udf(format!("cannot load precompiled {}: {e}", file.display())))
+    }
+}
+
+/// Random bits for a temporary file's name.
+fn rand_suffix() -> u64 {
+    let mut hasher = DefaultHasher::new();
+    std::time::SystemTime::now().hash(&mut hasher);
+    std::thread::current().id().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The user this process runs as: the owner of its own `/proc` entry.
+fn own_uid() -> Result<u32> {
+    Ok(std::fs::metadata("/proc/self")?.uid())
+}
+
+/// Make `dir` the cache's private directory: created 0700 if absent; a
+/// directory (not a symlink) owned by this user, closed to others.
+fn private_dir(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let uid = own_uid()?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(IgnisError::Udf(format!(
+            "the UDF cache {} is not a directory of this user (uid {uid}); remove it or set IGNIS_UDF_CACHE",
+            dir.display()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// A cached artefact is used only if it is a regular file this user owns.
+fn own_regular_file(file: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(file)?;
+    if meta.is_file() && meta.uid() == own_uid()? {
+        Ok(())
+    } else {
+        Err(IgnisError::Udf(format!("{} is not a file of this user", file.display())))
     }
 }
 
@@ -706,5 +766,31 @@ fn read_ipc(bytes: &[u8]) -> Result<RecordBatch> {
     match reader.next() {
         Some(batch) => Ok(batch?),
         None => Ok(RecordBatch::new_empty(reader.schema())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_directory_is_private_and_symlinks_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().mode() & 0o777, 0o700);
+        let fresh = base.path().join("a/b/cache");
+        private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let err = private_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory of this user"), "{err}");
+        let file_link = open.join("x.cwasm");
+        std::os::unix::fs::symlink("/etc/passwd", &file_link).unwrap();
+        assert!(own_regular_file(&file_link).is_err());
     }
 }
