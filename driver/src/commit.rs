@@ -1,8 +1,9 @@
 //! Output commit. Result tasks write under
 //! `{location}/_temporary/{job}/p{partition}-a{attempt}/`; only when every task
-//! has succeeded does the driver move the accepted attempts' files into place,
-//! write the `_SUCCESS` manifest, and (for overwrite) remove the old files.
-//! A job that fails before that leaves the location exactly as it was.
+//! has succeeded does the driver record the commit, move the accepted
+//! attempts' files into place, write the `_SUCCESS` manifest, and (for
+//! overwrite) remove the old files. A job that fails before the manifest is
+//! written leaves the location exactly as it was.
 //!
 //! One job writes a location at a time: `prepare` creates the lock object
 //! `{location}/_ignis_write.lock` with a conditional put (create only if
@@ -19,7 +20,7 @@ use ignis_core::protocol::{TaskResult, TaskResultOutput};
 use ignis_core::store;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const SUCCESS_MANIFEST: &str = "_SUCCESS";
 /// The object that marks a location as being written by a job.
@@ -34,7 +35,7 @@ pub struct PendingWrite {
     location_existed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
     pub job_id: String,
     pub format: String,
@@ -59,7 +60,12 @@ pub async fn prepare(env: &RuntimeEnv, spec: &WriteSpec, job_id: &JobId) -> Resu
     let lock = child_path(&root, WRITE_LOCK);
     lock_location(store.as_ref(), &lock, &spec.location, job_id).await?;
     let pending = PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed };
-    let go_ahead = match visible_files(pending.store.as_ref(), &pending.root).await {
+    let settled = recover(pending.store.as_ref(), &pending.root, &spec.location).await;
+    let listed = match settled {
+        Ok(()) => visible_files(pending.store.as_ref(), &pending.root).await,
+        Err(e) => Err(e),
+    };
+    let go_ahead = match listed {
         Ok(existing) if existing.is_empty() => Ok(true),
         Ok(existing) => match spec.mode {
             WriteMode::Error => Err(IgnisError::Output(format!(
@@ -109,9 +115,15 @@ impl PendingWrite {
     }
 
     /// Move the accepted attempts' files into place and write the manifest.
+    ///
+    /// The commit is recorded first (`_ignis_commit.json`: the moves, the
+    /// files an overwrite replaces, the manifest); writing `_SUCCESS` is the
+    /// commit point. A failure before it undoes the moves, so the location
+    /// holds the old output; a failure after it is finished by the next job
+    /// that writes there ([`recover`]), so the location holds the new one.
     pub async fn commit(&self, results: &[TaskResult]) -> Result<Committed> {
         let old = visible_files(self.store.as_ref(), &self.root).await?;
-        let mut files = Vec::new();
+        let mut moves = Vec::new();
         let mut rows = 0;
         for result in results {
             let TaskResultOutput::Files { files: written } = &result.output else {
@@ -119,22 +131,19 @@ impl PendingWrite {
             };
             let attempt_dir = format!("_temporary/{}/p{}-a{}", self.job_id, result.partition, result.attempt);
             for f in written {
-                let from = child_path(&self.root, &format!("{attempt_dir}/{}", f.relative_path));
-                let to = child_path(&self.root, &f.relative_path);
-                self.store.rename(&from, &to).await?;
-                files.push(f.relative_path.clone());
+                moves.push((format!("{attempt_dir}/{}", f.relative_path), f.relative_path.clone()));
                 rows += f.rows;
             }
         }
-        if self.spec.mode == WriteMode::Overwrite {
-            for path in old.iter().filter(|p| !files.contains(p)) {
-                self.store.delete(&child_path(&self.root, path)).await?;
-            }
-        }
-        let mut listed = if self.spec.mode == WriteMode::Append {
-            old.into_iter().filter(|p| !files.contains(p)).chain(files.iter().cloned()).collect()
-        } else {
-            files.clone()
+        let mut files: Vec<String> = moves.iter().map(|(_, to)| to.clone()).collect();
+        files.sort();
+        let replaced: Vec<String> = match self.spec.mode {
+            WriteMode::Overwrite => old.iter().filter(|p| !files.contains(p)).cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut listed = match self.spec.mode {
+            WriteMode::Append => old.into_iter().filter(|p| !files.contains(p)).chain(files.iter().cloned()).collect(),
+            _ => files.clone(),
         };
         listed.sort();
         let manifest = Manifest {
@@ -143,13 +152,19 @@ impl PendingWrite {
             rows,
             files: listed,
         };
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| IgnisError::internal(e.to_string()))?;
-        self.store.put(&child_path(&self.root, SUCCESS_MANIFEST), PutPayload::from(body)).await?;
+        let record = CommitRecord { job_id: self.job_id.to_string(), moves, replaced, manifest };
+        let store = self.store.as_ref();
+        put_json(store, &child_path(&self.root, COMMIT_RECORD), &record).await?;
+        if let Err(e) = record.apply(store, &self.root).await {
+            if let Err(undo) = record.settle(store, &self.root).await {
+                tracing::warn!(location = %self.spec.location, error = %undo, "could not settle an interrupted commit");
+            }
+            return Err(e);
+        }
         self.cleanup().await?;
         if self.spec.mode == WriteMode::Overwrite {
             remove_empty_local_dirs(&self.spec.location);
         }
-        files.sort();
         Ok(Committed { location: self.spec.location.clone(), files, rows })
     }
 
@@ -166,6 +181,84 @@ impl PendingWrite {
             remove_local_dir_if_empty(&self.spec.location);
         }
         Ok(())
+    }
+}
+
+/// The object recording a commit in progress.
+pub const COMMIT_RECORD: &str = "_ignis_commit.json";
+
+/// What a commit does, written before it starts so that it can be finished
+/// or undone after an interruption.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommitRecord {
+    job_id: String,
+    /// (staged path, final path), relative to the location.
+    moves: Vec<(String, String)>,
+    /// Old files an overwrite removes, once the manifest names the new ones.
+    replaced: Vec<String>,
+    manifest: Manifest,
+}
+
+impl CommitRecord {
+    /// Moves, then the manifest (the commit point), then the removals.
+    async fn apply(&self, store: &dyn ObjectStore, root: &Path) -> Result<()> {
+        for (from, to) in &self.moves {
+            store.rename(&child_path(root, from), &child_path(root, to)).await?;
+        }
+        put_json(store, &child_path(root, SUCCESS_MANIFEST), &self.manifest).await?;
+        self.finish(store, root).await
+    }
+
+    /// After the commit point: remove the replaced files and the record.
+    async fn finish(&self, store: &dyn ObjectStore, root: &Path) -> Result<()> {
+        for path in &self.replaced {
+            delete_if_present(store, &child_path(root, path)).await?;
+        }
+        delete_if_present(store, &child_path(root, COMMIT_RECORD)).await
+    }
+
+    /// Bring an interrupted commit to one side: forward if its manifest was
+    /// written, else back (its moved files removed; the old ones were never touched).
+    async fn settle(&self, store: &dyn ObjectStore, root: &Path) -> Result<()> {
+        let committed = match store.get(&child_path(root, SUCCESS_MANIFEST)).await {
+            Ok(got) => serde_json::from_slice::<Manifest>(&got.bytes().await?).is_ok_and(|m| m.job_id == self.job_id),
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if committed {
+            return self.finish(store, root).await;
+        }
+        for (_, to) in &self.moves {
+            delete_if_present(store, &child_path(root, to)).await?;
+        }
+        delete_if_present(store, &child_path(root, COMMIT_RECORD)).await
+    }
+}
+
+/// Settle a commit a stopped job left at this location (see [`CommitRecord::settle`]).
+async fn recover(store: &dyn ObjectStore, root: &Path, location: &str) -> Result<()> {
+    let record = match store.get(&child_path(root, COMMIT_RECORD)).await {
+        Ok(got) => got.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let record: CommitRecord = serde_json::from_slice(&record).map_err(|e| {
+        IgnisError::Output(format!("{location}/{COMMIT_RECORD} is not a commit record ({e}); remove it"))
+    })?;
+    tracing::warn!(location, job = %record.job_id, "settling a commit an earlier job left unfinished");
+    record.settle(store, root).await
+}
+
+async fn put_json(store: &dyn ObjectStore, path: &Path, value: &impl Serialize) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| IgnisError::internal(e.to_string()))?;
+    store.put(path, PutPayload::from(body)).await?;
+    Ok(())
+}
+
+async fn delete_if_present(store: &dyn ObjectStore, path: &Path) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

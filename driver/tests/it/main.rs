@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test on any error")]
 
 mod cluster;
+mod commit;
 mod common;
 mod csv_modes;
 mod errors;
