@@ -311,4 +311,49 @@ mod tests {
         let old = TaskRequest { protocol_version: 0, ..back };
         assert!(old.check_version().unwrap_err().to_string().contains("version 0"));
     }
+
+    #[test]
+    fn a_result_must_fit_its_task() {
+        let req = TaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            job_id: JobId::from("job-1"),
+            stage_id: StageId(2),
+            partition: 3,
+            attempt: 1,
+            plan: vec![],
+            inputs: vec![],
+            output: TaskOutput::Shuffle { root: "s3://b/_shuffle/".into(), compression: ShuffleCompression::Lz4 },
+            batch_size: 8192,
+            udfs: Vec::new(),
+        };
+        let url = crate::shuffle::shuffle_object_url("s3://b/_shuffle/", &req.job_id, StageId(2), 3, 1);
+        let result = TaskResult {
+            job_id: req.job_id.clone(),
+            stage_id: StageId(2),
+            partition: 3,
+            attempt: 1,
+            output: TaskResultOutput::Shuffle { url, pieces: vec![] },
+            metrics: TaskMetrics::default(),
+        };
+        assert_eq!(result.check_against(&req), Ok(()));
+        let other_attempt = TaskResult { attempt: 0, ..result.clone() };
+        assert!(other_attempt.check_against(&req).unwrap_err().contains("attempt 0"));
+        let elsewhere = TaskResult {
+            output: TaskResultOutput::Shuffle { url: "s3://b/tenants/bob/x.arrows".into(), pieces: vec![] },
+            ..result.clone()
+        };
+        assert!(elsewhere.check_against(&req).unwrap_err().contains("not where this attempt writes"));
+        let file = |p: &str| WrittenFile { relative_path: p.into(), rows: 0, bytes: 0 };
+        let files = TaskResult { output: TaskResultOutput::Files { files: vec![file("../../bob/x.csv")] }, ..result };
+        let to_files = TaskRequest {
+            output: TaskOutput::Files {
+                staging: "s3://b/out/_temporary/job-1/p3-a1/".into(),
+                file_stem: "part".into(),
+                format: crate::job::Format::Csv,
+                partition_by: vec![],
+            },
+            ..req
+        };
+        assert!(files.check_against(&to_files).unwrap_err().contains("not a plain relative path"));
+    }
 }

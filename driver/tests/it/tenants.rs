@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use ignis_tests::cluster::{Api, Processes, free_port, repo_root, s3_env, s3_store, start_s3, upload, wait_until};
+use ignis_tests::cluster::{
+    Api, Processes, failed_attempts, free_port, repo_root, s3_env, s3_store, start_s3, upload, wait_until,
+};
 use ignis_tests::guests::component;
 use object_store::{ObjectStore, ObjectStoreExt};
 use reqwest::Method;
@@ -127,6 +129,25 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     let (status, body) = api.request(Method::POST, "/v1/jobs", Some(BOB), Some(count_job("bob"))).await;
     assert_eq!(status, 202, "{body}");
 
+    // A second "host" (whoever holds the executor secret can register one)
+    // takes the waiting task and reports a result whose shuffle object lies
+    // elsewhere: refused and logged, the attempt fails and runs again.
+    let register = json!({"protocol_version": ignis_core::protocol::PROTOCOL_VERSION, "name": "rogue", "slots": 1});
+    let (status, rogue) = api.request(Method::POST, "/v1/executors", Some(SECRET), Some(register)).await;
+    assert_eq!(status, 201, "{rogue}");
+    let (rogue_id, rogue_token) = (rogue["executor_id"].as_str().unwrap(), rogue["token"].as_str().unwrap());
+    let poll = format!("/v1/executors/{rogue_id}/tasks/next?wait_ms=10000");
+    let (status, task) = api.request(Method::POST, &poll, Some(rogue_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "the rogue host got no task: {task}");
+    let request = &task["request"];
+    let forged = json!({"succeeded": {"job_id": request["job_id"], "stage_id": request["stage_id"],
+        "partition": request["partition"], "attempt": request["attempt"],
+        "output": {"shuffle": {"url": format!("s3://{BUCKET}/tenants/bob/orders/planted.arrows"), "pieces": []}},
+        "metrics": {"output_rows": 0, "output_bytes": 0, "elapsed_ms": 0}}});
+    let own = format!("/v1/executors/{rogue_id}/tasks/{}/result", task["task_key"]);
+    let (status, body) = api.request(Method::POST, &own, Some(rogue_token), Some(forged.clone())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_result")), "{body}");
+
     let mut host = Command::new(env!("CARGO_BIN_EXE_ignis"));
     host.args(["executor", "--driver", &api.base, "--slots", "2", "--name", "host-a"])
         .env("IGNIS_EXECUTOR_SECRET", SECRET)
@@ -135,6 +156,8 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     procs.spawn("host-a", host);
     let status = api.wait(ALICE, &id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
+    assert!(failed_attempts(&status) >= 1, "the refused result failed its attempt: {status}");
+    assert!(procs.log("driver").contains("refused a task result that does not fit its task"));
     let rss_before = rss_kib(driver_pid);
 
     // SQL is queries only: DDL that would read the driver's files, writes,
@@ -246,26 +269,18 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
 
     // Executor credentials: the secret only registers; a host's token acts
     // only as that host; a result for a task it was not given is dropped.
-    let register = json!({"protocol_version": ignis_core::protocol::PROTOCOL_VERSION, "name": "rogue", "slots": 1});
-    let (status, rogue) = api.request(Method::POST, "/v1/executors", Some(SECRET), Some(register)).await;
-    assert_eq!(status, 201, "{rogue}");
-    let (rogue_id, rogue_token) = (rogue["executor_id"].as_str().unwrap(), rogue["token"].as_str().unwrap());
     let (_, listed) = api.request(Method::GET, "/v1/executors", Some(ALICE), None).await;
     let honest = listed["executors"].as_array().unwrap().iter().find(|h| h["name"] == "host-a").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let forged = json!({"succeeded": {"job_id": id, "stage_id": 1, "partition": 0, "attempt": 0,
-        "output": {"shuffle": {"url": "s3://elsewhere/x", "pieces": []}},
-        "metrics": {"output_rows": 0, "output_bytes": 0, "elapsed_ms": 0}}});
     let path = format!("/v1/executors/{honest}/tasks/1/result");
     let (status, _) = api.request(Method::POST, &path, Some(rogue_token), Some(forged.clone())).await;
     assert_eq!(status, 403, "a host's token does not act as another host");
     let (status, _) = api.request(Method::POST, &path, Some(SECRET), Some(forged.clone())).await;
     assert_eq!(status, 403, "the executor secret does not report results");
-    let own = format!("/v1/executors/{rogue_id}/tasks/1/result");
     let (status, body) = api.request(Method::POST, &own, Some(rogue_token), Some(forged)).await;
-    assert_eq!((status, &body["accepted"]), (200, &json!(false)), "{body}");
+    assert_eq!((status, &body["accepted"]), (200, &json!(false)), "a task it no longer holds: {body}");
     let (status, _) = api.request(Method::POST, "/v1/jobs", Some(rogue_token), Some(count_job("alice"))).await;
     assert_eq!(status, 403, "executor tokens cannot use the job API");
     for path in ["/v1/executors", "/metrics"] {
