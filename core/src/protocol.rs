@@ -290,9 +290,9 @@ mod base64_bytes {
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_round_trips_through_json_and_checks_version() {
-        let req = TaskRequest {
+    /// Attempt 1 of partition 3 of stage 2 of job-1, shuffling under `root`.
+    fn request(root: &str) -> TaskRequest {
+        TaskRequest {
             protocol_version: PROTOCOL_VERSION,
             job_id: JobId::from("job-1"),
             stage_id: StageId(2),
@@ -300,10 +300,15 @@ mod tests {
             attempt: 1,
             plan: vec![0, 1, 2, 255],
             inputs: vec![],
-            output: TaskOutput::Shuffle { root: "file:///tmp/s".into(), compression: ShuffleCompression::Lz4 },
+            output: TaskOutput::Shuffle { root: root.into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,
             udfs: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn request_round_trips_through_json_and_checks_version() {
+        let req = request("file:///tmp/s");
         let json = serde_json::to_string(&req).unwrap();
         let back: TaskRequest = serde_json::from_str(&json).unwrap();
         assert_eq!(back.plan, req.plan);
@@ -314,18 +319,7 @@ mod tests {
 
     #[test]
     fn a_result_must_fit_its_task() {
-        let req = TaskRequest {
-            protocol_version: PROTOCOL_VERSION,
-            job_id: JobId::from("job-1"),
-            stage_id: StageId(2),
-            partition: 3,
-            attempt: 1,
-            plan: vec![],
-            inputs: vec![],
-            output: TaskOutput::Shuffle { root: "s3://b/_shuffle/".into(), compression: ShuffleCompression::Lz4 },
-            batch_size: 8192,
-            udfs: Vec::new(),
-        };
+        let req = request("s3://b/_shuffle/");
         let url = crate::shuffle::shuffle_object_url("s3://b/_shuffle/", &req.job_id, StageId(2), 3, 1);
         let result = TaskResult {
             job_id: req.job_id.clone(),

@@ -166,7 +166,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 3.0)]
     heartbeat_interval: f64,
     /// Largest request body, in bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = ignis_driver::service::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Let jobs read and write files on the driver's disk under this
     /// directory (which may hold `{tenant}`: each tenant its own); without it

@@ -286,10 +286,6 @@ impl JobRegistry {
         job: JobSpec,
         done: impl FnOnce(&JobEntry) + Send + 'static,
     ) -> Result<Arc<JobEntry>, Busy> {
-        let unfinished = self.list(&tenant).iter().filter(|j| !j.state().is_finished()).count();
-        if unfinished >= self.limits.running + self.limits.queued {
-            return Err(Busy { running: self.limits.running, queued: self.limits.queued });
-        }
         let slots = self.slots(&tenant);
         let (cancel, mut cancelled) = watch::channel(false);
         let submitted_at_ms =
@@ -303,7 +299,7 @@ impl JobRegistry {
             cancel,
             progress: Mutex::new(Progress { state: Some(JobState::Queued), ..Default::default() }),
         });
-        self.insert(entry.clone());
+        self.insert(entry.clone())?;
         let running = entry.clone();
         tokio::spawn(async move {
             let events = |e: JobEvent| running.apply(e);
@@ -327,12 +323,17 @@ impl JobRegistry {
         Ok(entry)
     }
 
-    /// Keep `entry`; drop the tenant's oldest finished jobs past its share,
-    /// never another tenant's.
-    fn insert(&self, entry: Arc<JobEntry>) {
+    /// Keep `entry`, unless its tenant has its fill of running and queued
+    /// jobs; drop the tenant's oldest finished jobs past its share, never
+    /// another tenant's.
+    fn insert(&self, entry: Arc<JobEntry>) -> Result<(), Busy> {
         let mut guard = self.lock();
         let (jobs, order) = &mut *guard;
         let tenant = entry.tenant.clone();
+        let unfinished = jobs.values().filter(|j| j.tenant == tenant && !j.state().is_finished()).count();
+        if unfinished >= self.limits.running + self.limits.queued {
+            return Err(Busy { running: self.limits.running, queued: self.limits.queued });
+        }
         order.push_back(entry.id.clone());
         jobs.insert(entry.id.clone(), entry);
         let finished: Vec<usize> = order
@@ -347,6 +348,7 @@ impl JobRegistry {
                 jobs.remove(&id);
             }
         }
+        Ok(())
     }
 
     /// The job `id` if `tenant` owns it: another tenant's job looks absent.

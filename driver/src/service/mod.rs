@@ -40,6 +40,9 @@ use jobs::{JobEntry, JobRegistry};
 /// The OpenAPI document of this API.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
 
+/// Default of [`ServiceConfig::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 << 20;
+
 /// Seconds a client is asked to wait after a 429.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -64,7 +67,7 @@ impl ServiceConfig {
     pub fn new(auth: AuthConfig, policy: StoragePolicy) -> Self {
         Self {
             auth,
-            max_body_bytes: 8 << 20,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             policy,
             job_limits: JobLimits::default(),
             tenant_limits: TenantLimits::default(),
@@ -141,12 +144,7 @@ async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middl
     let limit = if req.uri().path() == "/v1/udfs" { udfs::MAX_COMPONENT_BYTES } else { limit };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is too large (at most {limit} bytes)"),
-        )
-        .into_response();
+        return payload_too_large(&format!(" (at most {limit} bytes)")).into_response();
     }
     next.run(req).await
 }
@@ -196,9 +194,13 @@ async fn plan_in_background(state: &AppState, job: &JobSpec) -> ApiResult<StageG
     }
 }
 
+fn payload_too_large(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is too large{detail}"))
+}
+
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+        payload_too_large("")
     } else {
         ApiError::bad_request("bad_body", rejection.body_text())
     }
