@@ -197,6 +197,9 @@ struct ServeArgs {
     /// Finished jobs kept per tenant for status and results.
     #[arg(long, default_value_t = TenantLimits::default().retained)]
     retained_jobs: usize,
+    /// Bytes of collected rows kept per tenant (its newest results); older results are dropped.
+    #[arg(long, default_value_t = TenantLimits::default().retained_result_bytes)]
+    retained_result_bytes: usize,
     /// Seconds a job may take to plan at submission.
     #[arg(long, default_value_t = 30.0)]
     planning_timeout: f64,
@@ -421,8 +424,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_task_attempts: args.max_task_attempts,
         name_chars: args.max_job_name_chars,
     };
-    service.tenant_limits =
-        TenantLimits { running: args.max_running_jobs, queued: args.max_queued_jobs, retained: args.retained_jobs };
+    service.tenant_limits = TenantLimits {
+        running: args.max_running_jobs,
+        queued: args.max_queued_jobs,
+        retained: args.retained_jobs,
+        retained_result_bytes: args.retained_result_bytes,
+    };
     service.planning_timeout = seconds(args.planning_timeout, "planning-timeout")?;
     let server = ServerLimits {
         max_connections: args.max_connections,

@@ -26,11 +26,14 @@ pub struct TenantLimits {
     pub queued: usize,
     /// Finished jobs kept per tenant for status and results; its oldest go first.
     pub retained: usize,
+    /// Bytes of collected rows kept per tenant; past that its oldest results
+    /// are dropped (their status stays).
+    pub retained_result_bytes: usize,
 }
 
 impl Default for TenantLimits {
     fn default() -> Self {
-        Self { running: 4, queued: 16, retained: 100 }
+        Self { running: 4, queued: 16, retained: 100, retained_result_bytes: 1 << 30 }
     }
 }
 
@@ -116,6 +119,10 @@ struct Progress {
     error: Option<ErrorBody>,
     output: Option<WrittenOutput>,
     result: Option<Arc<JobResult>>,
+    /// Bytes of `result`'s rows in memory.
+    result_bytes: usize,
+    /// The result was dropped to keep the tenant within its budget.
+    result_evicted: bool,
 }
 
 impl JobEntry {
@@ -130,6 +137,11 @@ impl JobEntry {
     /// The rows or files of a succeeded job.
     pub fn result(&self) -> Option<Arc<JobResult>> {
         self.progress().result.clone()
+    }
+
+    /// Whether the result was dropped to keep its tenant within budget.
+    pub fn result_evicted(&self) -> bool {
+        self.progress().result_evicted
     }
 
     /// Ask the job to stop; returns false when it had already finished.
@@ -214,6 +226,10 @@ impl JobEntry {
                     JobResult::Skipped { location } => {
                         Some(WrittenOutput { location: location.clone(), files: 0, rows: 0, skipped: true })
                     }
+                };
+                p.result_bytes = match &o.result {
+                    JobResult::Rows { batches, .. } => batches.iter().map(|b| b.get_array_memory_size()).sum(),
+                    _ => 0,
                 };
                 p.result = Some(Arc::new(o.result));
             }
@@ -354,6 +370,25 @@ impl JobRegistry {
     /// The job `id` if `tenant` owns it: another tenant's job looks absent.
     pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<JobEntry>> {
         self.lock().0.get(&JobId::from(id)).filter(|j| j.tenant == tenant).cloned()
+    }
+
+    /// Drop `tenant`'s oldest collected results past its byte budget; the
+    /// newest result is kept whatever its size (it fit the driver's
+    /// per-job limit).
+    pub fn trim_results(&self, tenant: &str) {
+        let (mut kept, mut newest) = (0usize, true);
+        for job in self.list(tenant) {
+            let mut p = job.progress();
+            if p.result.is_none() {
+                continue;
+            }
+            kept += p.result_bytes;
+            if !std::mem::take(&mut newest) && kept > self.limits.retained_result_bytes {
+                p.result = None;
+                p.result_evicted = true;
+                tracing::info!(job = %job.id, tenant, "dropped a finished job's result to keep the tenant's budget");
+            }
+        }
     }
 
     /// `tenant`'s jobs, newest first.

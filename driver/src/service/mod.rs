@@ -245,6 +245,7 @@ async fn submit_job(
 
 impl AppState {
     fn record_finished(&self, job: &JobEntry) {
+        self.jobs.trim_results(&job.tenant);
         let status = job.status();
         let counter = match status.state {
             JobState::Succeeded => &self.metrics.jobs_succeeded,
@@ -300,6 +301,16 @@ async fn job_result(
 ) -> ApiResult<Response> {
     let job = state.job(&tenant, &id)?;
     let Some(result) = job.result() else {
+        if job.result_evicted() {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "result_evicted",
+                format!(
+                    "the result of job {id} was dropped: the driver keeps a bounded amount of collected rows per \
+                     tenant, newest first; run it again, or write large results with [output.write]"
+                ),
+            ));
+        }
         let why = match job.state() {
             JobState::Running => "is still running",
             JobState::Queued => "is still queued",

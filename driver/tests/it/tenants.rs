@@ -79,7 +79,7 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         .args(["--shuffle-root", &format!("s3://{BUCKET}/_shuffle/")])
         .args(["--udf-root", &format!("s3://{BUCKET}/_udfs/")])
         .args(["--max-result-bytes", MAX_RESULT_BYTES, "--max-running-jobs", "1", "--max-queued-jobs", "1"])
-        .args(["--max-connections", "64", "--header-read-timeout", "2"])
+        .args(["--max-connections", "64", "--header-read-timeout", "2", "--retained-result-bytes", "1"])
         .env("IGNIS_API_KEYS", format!("alice:{ALICE},bob:{BOB}"))
         .env("IGNIS_EXECUTOR_SECRET", SECRET)
         .env("IGNIS_LOG", "info");
@@ -128,6 +128,7 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     // Bob's share is his own.
     let (status, body) = api.request(Method::POST, "/v1/jobs", Some(BOB), Some(count_job("bob"))).await;
     assert_eq!(status, 202, "{body}");
+    let bob_job = body["id"].as_str().unwrap().to_string();
 
     // A second "host" (whoever holds the executor secret can register one)
     // takes the waiting task and reports a result whose shuffle object lies
@@ -328,6 +329,15 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     assert!(refused["error"]["message"].as_str().unwrap().contains("being written by another job"), "{refused}");
     assert!(snapshot(store.as_ref(), "tenants/alice/out").await == before, "a refused write changed its location");
     store.delete(&lock).await.unwrap();
+
+    // Kept results are bounded per tenant (here: only the newest): alice's
+    // first result is gone, bob's only one is not touched by alice's jobs.
+    let (status, body) = api.request(Method::GET, &format!("/v1/jobs/{id}/result"), Some(ALICE), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (410, Some("result_evicted")), "{body}");
+    let bob_done = api.wait(BOB, &bob_job).await;
+    assert_eq!(bob_done["state"], "succeeded", "{bob_done}");
+    let (status, body) = api.request(Method::GET, &format!("/v1/jobs/{bob_job}/result"), Some(BOB), None).await;
+    assert_eq!((status, &body["rows"][0]["n"]), (200, &json!(20_000)), "{body}");
 
     // Afterwards: the driver answers, bob's objects and the UDF registry are
     // byte-identical, and memory is near where it started.
