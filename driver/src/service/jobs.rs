@@ -303,6 +303,9 @@ impl JobRegistry {
         done: impl FnOnce(&JobEntry) + Send + 'static,
     ) -> Result<Arc<JobEntry>, Busy> {
         let slots = self.slots(&tenant);
+        // A free slot is taken now, so the answer says `running`; else the job queues.
+        let slot = slots.clone().try_acquire_owned().ok();
+        let initial = if slot.is_some() { None } else { Some(JobState::Queued) };
         let (cancel, mut cancelled) = watch::channel(false);
         let submitted_at_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
@@ -313,7 +316,7 @@ impl JobRegistry {
             submitted_at_ms,
             started: Instant::now(),
             cancel,
-            progress: Mutex::new(Progress { state: Some(JobState::Queued), ..Default::default() }),
+            progress: Mutex::new(Progress { state: initial, ..Default::default() }),
         });
         self.insert(entry.clone())?;
         let running = entry.clone();
@@ -324,14 +327,20 @@ impl JobRegistry {
                 let _ = cancelled.wait_for(|c| *c).await;
             };
             tokio::pin!(cancel);
-            let outcome = tokio::select! {
-                permit = slots.acquire_owned() => {
-                    running.progress().state = None;
+            let slot = match slot {
+                Some(slot) => Some(slot),
+                None => tokio::select! {
                     // The semaphore is never closed.
-                    let _permit = permit;
+                    permit = slots.acquire_owned() => permit.ok(),
+                    () = &mut cancel => None,
+                },
+            };
+            let outcome = match slot {
+                Some(_slot) => {
+                    running.progress().state = None;
                     driver.run_job(running.id.clone(), &job, &events, cancel).await
                 }
-                () = &mut cancel => Err(IgnisError::Cancelled),
+                None => Err(IgnisError::Cancelled),
             };
             running.finish(outcome);
             done(&running);

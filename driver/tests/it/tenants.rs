@@ -114,7 +114,7 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     // A flood of jobs: with no executor host yet, the first runs (waiting for
     // one), the second queues, the third is refused with Retry-After.
     let (status, body) = api.request(Method::POST, "/v1/jobs", Some(ALICE), Some(count_job("alice"))).await;
-    assert_eq!(status, 202, "{body}");
+    assert_eq!((status, body["state"].as_str()), (202, Some("running")), "{body}");
     let id = body["id"].as_str().unwrap().to_string();
     let hex = id.rsplit('-').next().unwrap();
     assert_eq!(hex.len(), 32, "a job id carries 128 random bits: {id}");
