@@ -9,7 +9,7 @@ use crate::ids::{JobId, StageId};
 use crate::job::{Format, ShuffleCompression};
 
 /// Bumped on any incompatible change to these types or to the plan codec.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRequest {
