@@ -174,7 +174,7 @@ impl PendingWrite {
         let staging = self.staging_url();
         let staging_path = child_path(&self.root, &format!("_temporary/{}", self.job_id));
         store::delete_prefix(self.store.as_ref(), &staging, &staging_path).await?;
-        self.store.delete(&child_path(&self.root, WRITE_LOCK)).await?;
+        delete_if_present(self.store.as_ref(), &child_path(&self.root, WRITE_LOCK)).await?;
         let temporary = store::join(&self.spec.location, "_temporary");
         remove_local_dir_if_empty(&temporary);
         if !self.location_existed {
