@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod commit;
+pub mod connect;
 pub mod datagen;
 pub mod hosts;
 pub mod lambda;
@@ -59,6 +60,7 @@ use crate::commit::{Committed, PendingWrite};
 use crate::scheduler::{JobEvent, ResultTarget, RunSettings, StageResults};
 use crate::stages::{Exchange, StageGraph};
 use crate::udfs::UdfRegistry;
+pub use plan::PlannedJob;
 
 /// Driver-wide settings (per-job settings live in the job's `config`).
 #[derive(Clone, Debug)]
@@ -201,6 +203,11 @@ impl Driver {
         }
     }
 
+    /// Driver-wide settings.
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
     /// The UDF registry jobs take their components from.
     pub fn udfs(&self) -> &UdfRegistry {
         &self.udfs
@@ -238,10 +245,25 @@ impl Driver {
         events: &(dyn Fn(JobEvent) + Send + Sync),
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<JobOutcome> {
-        let start = Instant::now();
-        let backend = self.backend_for(job)?.clone();
         let (udf_refs, components) = self.job_udfs(job).await?;
         let planned = plan::plan_job(job, &components).await?;
+        self.run_planned(job_id, job, planned, udf_refs, events, cancel).await
+    }
+
+    /// Run a job already planned by one of the front ends (Spark Connect):
+    /// `job` gives its output, config and name; `udfs` are the components
+    /// its plan calls.
+    pub async fn run_planned(
+        &self,
+        job_id: JobId,
+        job: &JobSpec,
+        planned: PlannedJob,
+        udf_refs: Vec<UdfRef>,
+        events: &(dyn Fn(JobEvent) + Send + Sync),
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<JobOutcome> {
+        let start = Instant::now();
+        let backend = self.backend_for(job)?.clone();
         let graph = StageGraph::cut(planned.physical, job.config.runtime_filters())?;
         let env = planned.ctx.runtime_env();
         events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });

@@ -110,6 +110,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "IGNIS_LISTEN", default_value = "127.0.0.1:7077")]
     listen: std::net::SocketAddr,
+    /// Also serve Spark Connect (pyspark's `SparkSession.builder.remote("sc://HOST:PORT/;x-api-key=KEY")`)
+    /// on this address; its actions run as jobs of the key's tenant.
+    #[arg(long, env = "IGNIS_SPARK_CONNECT", value_name = "ADDR")]
+    spark_connect: Option<std::net::SocketAddr>,
+    /// Seconds after which an unused Spark Connect session is released.
+    #[arg(long, default_value_t = 3600.0)]
+    spark_connect_idle_timeout: f64,
     /// Where shuffle objects go: a directory or an object store URL (s3://bucket/prefix).
     #[arg(long, env = "IGNIS_SHUFFLE_ROOT")]
     shuffle_root: Option<String>,
@@ -437,12 +444,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: seconds(args.request_timeout, "request-timeout")?,
     };
     let names = driver.backend_names().join(", ");
-    let router =
-        ignis_driver::service::router(std::sync::Arc::new(driver), hosts, service).map_err(anyhow::Error::msg)?;
+    let (router, state) = ignis_driver::service::router_and_state(std::sync::Arc::new(driver), hosts, service)
+        .map_err(anyhow::Error::msg)?;
+    let connect = match args.spark_connect {
+        Some(addr) => {
+            let config = ignis_driver::connect::ConnectConfig {
+                idle_timeout: seconds(args.spark_connect_idle_timeout, "spark-connect-idle-timeout")?,
+                ..Default::default()
+            };
+            // Bind now, so a taken port is an error at start-up.
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding Spark Connect to {addr}"))?;
+            drop(listener);
+            eprintln!("ignis Spark Connect listening on sc://{addr}");
+            Some(tokio::spawn(ignis_driver::connect::serve(addr, state, config, stop_signal())))
+        }
+        None => None,
+    };
     eprintln!("ignis driver listening on http://{} (backends: {names})", args.listen);
-    ignis_driver::service::serve(router, args.listen, server, stop_signal())
+    let served = ignis_driver::service::serve(router, args.listen, server, stop_signal())
         .await
-        .with_context(|| format!("serving on {}", args.listen))
+        .with_context(|| format!("serving on {}", args.listen));
+    if let Some(connect) = connect {
+        connect.abort();
+    }
+    served
 }
 
 async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {

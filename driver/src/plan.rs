@@ -69,7 +69,7 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
 }
 
 /// SQL text as statements; a syntax error says where.
-fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
+pub(crate) fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
     let statements = DFParser::parse_sql(sql).map_err(|e| {
         let mut err = plan_error("sql", e);
         if let IgnisError::Plan(msg) = &mut err
@@ -99,7 +99,7 @@ fn used_tables(ctx: &SessionContext, statements: &VecDeque<Statement>) -> Option
 
 /// Plan SQL statements: every statement but the last must be DDL (views,
 /// external tables); the last is the query.
-async fn plan_sql(ctx: &SessionContext, mut statements: VecDeque<Statement>) -> Result<DataFrame> {
+pub(crate) async fn plan_sql(ctx: &SessionContext, mut statements: VecDeque<Statement>) -> Result<DataFrame> {
     let state = ctx.state();
     let Some(last) = statements.pop_back() else {
         return Err(IgnisError::Plan("sql: no statement found".into()));
@@ -165,7 +165,7 @@ fn end_position(text: &str) -> String {
     format!("Line: {line}, Column: {column}")
 }
 
-async fn register_tables(ctx: &SessionContext, tables: impl Iterator<Item = (&String, &TableSpec)>) -> Result<()> {
+pub(crate) async fn register_tables(ctx: &SessionContext, tables: impl Iterator<Item = (&String, &TableSpec)>) -> Result<()> {
     for (name, table) in tables {
         register_table(ctx, name, table).await.map_err(|e| match e {
             IgnisError::DataFusion(inner) => {
@@ -283,7 +283,7 @@ async fn ensure_files_exist(ctx: &SessionContext, name: &str, location: &str, ex
 
 /// A DDL column list (`order_id BIGINT, country STRING`) as an Arrow schema,
 /// with DataFusion's SQL type names.
-async fn parse_schema(ctx: &SessionContext, ddl: &str) -> std::result::Result<Schema, String> {
+pub(crate) async fn parse_schema(ctx: &SessionContext, ddl: &str) -> std::result::Result<Schema, String> {
     let sql = format!("CREATE EXTERNAL TABLE ignis_schema ({ddl}) STORED AS CSV LOCATION 'unused'");
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;

@@ -158,6 +158,14 @@ impl AuthConfig {
         Ok(Self { keys, executor_secret })
     }
 
+    /// The tenant whose API key `key` is (never the executor secret or a host token).
+    pub fn tenant_of(&self, key: &str) -> Option<String> {
+        match self.classify(Some(key)) {
+            Caller::Tenant(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The tenant whose key `token` is, compared against every key in
     /// constant time; or whether it is the executor secret.
     fn classify(&self, token: Option<&str>) -> Caller {

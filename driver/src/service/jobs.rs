@@ -68,6 +68,12 @@ pub struct JobStatus {
     pub error: Option<ErrorBody>,
     /// Where a finished `write` job put its files.
     pub output: Option<WrittenOutput>,
+    /// The locations its tables read.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Cached DataFrames (Spark Connect `cache()`) it read instead of recomputing them.
+    #[serde(default)]
+    pub cache_reads: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -103,6 +109,8 @@ pub struct JobEntry {
     pub id: JobId,
     pub tenant: String,
     name: Option<String>,
+    inputs: Vec<String>,
+    cache_reads: Vec<String>,
     submitted_at_ms: u64,
     started: Instant,
     cancel: watch::Sender<bool>,
@@ -165,6 +173,8 @@ impl JobEntry {
             metrics: p.metrics.clone(),
             error: p.error.clone(),
             output: p.output.clone(),
+            inputs: self.inputs.clone(),
+            cache_reads: self.cache_reads.clone(),
         }
     }
 
@@ -261,6 +271,20 @@ fn job_error(e: &IgnisError) -> ErrorBody {
     }
 }
 
+/// A job to run: as submitted (planned when it starts), or planned already
+/// by a front end (Spark Connect), which then describes it with `job`.
+pub struct Submission {
+    pub job: JobSpec,
+    pub planned: Option<crate::PlannedJob>,
+    pub cache_reads: Vec<String>,
+}
+
+impl Submission {
+    pub fn new(job: JobSpec) -> Self {
+        Self { job, planned: None, cache_reads: Vec::new() }
+    }
+}
+
 #[derive(Default)]
 pub struct JobRegistry {
     jobs: Mutex<Jobs>,
@@ -299,9 +323,10 @@ impl JobRegistry {
         &self,
         driver: Arc<Driver>,
         tenant: String,
-        job: JobSpec,
+        submission: Submission,
         done: impl FnOnce(&JobEntry) + Send + 'static,
     ) -> Result<Arc<JobEntry>, Busy> {
+        let Submission { job, planned, cache_reads } = submission;
         let slots = self.slots(&tenant);
         // A free slot is taken now, so the answer says `running`; else the job queues.
         let slot = slots.clone().try_acquire_owned().ok();
@@ -313,6 +338,8 @@ impl JobRegistry {
             id: JobId::generate(),
             tenant,
             name: job.name.clone(),
+            inputs: job.tables.values().map(|t| t.location.clone()).collect(),
+            cache_reads,
             submitted_at_ms,
             started: Instant::now(),
             cancel,
@@ -338,7 +365,12 @@ impl JobRegistry {
             let outcome = match slot {
                 Some(_slot) => {
                     running.progress().state = None;
-                    driver.run_job(running.id.clone(), &job, &events, cancel).await
+                    match planned {
+                        Some(planned) => {
+                            driver.run_planned(running.id.clone(), &job, planned, Vec::new(), &events, cancel).await
+                        }
+                        None => driver.run_job(running.id.clone(), &job, &events, cancel).await,
+                    }
                 }
                 None => Err(IgnisError::Cancelled),
             };

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 pub use auth::{AuthConfig, KeyHash, Tenants, hash_key};
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorEnvelope};
-pub use jobs::{JobMetrics, JobState, JobStatus, StageStatus, TenantLimits, WrittenOutput};
+pub use jobs::{JobEntry, JobMetrics, JobState, JobStatus, StageStatus, Submission, TenantLimits, WrittenOutput};
 pub use policy::StoragePolicy;
 pub use server::{ServerLimits, serve};
 
@@ -35,7 +35,7 @@ use crate::hosts::HostsBackend;
 use crate::stages::StageGraph;
 use crate::{Driver, JobResult};
 use auth::Tenant;
-use jobs::{JobEntry, JobRegistry};
+use jobs::JobRegistry;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
@@ -102,6 +102,16 @@ struct Metrics {
 /// The router of the driver service. `hosts` is the executor-host backend
 /// when the driver runs tasks on hosts (the executor routes answer 404 otherwise).
 pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: ServiceConfig) -> Result<Router, String> {
+    router_and_state(driver, hosts, config).map(|(router, _)| router)
+}
+
+/// The router, and the state other ways in (Spark Connect) share with it:
+/// the same driver, tenants, storage policy, limits and job registry.
+pub fn router_and_state(
+    driver: Arc<Driver>,
+    hosts: Option<Arc<HostsBackend>>,
+    config: ServiceConfig,
+) -> Result<(Router, Arc<AppState>), String> {
     let openapi = serde_yaml::from_str(OPENAPI_YAML).map_err(|e| format!("bad built-in OpenAPI document: {e}"))?;
     let state = Arc::new(AppState {
         driver,
@@ -115,7 +125,7 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         compile_gate: udfs::CompileGate::default(),
         openapi,
     });
-    Ok(Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_doc))
         .route("/metrics", get(metrics))
@@ -134,7 +144,8 @@ pub fn router(driver: Arc<Driver>, hosts: Option<Arc<HostsBackend>>, config: Ser
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
             refuse_declared_oversize(req, next, config.max_body_bytes)
         }))
-        .with_state(state))
+        .with_state(state.clone());
+    Ok((router, state))
 }
 
 /// A body whose Content-Length is past the route's limit is refused before
@@ -194,6 +205,19 @@ async fn plan_in_background(state: &AppState, job: &JobSpec) -> ApiResult<StageG
     }
 }
 
+fn too_many_jobs(busy: jobs::Busy) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_jobs",
+        format!(
+            "this tenant already has {} jobs running and {} queued, the most this driver takes; submit again when \
+             one has finished",
+            busy.running, busy.queued
+        ),
+    )
+    .with_retry_after(RETRY_AFTER_SECONDS)
+}
+
 fn payload_too_large(detail: &str) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is too large{detail}"))
 }
@@ -220,30 +244,52 @@ async fn submit_job(
     let job = resolve_job(&state, &tenant, body).await?;
     // Plan now so a bad query is answered at once, like Spark's analysis errors.
     plan_in_background(&state, &job).await?;
-    let finished = state.clone();
-    let entry = state
-        .jobs
-        .submit(state.driver.clone(), tenant, job, move |job| finished.record_finished(job))
-        .map_err(|busy| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_jobs",
-                format!(
-                    "this tenant already has {} jobs running and {} queued, the most this driver takes; submit again \
-                     when one has finished",
-                    busy.running, busy.queued
-                ),
-            )
-            .with_retry_after(RETRY_AFTER_SECONDS)
-        })?;
-    state.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(job = %entry.id, tenant = %entry.tenant, "job submitted");
+    let (entry, _ended) = state.submit(&tenant, Submission::new(job))?;
     let location = format!("/v1/jobs/{}", entry.id);
     let body = axum::Json(Submitted { id: entry.id.to_string(), state: entry.state() });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
 }
 
 impl AppState {
+    /// The tenant whose API key `key` is.
+    pub fn tenant_for_key(&self, key: &str) -> Option<String> {
+        self.auth.tenant_of(key)
+    }
+
+    pub fn driver(&self) -> &Arc<Driver> {
+        &self.driver
+    }
+
+    pub fn job_limits(&self) -> &JobLimits {
+        &self.job_limits
+    }
+
+    /// The storage policy's answer for `tenant`'s locations.
+    pub fn check_locations(&self, tenant: &str, locations: &[ignis_core::job::JobLocation]) -> ApiResult<()> {
+        self.policy.check(tenant, locations)
+    }
+
+    /// Run a job for `tenant` as POST /v1/jobs does (its running and queued
+    /// limits, its place in GET /v1/jobs); the receiver hears when it ends.
+    pub fn submit(
+        self: &Arc<Self>,
+        tenant: &str,
+        submission: Submission,
+    ) -> ApiResult<(Arc<JobEntry>, tokio::sync::oneshot::Receiver<()>)> {
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let finished = self.clone();
+        let entry = self
+            .jobs
+            .submit(self.driver.clone(), tenant.to_string(), submission, move |job| {
+                finished.record_finished(job);
+                let _ = ended.send(());
+            })
+            .map_err(too_many_jobs)?;
+        self.metrics.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job = %entry.id, tenant = %entry.tenant, "job submitted");
+        Ok((entry, ended_rx))
+    }
+
     fn record_finished(&self, job: &JobEntry) {
         self.jobs.trim_results(&job.tenant);
         let status = job.status();

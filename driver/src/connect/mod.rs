@@ -1,0 +1,781 @@
+//! Spark Connect: the gRPC protocol of `pyspark-client`, served beside the
+//! HTTP job API (`ignis serve --spark-connect ADDR`), so PySpark code runs
+//! unchanged. Every action becomes an Ignis job of the session's tenant, with
+//! the tenant rules of `POST /v1/jobs`: API key, storage policy, job limits,
+//! running and queued jobs; it shows in `GET /v1/jobs` like any job.
+//!
+//! ```text
+//!  pyspark ──gRPC──> service (this module): auth (x-api-key), session
+//!     │  Plan { root: Relation | command: Command }
+//!     v
+//!  relation::RelationPlanner ── expr::ExprPlanner   Spark relations/expressions
+//!     │  DataFusion DataFrame (reads checked by the storage policy)      -> DataFusion
+//!     v
+//!  Driver::run_planned (via the job registry)       stages, tasks, commit
+//!     │  rows
+//!     v
+//!  execute::Operation                               Arrow batches, kept for ReattachExecute
+//! ```
+
+mod error;
+mod execute;
+mod expr;
+pub mod proto;
+mod relation;
+mod session;
+mod types;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{Expr, cast};
+use datafusion::prelude::SessionContext;
+use ignis_core::error::IgnisError;
+use ignis_core::job::{Access, Format, JobConfig, JobLocation, JobSpec, OutputSpec, WriteMode, WriteSpec};
+use ignis_core::location::Location;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::PlannedJob;
+use crate::plan::plan_error;
+use crate::JobResult;
+use crate::service::{AppState, JobState, Submission};
+use execute::{Operation, ResponseStream};
+use proto::spark::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
+use proto::spark::{self as sc, execute_plan_response as epr};
+use relation::RelationPlanner;
+use session::{Session, Sessions};
+
+/// The Spark version Ignis answers `spark.version` with: the protocol it speaks.
+pub const SPARK_VERSION: &str = "4.2.0";
+
+#[derive(Clone, Debug)]
+pub struct ConnectConfig {
+    /// A session nobody used for this long is released (its views and caches dropped).
+    pub idle_timeout: Duration,
+    /// The largest gRPC message accepted (a plan, or local data sent by createDataFrame).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(3600), max_message_bytes: 128 << 20 }
+    }
+}
+
+/// Serve Spark Connect on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    app: Arc<AppState>,
+    config: ConnectConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let inner = Arc::new(Inner { app, sessions: Sessions::default(), config: config.clone(), caches: AtomicUsize::new(0) });
+    let sweeper = tokio::spawn(sweep_idle(inner.clone()));
+    let service = SparkConnectServiceServer::new(ConnectService { inner })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_shutdown(addr, shutdown)
+        .await
+        .map_err(|e| format!("Spark Connect server on {addr}: {e}"));
+    sweeper.abort();
+    result
+}
+
+async fn sweep_idle(inner: Arc<Inner>) {
+    let every = (inner.config.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        for session in inner.sessions.take_idle(inner.config.idle_timeout) {
+            tracing::info!(tenant = %session.tenant, session = %session.id, "released an idle Spark Connect session");
+            inner.end_session(&session).await;
+        }
+    }
+}
+
+struct Inner {
+    app: Arc<AppState>,
+    sessions: Sessions,
+    config: ConnectConfig,
+    /// Numbers cached DataFrames' directories.
+    caches: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct ConnectService {
+    inner: Arc<Inner>,
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+impl Inner {
+    /// The tenant a request acts for, by the API key it carries
+    /// (`sc://host:port/;x-api-key=KEY`, or `Authorization: Bearer KEY`).
+    fn tenant<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let metadata = request.metadata();
+        let key = metadata.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| {
+            let value = metadata.get("authorization")?.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+        });
+        let Some(key) = key else {
+            return Err(Status::unauthenticated(
+                "missing API key: connect with SparkSession.builder.remote(\"sc://HOST:PORT/;x-api-key=KEY\")",
+            ));
+        };
+        self.app.tenant_for_key(&key).ok_or_else(|| Status::unauthenticated("unknown API key"))
+    }
+
+    fn session<T>(&self, request: &Request<T>, session_id: &str) -> Result<Arc<Session>, Status> {
+        let tenant = self.tenant(request)?;
+        self.sessions.get_or_create(&tenant, session_id).map_err(|e| error::from_ignis(&e))
+    }
+
+    fn context(&self, session: &Session) -> SessionContext {
+        let partitions = session.shuffle_partitions().unwrap_or(ignis_core::job::DEFAULT_SHUFFLE_PARTITIONS);
+        ignis_core::session::session_context(partitions, ignis_core::job::DEFAULT_BATCH_SIZE)
+    }
+
+    fn policy(&self, tenant: &str) -> impl Fn(&JobLocation) -> ignis_core::error::Result<()> + Send + Sync + '_ {
+        let tenant = tenant.to_string();
+        move |location: &JobLocation| {
+            self.app.check_locations(&tenant, std::slice::from_ref(location)).map_err(|e| {
+                IgnisError::Job(format!("[INSUFFICIENT_PERMISSIONS] {}", e.body.message))
+            })
+        }
+    }
+
+    /// Plan a relation of `session` (reading cached DataFrames where written).
+    async fn plan<'a>(
+        &'a self,
+        session: &'a Session,
+        policy: relation::PolicyCheck<'a>,
+        relation: &sc::Relation,
+    ) -> Result<(RelationPlanner<'a>, DataFrame), Status> {
+        let planner = RelationPlanner::new(self.context(session), session, &self.sessions, policy);
+        let df = planner.plan(relation).await.map_err(|e| error::from_ignis(&e))?;
+        let df = spark_friendly(df).map_err(|e| error::from_ignis(&e))?;
+        Ok((planner, df))
+    }
+
+    /// Run `relation` as an Ignis job of the session's tenant; its rows, or
+    /// nothing for a write.
+    async fn run_job(
+        &self,
+        session: &Session,
+        op: &Operation,
+        relation: &sc::Relation,
+        output: OutputSpec,
+        what: &str,
+    ) -> Result<JobResult, Status> {
+        self.materialize_caches(session, op, relation, false).await?;
+        let policy = self.policy(&session.tenant);
+        let (planner, df) = self.plan(session, &policy, relation).await?;
+        let partitions = planner.partitions.lock().map(|p| *p).unwrap_or(None).or(session.shuffle_partitions());
+        let job = JobSpec {
+            name: Some(format!("spark connect: {what}")),
+            tables: planner.tables.lock().map(|t| t.clone()).unwrap_or_default(),
+            output,
+            config: JobConfig { shuffle_partitions: partitions, ..Default::default() },
+            ..Default::default()
+        };
+        self.app.job_limits().check(&job).map_err(|e| error::from_ignis(&e))?;
+        let cache_reads = planner.cache_reads.lock().map(|c| c.clone()).unwrap_or_default();
+        let (mut state, plan) = df.into_parts();
+        state.config_mut().options_mut().execution.target_partitions = job.config.shuffle_partitions();
+        let physical = state.create_physical_plan(&plan).await.map_err(|e| error::from_ignis(&plan_error(what, e)))?;
+        let planned = PlannedJob { ctx: SessionContext::new_with_state(state), physical };
+        let submission = Submission { job, planned: Some(planned), cache_reads };
+        let (entry, ended) = self.app.submit(&session.tenant, submission).map_err(|e| error::from_api(&e))?;
+        op.set_job(Some(entry.clone()));
+        if op.is_cancelled() {
+            entry.cancel();
+        }
+        let _ = ended.await;
+        op.set_job(None);
+        let status = entry.status();
+        match status.state {
+            JobState::Succeeded => match entry.result() {
+                Some(result) => Ok(match result.as_ref() {
+                    JobResult::Rows { schema, batches } => JobResult::Rows { schema: schema.clone(), batches: batches.clone() },
+                    JobResult::Written(c) => JobResult::Skipped { location: c.location.clone() },
+                    JobResult::Skipped { location } => JobResult::Skipped { location: location.clone() },
+                }),
+                None => Err(error::status(tonic::Code::Internal, &[], "the job's result was dropped before it was read")),
+            },
+            JobState::Cancelled => Err(error::cancelled()),
+            _ => Err(status.error.as_ref().map(error::from_job).unwrap_or_else(|| Status::internal("the job failed"))),
+        }
+    }
+
+    /// Write every DataFrame in `relation` that was `cache()`d and not yet
+    /// written (the first action that needs it does), innermost first.
+    fn materialize_caches<'a>(
+        &'a self,
+        session: &'a Session,
+        op: &'a Operation,
+        relation: &'a sc::Relation,
+        skip_root: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(), Status>> {
+        Box::pin(async move {
+            let caches = session.caches();
+            if caches.iter().all(|c| c.location.is_some()) {
+                return Ok(());
+            }
+            let key = relation.encode_to_vec();
+            let pending = caches.iter().find(|c| c.key == key);
+            if let Some(cached) = pending.filter(|_| !skip_root) {
+                if cached.location.is_some() {
+                    return Ok(());
+                }
+                let n = self.caches.fetch_add(1, Ordering::Relaxed);
+                let root = self.app.driver().config().shuffle_root.trim_end_matches('/').to_string();
+                let location = format!("{root}/_cache/{}/{}/{n}/", session.tenant, session.server_id);
+                let output = OutputSpec::Write(WriteSpec {
+                    format: Format::Parquet,
+                    location: location.clone(),
+                    mode: WriteMode::Overwrite,
+                    partition_by: Vec::new(),
+                });
+                // The job plans the relation itself, after its own inner caches.
+                self.run_job(session, op, relation, output, "cache").await?;
+                session.set_cache_location(&key, location);
+                return Ok(());
+            }
+            for child in children(relation) {
+                self.materialize_caches(session, op, child, false).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn end_session(&self, session: &Session) {
+        for op in session.operations() {
+            op.interrupt();
+        }
+        for cached in session.caches() {
+            if let Some(location) = session.unpersist(&cached.key).flatten() {
+                self.delete(&location).await;
+            }
+        }
+    }
+
+    async fn delete(&self, location: &str) {
+        let env = ignis_core::store::runtime_env();
+        let result = async {
+            let (store, path) = ignis_core::store::resolve(&env, location)?;
+            ignis_core::store::delete_prefix(store.as_ref(), location, &path).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(location, error = %e, "could not delete a cached DataFrame's files");
+        }
+    }
+
+    async fn execute(&self, session: Arc<Session>, op: Arc<Operation>, plan: sc::Plan) -> Result<(), Status> {
+        match plan.op_type {
+            Some(sc::plan::OpType::Root(relation)) => self.execute_relation(&session, &op, relation).await,
+            Some(sc::plan::OpType::Command(command)) => self.execute_command(&session, &op, command).await,
+            None => Err(error::invalid("an ExecutePlan request without a plan")),
+        }
+    }
+
+    async fn execute_relation(&self, session: &Session, op: &Operation, relation: sc::Relation) -> Result<(), Status> {
+        if let Some(sc::relation::RelType::ShowString(show)) = &relation.rel_type {
+            let input = show.input.clone().ok_or_else(|| error::invalid("show() of nothing"))?;
+            let num_rows = usize::try_from(show.num_rows).unwrap_or(0);
+            let limited = sc::Relation {
+                common: None,
+                rel_type: Some(sc::relation::RelType::Limit(Box::new(sc::Limit {
+                    input: Some(input),
+                    limit: i32::try_from(num_rows + 1).unwrap_or(i32::MAX),
+                }))),
+            };
+            let rows = self.run_job(session, op, &limited, OutputSpec::Collect, "show").await?;
+            let JobResult::Rows { schema, batches } = rows else { return Err(Status::internal("show wrote files")) };
+            let truncate = usize::try_from(show.truncate).unwrap_or(0);
+            let shown = execute::show_string(&schema, &batches, num_rows, truncate, show.vertical)
+                .map_err(|e| error::from_ignis(&e.into()))?;
+            self.push_rows(op, &shown.schema(), &[shown])
+        } else {
+            let rows = self.run_job(session, op, &relation, OutputSpec::Collect, "collect").await?;
+            let JobResult::Rows { schema, batches } = rows else { return Err(Status::internal("collect wrote files")) };
+            self.push_rows(op, &schema, &batches)
+        }
+    }
+
+    fn push_rows(&self, op: &Operation, schema: &datafusion::arrow::datatypes::SchemaRef, batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Result<(), Status> {
+        for batch in execute::arrow_batches(schema, batches).map_err(|e| error::from_ignis(&e.into()))? {
+            op.push(epr::ResponseType::ArrowBatch(batch));
+        }
+        Ok(())
+    }
+
+    async fn execute_command(&self, session: &Session, op: &Operation, command: sc::Command) -> Result<(), Status> {
+        use sc::command::CommandType;
+        match command.command_type {
+            Some(CommandType::WriteOperation(w)) => self.write(session, op, w).await,
+            Some(CommandType::CreateDataframeView(v)) => {
+                let input = v.input.ok_or_else(|| error::invalid("createTempView of nothing"))?;
+                check_view_name(&v.name)?;
+                if v.is_global {
+                    self.sessions.set_global_view(&session.tenant, &v.name, input, v.replace).map_err(|e| error::from_ignis(&e))
+                } else {
+                    if !v.replace && session.has_view(&v.name) {
+                        return Err(error::from_ignis(&session::already_exists(&v.name)));
+                    }
+                    session.set_view(&v.name, input);
+                    Ok(())
+                }
+            }
+            Some(CommandType::SqlCommand(sql)) => self.sql_command(session, op, sql).await,
+            Some(CommandType::RegisterFunction(f)) => Err(error::from_ignis(&IgnisError::Plan(format!(
+                "[UNSUPPORTED_FEATURE] the Python UDF '{}' cannot be registered: Ignis runs WebAssembly UDFs (udf-sdk); \
+                 upload one and call it with F.call_function",
+                f.function_name
+            )))),
+            Some(CommandType::WriteOperationV2(w)) => Err(error::from_ignis(&IgnisError::Plan(format!(
+                "[UNSUPPORTED_FEATURE] writeTo(\"{}\"): Ignis has no table catalog; write to a path with df.write.save(path)",
+                w.table_name
+            )))),
+            None => Err(error::invalid("an unknown command (this Ignis does not serve it)")),
+        }
+    }
+
+    async fn write(&self, session: &Session, op: &Operation, w: sc::WriteOperation) -> Result<(), Status> {
+        use sc::write_operation::{SaveMode, SaveType};
+        let input = w.input.as_ref().ok_or_else(|| error::invalid("a write of nothing"))?;
+        let format = match w.source.as_deref().unwrap_or("parquet").to_ascii_lowercase().as_str() {
+            "parquet" => Format::Parquet,
+            "csv" => Format::Csv,
+            "json" => Format::Json,
+            other => {
+                return Err(error::from_ignis(&IgnisError::Plan(format!(
+                    "[UNSUPPORTED_DATASOURCE] df.write.format(\"{other}\"): Ignis writes parquet, csv and json"
+                ))));
+            }
+        };
+        let path = match &w.save_type {
+            Some(SaveType::Path(p)) => p.clone(),
+            Some(SaveType::Table(t)) => {
+                return Err(error::from_ignis(&IgnisError::Plan(format!(
+                    "[UNSUPPORTED_FEATURE] saveAsTable(\"{}\"): Ignis has no table catalog; write to a path with \
+                     df.write.save(path) or .parquet(path)",
+                    t.table_name
+                ))));
+            }
+            None => return Err(error::invalid("df.write.save() needs a path")),
+        };
+        if w.bucket_by.is_some() || !w.sort_column_names.is_empty() {
+            return Err(error::from_ignis(&IgnisError::Plan("[UNSUPPORTED_FEATURE] bucketBy and sortBy".into())));
+        }
+        let location = Location::parse(&path, None, "df.write path").map_err(|e| error::from_ignis(&e))?;
+        let policy = self.policy(&session.tenant);
+        policy(&JobLocation { field: "df.write path".into(), location: location.clone(), access: Access::Write })
+            .map_err(|e| error::from_ignis(&e))?;
+        let mode = match w.mode() {
+            SaveMode::Append => WriteMode::Append,
+            SaveMode::Overwrite => WriteMode::Overwrite,
+            SaveMode::Ignore => WriteMode::Ignore,
+            SaveMode::ErrorIfExists | SaveMode::Unspecified => WriteMode::Error,
+        };
+        let output = OutputSpec::Write(WriteSpec { format, location: location.url(), mode, partition_by: w.partitioning_columns.clone() });
+        self.run_job(session, op, input, output, "write").await.map(|_| ())
+    }
+
+    /// `spark.sql(...)`: a query comes back as a relation the client runs
+    /// later (analysed now, so errors surface at once); `CREATE [OR REPLACE]
+    /// TEMP VIEW` defines a view of the session.
+    async fn sql_command(&self, session: &Session, op: &Operation, sql: sc::SqlCommand) -> Result<(), Status> {
+        use datafusion::sql::parser::Statement as DfStatement;
+        use datafusion::sql::sqlparser::ast::Statement;
+        let has_args = !sql.args.is_empty() || !sql.pos_args.is_empty() || !sql.named_arguments.is_empty() || !sql.pos_arguments.is_empty();
+        let statements = crate::plan::parse_sql(&sql.sql).map_err(|e| error::from_ignis(&e))?;
+        let view = match statements.front() {
+            Some(DfStatement::Statement(s)) => match s.as_ref() {
+                Statement::CreateView(v) => Some((v.name.to_string(), v.query.to_string(), v.or_replace)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let relation = if let Some((name, query, replace)) = view {
+            check_view_name(&name)?;
+            if !replace && session.has_view(&name) {
+                return Err(error::from_ignis(&session::already_exists(&name)));
+            }
+            let query = sql_relation(&query);
+            // Analyse the view's query now, as Spark does.
+            let policy = self.policy(&session.tenant);
+            self.plan(session, &policy, &query).await?;
+            session.set_view(&name, query);
+            empty_relation()
+        } else {
+            let policy = self.policy(&session.tenant);
+            let planner = RelationPlanner::new(self.context(session), session, &self.sessions, &policy);
+            planner.sql(&sql.sql, has_args).await.map_err(|e| error::from_ignis(&e))?;
+            sql_relation(&sql.sql)
+        };
+        op.push(epr::ResponseType::SqlCommandResult(epr::SqlCommandResult { relation: Some(relation) }));
+        Ok(())
+    }
+
+    async fn analyze(&self, session: &Session, request: sc::AnalyzePlanRequest) -> Result<sc::AnalyzePlanResponse, Status> {
+        use sc::analyze_plan_request::Analyze;
+        use sc::analyze_plan_response::{self as r, Result as R};
+        let relation_of = |plan: Option<sc::Plan>| -> Result<sc::Relation, Status> {
+            match plan.and_then(|p| p.op_type) {
+                Some(sc::plan::OpType::Root(r)) => Ok(r),
+                _ => Err(error::invalid("AnalyzePlan needs a relation")),
+            }
+        };
+        let policy = self.policy(&session.tenant);
+        let result = match request.analyze {
+            Some(Analyze::Schema(s)) => {
+                let (_, df) = self.plan(session, &policy, &relation_of(s.plan)?).await?;
+                R::Schema(r::Schema { schema: Some(types::schema_to_spark(df.schema().as_arrow())) })
+            }
+            Some(Analyze::Explain(e)) => {
+                let (_, df) = self.plan(session, &policy, &relation_of(e.plan)?).await?;
+                R::Explain(r::Explain { explain_string: explain(df).await? })
+            }
+            Some(Analyze::TreeString(t)) => {
+                let (_, df) = self.plan(session, &policy, &relation_of(t.plan)?).await?;
+                R::TreeString(r::TreeString { tree_string: tree_string(df.schema().as_arrow()) })
+            }
+            Some(Analyze::IsLocal(l)) => {
+                let relation = relation_of(l.plan)?;
+                let local = matches!(relation.rel_type, Some(sc::relation::RelType::LocalRelation(_)));
+                R::IsLocal(r::IsLocal { is_local: local })
+            }
+            Some(Analyze::IsStreaming(_)) => R::IsStreaming(r::IsStreaming { is_streaming: false }),
+            Some(Analyze::InputFiles(f)) => {
+                let (planner, _) = self.plan(session, &policy, &relation_of(f.plan)?).await?;
+                let files = planner.tables.lock().map(|t| t.values().map(|t| t.location.clone()).collect()).unwrap_or_default();
+                R::InputFiles(r::InputFiles { files })
+            }
+            Some(Analyze::SparkVersion(_)) => R::SparkVersion(r::SparkVersion { version: SPARK_VERSION.into() }),
+            Some(Analyze::DdlParse(d)) => {
+                let ctx = self.context(session);
+                let schema = match types::parse_json_schema(&d.ddl_string).map_err(|e| error::from_ignis(&e))? {
+                    Some(s) => s,
+                    None => crate::plan::parse_schema(&ctx, &d.ddl_string)
+                        .await
+                        .map_err(|e| error::from_ignis(&IgnisError::Plan(format!("[PARSE_SYNTAX_ERROR] SQL syntax error in the schema {:?}: {e}", d.ddl_string))))?,
+                };
+                R::DdlParse(r::DdlParse { parsed: Some(types::schema_to_spark(&schema)) })
+            }
+            Some(Analyze::SameSemantics(s)) => {
+                let (_, a) = self.plan(session, &policy, &relation_of(s.target_plan)?).await?;
+                let (_, b) = self.plan(session, &policy, &relation_of(s.other_plan)?).await?;
+                R::SameSemantics(r::SameSemantics { result: a.logical_plan() == b.logical_plan() })
+            }
+            Some(Analyze::SemanticHash(h)) => {
+                let (_, df) = self.plan(session, &policy, &relation_of(h.plan)?).await?;
+                let text = df.logical_plan().display_indent().to_string();
+                let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes()));
+                R::SemanticHash(r::SemanticHash { result: i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) })
+            }
+            Some(Analyze::Persist(p)) => {
+                let relation = p.relation.ok_or_else(|| error::invalid("persist() of nothing"))?;
+                // Plan now: caching a DataFrame that cannot run is an error at once.
+                self.plan(session, &policy, &relation).await?;
+                session.persist(relation.encode_to_vec());
+                R::Persist(r::Persist {})
+            }
+            Some(Analyze::Unpersist(u)) => {
+                let relation = u.relation.ok_or_else(|| error::invalid("unpersist() of nothing"))?;
+                if let Some(Some(location)) = session.unpersist(&relation.encode_to_vec()) {
+                    self.delete(&location).await;
+                }
+                R::Unpersist(r::Unpersist {})
+            }
+            Some(Analyze::GetStorageLevel(g)) => {
+                let relation = g.relation.ok_or_else(|| error::invalid("storageLevel of nothing"))?;
+                let cached = session.is_persisted(&relation.encode_to_vec());
+                let level = sc::StorageLevel { use_disk: cached, use_memory: false, use_off_heap: false, deserialized: false, replication: i32::from(cached) };
+                R::GetStorageLevel(r::GetStorageLevel { storage_level: Some(level) })
+            }
+            None => return Err(error::invalid("AnalyzePlan without a question")),
+        };
+        Ok(sc::AnalyzePlanResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), result: Some(result) })
+    }
+
+    fn config(&self, session: &Session, operation: sc::config_request::Operation) -> Result<sc::ConfigResponse, Status> {
+        use sc::config_request::operation::OpType;
+        let pair = |key: &str, value: Option<String>| sc::KeyValue { key: key.to_string(), value };
+        let mut pairs = Vec::new();
+        let mut warnings = Vec::new();
+        match operation.op_type {
+            Some(OpType::Set(set)) => {
+                for kv in set.pairs {
+                    match kv.value {
+                        Some(value) => session.set_config(&kv.key, &value).map_err(|e| error::from_ignis(&e))?,
+                        None => session.unset_config(&kv.key),
+                    }
+                    if !kv.key.starts_with("spark.") {
+                        warnings.push(format!("{} is not a Spark setting; Ignis keeps it but does not use it", kv.key));
+                    }
+                }
+            }
+            Some(OpType::Get(get)) => {
+                for key in get.keys {
+                    let value = session.config(&key).ok_or_else(|| error::conf_not_found(&key))?;
+                    pairs.push(pair(&key, Some(value)));
+                }
+            }
+            Some(OpType::GetWithDefault(get)) => {
+                for kv in get.pairs {
+                    pairs.push(pair(&kv.key, session.config(&kv.key).or(kv.value)));
+                }
+            }
+            Some(OpType::GetOption(get)) => {
+                for key in get.keys {
+                    pairs.push(pair(&key, session.config(&key)));
+                }
+            }
+            Some(OpType::GetAll(all)) => {
+                let prefix = all.prefix.unwrap_or_default();
+                pairs.extend(session.all_config(&prefix).into_iter().map(|(k, v)| pair(&k, Some(v))));
+            }
+            Some(OpType::Unset(unset)) => unset.keys.iter().for_each(|k| session.unset_config(k)),
+            Some(OpType::IsModifiable(m)) => {
+                for key in m.keys {
+                    let fixed = ["spark.sql.session.timeZone", "spark.sql.ansi.enabled", "spark.sql.caseSensitive"];
+                    pairs.push(pair(&key, Some((!fixed.contains(&key.as_str())).to_string())));
+                }
+            }
+            None => return Err(error::invalid("a Config request without an operation")),
+        }
+        Ok(sc::ConfigResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), pairs, warnings })
+    }
+}
+
+/// The relations directly inside `r`.
+fn children(r: &sc::Relation) -> Vec<&sc::Relation> {
+    use sc::relation::RelType;
+    fn one(x: &Option<Box<sc::Relation>>) -> Vec<&sc::Relation> {
+        x.as_deref().into_iter().collect()
+    }
+    match &r.rel_type {
+        Some(RelType::Project(p)) => one(&p.input),
+        Some(RelType::Filter(x)) => one(&x.input),
+        Some(RelType::Join(j)) => one(&j.left).into_iter().chain(one(&j.right)).collect(),
+        Some(RelType::SetOp(s)) => one(&s.left_input).into_iter().chain(one(&s.right_input)).collect(),
+        Some(RelType::Sort(x)) => one(&x.input),
+        Some(RelType::Limit(x)) => one(&x.input),
+        Some(RelType::Aggregate(x)) => one(&x.input),
+        Some(RelType::Sample(x)) => one(&x.input),
+        Some(RelType::Offset(x)) => one(&x.input),
+        Some(RelType::Deduplicate(x)) => one(&x.input),
+        Some(RelType::SubqueryAlias(x)) => one(&x.input),
+        Some(RelType::Repartition(x)) => one(&x.input),
+        Some(RelType::RepartitionByExpression(x)) => one(&x.input),
+        Some(RelType::ToDf(x)) => one(&x.input),
+        Some(RelType::WithColumnsRenamed(x)) => one(&x.input),
+        Some(RelType::ShowString(x)) => one(&x.input),
+        Some(RelType::Drop(x)) => one(&x.input),
+        Some(RelType::Tail(x)) => one(&x.input),
+        Some(RelType::WithColumns(x)) => one(&x.input),
+        Some(RelType::Hint(x)) => one(&x.input),
+        Some(RelType::FillNa(x)) => one(&x.input),
+        Some(RelType::DropNa(x)) => one(&x.input),
+        _ => Vec::new(),
+    }
+}
+
+fn sql_relation(query: &str) -> sc::Relation {
+    sc::Relation {
+        common: None,
+        rel_type: Some(sc::relation::RelType::Sql(sc::Sql { query: query.to_string(), ..Default::default() })),
+    }
+}
+
+fn empty_relation() -> sc::Relation {
+    sc::Relation {
+        common: None,
+        rel_type: Some(sc::relation::RelType::LocalRelation(sc::LocalRelation {
+            data: None,
+            schema: Some(r#"{"type":"struct","fields":[]}"#.into()),
+        })),
+    }
+}
+
+fn check_view_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(error::from_ignis(&IgnisError::Plan(format!(
+            "[INVALID_VIEW_NAME] {name:?}: a view name is letters, digits and '_'"
+        ))))
+    }
+}
+
+/// The DataFrame with columns pyspark reads (see [`execute::spark_friendly`]).
+fn spark_friendly(df: DataFrame) -> ignis_core::error::Result<DataFrame> {
+    let needs = df.schema().fields().iter().any(|f| execute::spark_friendly(f.data_type()).is_some());
+    if !needs {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = df
+        .schema()
+        .iter()
+        .map(|(q, f)| {
+            let column = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+            match execute::spark_friendly(f.data_type()) {
+                Some(t) => cast(column, t).alias(f.name()),
+                None => column,
+            }
+        })
+        .collect();
+    df.select(exprs).map_err(|e| plan_error("result", e))
+}
+
+async fn explain(df: DataFrame) -> Result<String, Status> {
+    let logical = df.logical_plan().display_indent().to_string();
+    let physical = df.create_physical_plan().await.map_err(|e| error::from_ignis(&plan_error("explain", e)))?;
+    let physical = datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string();
+    Ok(format!("== Logical Plan ==\n{logical}\n\n== Physical Plan ==\n{physical}"))
+}
+
+/// `printSchema()`'s text.
+fn tree_string(schema: &Schema) -> String {
+    let mut out = String::from("root\n");
+    for f in schema.fields() {
+        let t = types::to_spark(f.data_type());
+        out.push_str(&format!(" |-- {}: {} (nullable = {})\n", f.name(), simple_name(&t), f.is_nullable()));
+    }
+    out
+}
+
+fn simple_name(t: &sc::DataType) -> String {
+    use sc::data_type::Kind;
+    match &t.kind {
+        Some(Kind::Boolean(_)) => "boolean".into(),
+        Some(Kind::Byte(_)) => "byte".into(),
+        Some(Kind::Short(_)) => "short".into(),
+        Some(Kind::Integer(_)) => "integer".into(),
+        Some(Kind::Long(_)) => "long".into(),
+        Some(Kind::Float(_)) => "float".into(),
+        Some(Kind::Double(_)) => "double".into(),
+        Some(Kind::Decimal(d)) => format!("decimal({},{})", d.precision.unwrap_or(10), d.scale.unwrap_or(0)),
+        Some(Kind::String(_)) => "string".into(),
+        Some(Kind::Binary(_)) => "binary".into(),
+        Some(Kind::Date(_)) => "date".into(),
+        Some(Kind::Timestamp(_)) => "timestamp".into(),
+        Some(Kind::TimestampNtz(_)) => "timestamp_ntz".into(),
+        Some(Kind::Array(_)) => "array".into(),
+        Some(Kind::Struct(_)) => "struct".into(),
+        Some(Kind::Map(_)) => "map".into(),
+        _ => "unknown".into(),
+    }
+}
+
+#[tonic::async_trait]
+impl SparkConnectService for ConnectService {
+    type ExecutePlanStream = ResponseStream;
+    type ReattachExecuteStream = ResponseStream;
+
+    async fn execute_plan(&self, request: Request<sc::ExecutePlanRequest>) -> RpcResult<Self::ExecutePlanStream> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        let request = request.into_inner();
+        let plan = request.plan.ok_or_else(|| error::invalid("ExecutePlan without a plan"))?;
+        let id = request.operation_id.unwrap_or_else(|| ignis_core::ids::JobId::generate().to_string());
+        if session.operation(&id).is_some() {
+            return Err(error::invalid(format!("[INVALID_HANDLE.OPERATION_ALREADY_EXISTS] operation {id} exists")));
+        }
+        let op = Operation::new(id, request.tags, session.id.clone(), session.server_id.clone());
+        session.add_operation(op.clone());
+        let inner = self.inner.clone();
+        let running = op.clone();
+        let task = tokio::spawn(async move {
+            let outcome = inner.execute(session, running.clone(), plan).await;
+            running.finish(outcome);
+        });
+        op.set_task(task.abort_handle());
+        Ok(Response::new(op.stream(None)?))
+    }
+
+    async fn analyze_plan(&self, request: Request<sc::AnalyzePlanRequest>) -> RpcResult<sc::AnalyzePlanResponse> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        self.inner.analyze(&session, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn config(&self, request: Request<sc::ConfigRequest>) -> RpcResult<sc::ConfigResponse> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        let operation = request.into_inner().operation.ok_or_else(|| error::invalid("Config without an operation"))?;
+        self.inner.config(&session, operation).map(Response::new)
+    }
+
+    async fn add_artifacts(&self, _request: Request<tonic::Streaming<sc::AddArtifactsRequest>>) -> RpcResult<sc::AddArtifactsResponse> {
+        Err(Status::unimplemented("Ignis takes no artifacts (jars, Python files); UDFs are WebAssembly components uploaded with POST /v1/udfs"))
+    }
+
+    async fn artifact_status(&self, _request: Request<sc::ArtifactStatusesRequest>) -> RpcResult<sc::ArtifactStatusesResponse> {
+        Err(Status::unimplemented("Ignis takes no artifacts"))
+    }
+
+    async fn interrupt(&self, request: Request<sc::InterruptRequest>) -> RpcResult<sc::InterruptResponse> {
+        use sc::interrupt_request::{Interrupt, InterruptType};
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        let request = request.into_inner();
+        let kind = request.interrupt_type();
+        let chosen: Vec<_> = session
+            .operations()
+            .into_iter()
+            .filter(|op| match (kind, &request.interrupt) {
+                (InterruptType::All, _) => true,
+                (InterruptType::Tag, Some(Interrupt::OperationTag(tag))) => op.tags.contains(tag),
+                (InterruptType::OperationId, Some(Interrupt::OperationId(id))) => &op.id == id,
+                _ => false,
+            })
+            .collect();
+        let interrupted_ids = chosen.into_iter().filter(|op| op.interrupt()).map(|op| op.id.clone()).collect();
+        Ok(Response::new(sc::InterruptResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), interrupted_ids }))
+    }
+
+    async fn reattach_execute(&self, request: Request<sc::ReattachExecuteRequest>) -> RpcResult<Self::ReattachExecuteStream> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        let request = request.into_inner();
+        let op = session.operation(&request.operation_id).ok_or_else(|| {
+            error::invalid(format!("[INVALID_HANDLE.OPERATION_NOT_FOUND] operation {} is not known (released?)", request.operation_id))
+        })?;
+        Ok(Response::new(op.stream(request.last_response_id)?))
+    }
+
+    async fn release_execute(&self, request: Request<sc::ReleaseExecuteRequest>) -> RpcResult<sc::ReleaseExecuteResponse> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        let request = request.into_inner();
+        if matches!(request.release, Some(sc::release_execute_request::Release::ReleaseAll(_))) {
+            session.remove_operation(&request.operation_id);
+        }
+        Ok(Response::new(sc::ReleaseExecuteResponse {
+            session_id: session.id.clone(),
+            server_side_session_id: session.server_id.clone(),
+            operation_id: Some(request.operation_id),
+        }))
+    }
+
+    async fn release_session(&self, request: Request<sc::ReleaseSessionRequest>) -> RpcResult<sc::ReleaseSessionResponse> {
+        let tenant = self.inner.tenant(&request)?;
+        let request = request.into_inner();
+        let server_side_session_id = match self.inner.sessions.remove(&tenant, &request.session_id) {
+            Some(session) => {
+                self.inner.end_session(&session).await;
+                session.server_id.clone()
+            }
+            None => String::new(),
+        };
+        Ok(Response::new(sc::ReleaseSessionResponse { session_id: request.session_id, server_side_session_id }))
+    }
+
+    async fn fetch_error_details(&self, request: Request<sc::FetchErrorDetailsRequest>) -> RpcResult<sc::FetchErrorDetailsResponse> {
+        let session = self.inner.session(&request, &request.get_ref().session_id)?;
+        Ok(Response::new(sc::FetchErrorDetailsResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone() }))
+    }
+}
