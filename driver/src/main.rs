@@ -453,7 +453,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             // Bind now, so a taken port is an error at start-up.
-            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding Spark Connect to {addr}"))?;
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("binding Spark Connect to {addr}"))?;
             drop(listener);
             eprintln!("ignis Spark Connect listening on sc://{addr}");
             Some(tokio::spawn(ignis_driver::connect::serve(addr, state, config, stop_signal())))

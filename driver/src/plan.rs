@@ -165,7 +165,10 @@ fn end_position(text: &str) -> String {
     format!("Line: {line}, Column: {column}")
 }
 
-pub(crate) async fn register_tables(ctx: &SessionContext, tables: impl Iterator<Item = (&String, &TableSpec)>) -> Result<()> {
+pub(crate) async fn register_tables(
+    ctx: &SessionContext,
+    tables: impl Iterator<Item = (&String, &TableSpec)>,
+) -> Result<()> {
     for (name, table) in tables {
         register_table(ctx, name, table).await.map_err(|e| match e {
             IgnisError::DataFusion(inner) => {

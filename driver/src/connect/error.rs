@@ -88,7 +88,11 @@ pub fn cancelled() -> Status {
 }
 
 pub fn conf_not_found(key: &str) -> Status {
-    status(Code::NotFound, &[NO_SUCH_ELEMENT], &format!("[SQL_CONF_NOT_FOUND] The SQL config \"{key}\" cannot be found."))
+    status(
+        Code::NotFound,
+        &[NO_SUCH_ELEMENT],
+        &format!("[SQL_CONF_NOT_FOUND] The SQL config \"{key}\" cannot be found."),
+    )
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {

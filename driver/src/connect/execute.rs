@@ -139,35 +139,39 @@ impl Operation {
             }
         };
         let changes = self.version.subscribe();
-        let stream = futures::stream::unfold((self, start, changes, false), |(op, next, mut changes, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                let (item, outcome) = {
-                    let state = op.lock();
-                    (state.responses.get(next).cloned(), state.outcome.clone())
-                };
-                if let Some(item) = item {
-                    return Some((Ok(item), (op, next + 1, changes, false)));
+        let stream =
+            futures::stream::unfold((self, start, changes, false), |(op, next, mut changes, ended)| async move {
+                if ended {
+                    return None;
                 }
-                match outcome {
-                    Some(Ok(())) => return None,
-                    Some(Err(status)) => return Some((Err(status), (op, next, changes, true))),
-                    None => {
-                        if changes.changed().await.is_err() {
-                            return None;
+                loop {
+                    let (item, outcome) = {
+                        let state = op.lock();
+                        (state.responses.get(next).cloned(), state.outcome.clone())
+                    };
+                    if let Some(item) = item {
+                        return Some((Ok(item), (op, next + 1, changes, false)));
+                    }
+                    match outcome {
+                        Some(Ok(())) => return None,
+                        Some(Err(status)) => return Some((Err(status), (op, next, changes, true))),
+                        None => {
+                            if changes.changed().await.is_err() {
+                                return None;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok(Box::pin(stream))
     }
 }
 
 /// Rows as the Arrow batches pyspark reads: each an IPC stream of its own.
-pub fn arrow_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<epr::ArrowBatch>, datafusion::arrow::error::ArrowError> {
+pub fn arrow_batches(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<epr::ArrowBatch>, datafusion::arrow::error::ArrowError> {
     let mut out = Vec::new();
     let mut offset = 0i64;
     let non_empty: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
@@ -309,15 +313,22 @@ mod tests {
 
     #[test]
     fn show_draws_like_spark() {
-        let schema = Arc::new(Schema::new(vec![Field::new("product", DataType::Utf8, true), Field::new("count", DataType::Int64, false)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("product", DataType::Utf8, true),
+            Field::new("count", DataType::Int64, false),
+        ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(StringArray::from(vec![Some("kettle"), None])), Arc::new(datafusion::arrow::array::Int64Array::from(vec![3, 12]))],
+            vec![
+                Arc::new(StringArray::from(vec![Some("kettle"), None])),
+                Arc::new(datafusion::arrow::array::Int64Array::from(vec![3, 12])),
+            ],
         )
         .ok();
         let shown = batch.and_then(|b| show_string(&schema, &[b], 20, 20, false).ok());
         let text = shown.map(|b| b.column(0).as_any().downcast_ref::<StringArray>().map(|a| a.value(0).to_string()));
-        let expected = "+-------+-----+\n|product|count|\n+-------+-----+\n| kettle|    3|\n|   NULL|   12|\n+-------+-----+\n";
+        let expected =
+            "+-------+-----+\n|product|count|\n+-------+-----+\n| kettle|    3|\n|   NULL|   12|\n+-------+-----+\n";
         assert_eq!(text.flatten().as_deref(), Some(expected));
     }
 }

@@ -7,14 +7,14 @@ use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::expr::{ScalarFunction, WindowFunction};
 use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, ExprSchemable, SortExpr, WindowFrame, WindowFrameBound, WindowFrameUnits,
-    WindowFunctionDefinition, binary_expr, cast, lit, Operator,
+    Expr, ExprFunctionExt, ExprSchemable, Operator, SortExpr, WindowFrame, WindowFrameBound, WindowFrameUnits,
+    WindowFunctionDefinition, binary_expr, cast, lit,
 };
 use datafusion::prelude::SessionContext;
 use ignis_core::error::{IgnisError, Result};
 
-use super::proto::spark::expression::{self as ex, ExprType};
 use super::proto::spark::Expression;
+use super::proto::spark::expression::{self as ex, ExprType};
 use super::types;
 use crate::plan::plan_error;
 
@@ -59,7 +59,10 @@ impl ExprPlanner<'_> {
             .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
             .collect();
         if cols.is_empty() && qualifier.is_some() {
-            return Err(analysis(format!("cannot resolve '{}.*': no such relation alias", qualifier.unwrap_or_default())));
+            return Err(analysis(format!(
+                "cannot resolve '{}.*': no such relation alias",
+                qualifier.unwrap_or_default()
+            )));
         }
         Ok(cols)
     }
@@ -71,9 +74,10 @@ impl ExprPlanner<'_> {
             ExprType::UnresolvedAttribute(a) => self.column(&a.unparsed_identifier, a.plan_id),
             ExprType::UnresolvedFunction(f) => self.function(&f.function_name, &f.arguments, f.is_distinct),
             ExprType::CallFunction(f) => self.function(&f.function_name, &f.arguments, false),
-            ExprType::ExpressionString(s) => {
-                self.input.parse_sql_expr(&s.expression).map_err(|err| plan_error(&format!("expr(\"{}\")", s.expression), err))
-            }
+            ExprType::ExpressionString(s) => self
+                .input
+                .parse_sql_expr(&s.expression)
+                .map_err(|err| plan_error(&format!("expr(\"{}\")", s.expression), err)),
             ExprType::UnresolvedStar(_) => Err(unsupported("'*' outside a select list")),
             ExprType::Alias(a) => {
                 let inner = a.expr.as_deref().ok_or_else(|| unsupported("an alias without expression"))?;
@@ -136,7 +140,9 @@ impl ExprPlanner<'_> {
                 .filter(|(_, f)| if exact { f.name() == name } else { f.name().eq_ignore_ascii_case(name) })
                 .filter(|(q, _)| match &qualifier {
                     None => true,
-                    Some(want) => q.is_some_and(|q| q.to_string().eq_ignore_ascii_case(want) || q.table().eq_ignore_ascii_case(want)),
+                    Some(want) => q.is_some_and(|q| {
+                        q.to_string().eq_ignore_ascii_case(want) || q.table().eq_ignore_ascii_case(want)
+                    }),
                 })
                 .map(|(q, f)| Column::new(q.cloned(), f.name()))
                 .collect()
@@ -168,7 +174,11 @@ impl ExprPlanner<'_> {
     fn function(&self, name: &str, args: &[Expression], distinct: bool) -> Result<Expr> {
         let mut a = self.args(args)?;
         let arity = |n: usize| -> Result<()> {
-            if a.len() == n { Ok(()) } else { Err(analysis(format!("function {name} takes {n} arguments, not {}", a.len()))) }
+            if a.len() == n {
+                Ok(())
+            } else {
+                Err(analysis(format!("function {name} takes {n} arguments, not {}", a.len())))
+            }
         };
         let binary = |op: Operator, a: &mut Vec<Expr>| -> Result<Expr> {
             if a.len() != 2 {
@@ -359,7 +369,11 @@ impl ExprPlanner<'_> {
         }
         let partition = w.partition_spec.iter().map(|e| self.expr(e)).collect::<Result<Vec<_>>>()?;
         let order = w.order_spec.iter().map(|o| self.sort(o)).collect::<Result<Vec<_>>>()?;
-        let mut builder = Expr::from(WindowFunction::new(def, args)).partition_by(partition).order_by(order.clone());
+        let mut builder = Expr::from(WindowFunction::new(def, args)).partition_by(partition);
+        if !order.is_empty() {
+            // Without ORDER BY the frame is the whole partition, as in Spark.
+            builder = builder.order_by(order);
+        }
         if let Some(frame) = &w.frame_spec {
             builder = builder.window_frame(self.frame(frame)?);
         }
@@ -373,8 +387,14 @@ impl ExprPlanner<'_> {
             FrameType::Range => WindowFrameUnits::Range,
             FrameType::Undefined => return Err(unsupported("a window frame without type")),
         };
-        let bound = |b: &Option<Box<ex::window::window_frame::FrameBoundary>>, lower: bool| -> Result<WindowFrameBound> {
-            let unbounded = if lower { WindowFrameBound::Preceding(ScalarValue::Null) } else { WindowFrameBound::Following(ScalarValue::Null) };
+        let bound = |b: &Option<Box<ex::window::window_frame::FrameBoundary>>,
+                     lower: bool|
+         -> Result<WindowFrameBound> {
+            let unbounded = if lower {
+                WindowFrameBound::Preceding(ScalarValue::Null)
+            } else {
+                WindowFrameBound::Following(ScalarValue::Null)
+            };
             Ok(match b.as_ref().and_then(|b| b.boundary.as_ref()) {
                 None | Some(Boundary::Unbounded(_)) => unbounded,
                 Some(Boundary::CurrentRow(_)) => WindowFrameBound::CurrentRow,
@@ -412,7 +432,6 @@ impl ExprPlanner<'_> {
         };
         Ok(SortExpr::new(self.expr(child)?, asc, nulls_first))
     }
-
 }
 
 /// Spark's name of a function where DataFusion's differs.
@@ -561,7 +580,11 @@ fn function_name(name: &str, args: &[Expression], distinct: bool) -> String {
         _ => {
             let distinct = if distinct { "DISTINCT " } else { "" };
             let name = if lower == "count" && parts.first().is_some_and(|p| p == "*") { "count" } else { name };
-            let args = if lower == "count" && parts.first().is_some_and(|p| p == "*") { "1".to_string() } else { parts.join(", ") };
+            let args = if lower == "count" && parts.first().is_some_and(|p| p == "*") {
+                "1".to_string()
+            } else {
+                parts.join(", ")
+            };
             format!("{name}({distinct}{args})")
         }
     }

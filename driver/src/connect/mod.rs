@@ -39,15 +39,18 @@ use ignis_core::location::Location;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::JobResult;
 use crate::PlannedJob;
 use crate::plan::plan_error;
-use crate::JobResult;
 use crate::service::{AppState, JobState, Submission};
 use execute::{Operation, ResponseStream};
 use proto::spark::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
 use proto::spark::{self as sc, execute_plan_response as epr};
 use relation::RelationPlanner;
 use session::{Session, Sessions};
+
+/// The job that writes a cached DataFrame's rows.
+const CACHE_JOB: &str = "cache";
 
 /// The Spark version Ignis answers `spark.version` with: the protocol it speaks.
 pub const SPARK_VERSION: &str = "4.2.0";
@@ -73,7 +76,8 @@ pub async fn serve(
     config: ConnectConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let inner = Arc::new(Inner { app, sessions: Sessions::default(), config: config.clone(), caches: AtomicUsize::new(0) });
+    let inner =
+        Arc::new(Inner { app, sessions: Sessions::default(), config: config.clone(), caches: AtomicUsize::new(0) });
     let sweeper = tokio::spawn(sweep_idle(inner.clone()));
     let service = SparkConnectServiceServer::new(ConnectService { inner })
         .max_decoding_message_size(config.max_message_bytes)
@@ -144,9 +148,9 @@ impl Inner {
     fn policy(&self, tenant: &str) -> impl Fn(&JobLocation) -> ignis_core::error::Result<()> + Send + Sync + '_ {
         let tenant = tenant.to_string();
         move |location: &JobLocation| {
-            self.app.check_locations(&tenant, std::slice::from_ref(location)).map_err(|e| {
-                IgnisError::Job(format!("[INSUFFICIENT_PERMISSIONS] {}", e.body.message))
-            })
+            self.app
+                .check_locations(&tenant, std::slice::from_ref(location))
+                .map_err(|e| IgnisError::Job(format!("[INSUFFICIENT_PERMISSIONS] {}", e.body.message)))
         }
     }
 
@@ -173,7 +177,8 @@ impl Inner {
         output: OutputSpec,
         what: &str,
     ) -> Result<JobResult, Status> {
-        self.materialize_caches(session, op, relation, false).await?;
+        // A cache job writes `relation` itself: only what is inside it first.
+        self.materialize_caches(session, op, relation, what == CACHE_JOB).await?;
         let policy = self.policy(&session.tenant);
         let (planner, df) = self.plan(session, &policy, relation).await?;
         let partitions = planner.partitions.lock().map(|p| *p).unwrap_or(None).or(session.shuffle_partitions());
@@ -202,11 +207,15 @@ impl Inner {
         match status.state {
             JobState::Succeeded => match entry.result() {
                 Some(result) => Ok(match result.as_ref() {
-                    JobResult::Rows { schema, batches } => JobResult::Rows { schema: schema.clone(), batches: batches.clone() },
+                    JobResult::Rows { schema, batches } => {
+                        JobResult::Rows { schema: schema.clone(), batches: batches.clone() }
+                    }
                     JobResult::Written(c) => JobResult::Skipped { location: c.location.clone() },
                     JobResult::Skipped { location } => JobResult::Skipped { location: location.clone() },
                 }),
-                None => Err(error::status(tonic::Code::Internal, &[], "the job's result was dropped before it was read")),
+                None => {
+                    Err(error::status(tonic::Code::Internal, &[], "the job's result was dropped before it was read"))
+                }
             },
             JobState::Cancelled => Err(error::cancelled()),
             _ => Err(status.error.as_ref().map(error::from_job).unwrap_or_else(|| Status::internal("the job failed"))),
@@ -243,7 +252,7 @@ impl Inner {
                     partition_by: Vec::new(),
                 });
                 // The job plans the relation itself, after its own inner caches.
-                self.run_job(session, op, relation, output, "cache").await?;
+                self.run_job(session, op, relation, output, CACHE_JOB).await?;
                 session.set_cache_location(&key, location);
                 return Ok(());
             }
@@ -309,7 +318,12 @@ impl Inner {
         }
     }
 
-    fn push_rows(&self, op: &Operation, schema: &datafusion::arrow::datatypes::SchemaRef, batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Result<(), Status> {
+    fn push_rows(
+        &self,
+        op: &Operation,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        batches: &[datafusion::arrow::record_batch::RecordBatch],
+    ) -> Result<(), Status> {
         for batch in execute::arrow_batches(schema, batches).map_err(|e| error::from_ignis(&e.into()))? {
             op.push(epr::ResponseType::ArrowBatch(batch));
         }
@@ -324,7 +338,9 @@ impl Inner {
                 let input = v.input.ok_or_else(|| error::invalid("createTempView of nothing"))?;
                 check_view_name(&v.name)?;
                 if v.is_global {
-                    self.sessions.set_global_view(&session.tenant, &v.name, input, v.replace).map_err(|e| error::from_ignis(&e))
+                    self.sessions
+                        .set_global_view(&session.tenant, &v.name, input, v.replace)
+                        .map_err(|e| error::from_ignis(&e))
                 } else {
                     if !v.replace && session.has_view(&v.name) {
                         return Err(error::from_ignis(&session::already_exists(&v.name)));
@@ -384,7 +400,12 @@ impl Inner {
             SaveMode::Ignore => WriteMode::Ignore,
             SaveMode::ErrorIfExists | SaveMode::Unspecified => WriteMode::Error,
         };
-        let output = OutputSpec::Write(WriteSpec { format, location: location.url(), mode, partition_by: w.partitioning_columns.clone() });
+        let output = OutputSpec::Write(WriteSpec {
+            format,
+            location: location.url(),
+            mode,
+            partition_by: w.partitioning_columns.clone(),
+        });
         self.run_job(session, op, input, output, "write").await.map(|_| ())
     }
 
@@ -394,7 +415,23 @@ impl Inner {
     async fn sql_command(&self, session: &Session, op: &Operation, sql: sc::SqlCommand) -> Result<(), Status> {
         use datafusion::sql::parser::Statement as DfStatement;
         use datafusion::sql::sqlparser::ast::Statement;
-        let has_args = !sql.args.is_empty() || !sql.pos_args.is_empty() || !sql.named_arguments.is_empty() || !sql.pos_arguments.is_empty();
+        // pyspark 4 sends the query as an `input` SQL relation; older clients in `sql`.
+        let mut sql = sql;
+        let sql = match sql.input.take().and_then(|r| r.rel_type) {
+            Some(sc::relation::RelType::Sql(s)) => sc::SqlCommand {
+                sql: s.query,
+                args: s.args,
+                pos_args: s.pos_args,
+                named_arguments: s.named_arguments,
+                pos_arguments: s.pos_arguments,
+                input: None,
+            },
+            _ => sql,
+        };
+        let has_args = !sql.args.is_empty()
+            || !sql.pos_args.is_empty()
+            || !sql.named_arguments.is_empty()
+            || !sql.pos_arguments.is_empty();
         let statements = crate::plan::parse_sql(&sql.sql).map_err(|e| error::from_ignis(&e))?;
         let view = match statements.front() {
             Some(DfStatement::Statement(s)) => match s.as_ref() {
@@ -424,7 +461,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn analyze(&self, session: &Session, request: sc::AnalyzePlanRequest) -> Result<sc::AnalyzePlanResponse, Status> {
+    async fn analyze(
+        &self,
+        session: &Session,
+        request: sc::AnalyzePlanRequest,
+    ) -> Result<sc::AnalyzePlanResponse, Status> {
         use sc::analyze_plan_request::Analyze;
         use sc::analyze_plan_response::{self as r, Result as R};
         let relation_of = |plan: Option<sc::Plan>| -> Result<sc::Relation, Status> {
@@ -455,17 +496,30 @@ impl Inner {
             Some(Analyze::IsStreaming(_)) => R::IsStreaming(r::IsStreaming { is_streaming: false }),
             Some(Analyze::InputFiles(f)) => {
                 let (planner, _) = self.plan(session, &policy, &relation_of(f.plan)?).await?;
-                let files = planner.tables.lock().map(|t| t.values().map(|t| t.location.clone()).collect()).unwrap_or_default();
+                let files =
+                    planner.tables.lock().map(|t| t.values().map(|t| t.location.clone()).collect()).unwrap_or_default();
                 R::InputFiles(r::InputFiles { files })
             }
             Some(Analyze::SparkVersion(_)) => R::SparkVersion(r::SparkVersion { version: SPARK_VERSION.into() }),
             Some(Analyze::DdlParse(d)) => {
                 let ctx = self.context(session);
+                // A bare type (`long`, `array<int>`) parses to that type, a column list to a struct.
+                if let Ok(t) = types::parse_type_name(&d.ddl_string) {
+                    let parsed = Some(types::to_spark(&t));
+                    return Ok(sc::AnalyzePlanResponse {
+                        session_id: session.id.clone(),
+                        server_side_session_id: session.server_id.clone(),
+                        result: Some(R::DdlParse(r::DdlParse { parsed })),
+                    });
+                }
                 let schema = match types::parse_json_schema(&d.ddl_string).map_err(|e| error::from_ignis(&e))? {
                     Some(s) => s,
-                    None => crate::plan::parse_schema(&ctx, &d.ddl_string)
-                        .await
-                        .map_err(|e| error::from_ignis(&IgnisError::Plan(format!("[PARSE_SYNTAX_ERROR] SQL syntax error in the schema {:?}: {e}", d.ddl_string))))?,
+                    None => crate::plan::parse_schema(&ctx, &d.ddl_string).await.map_err(|e| {
+                        error::from_ignis(&IgnisError::Plan(format!(
+                            "[PARSE_SYNTAX_ERROR] SQL syntax error in the schema {:?}: {e}",
+                            d.ddl_string
+                        )))
+                    })?,
                 };
                 R::DdlParse(r::DdlParse { parsed: Some(types::schema_to_spark(&schema)) })
             }
@@ -478,7 +532,9 @@ impl Inner {
                 let (_, df) = self.plan(session, &policy, &relation_of(h.plan)?).await?;
                 let text = df.logical_plan().display_indent().to_string();
                 let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes()));
-                R::SemanticHash(r::SemanticHash { result: i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) })
+                R::SemanticHash(r::SemanticHash {
+                    result: i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+                })
             }
             Some(Analyze::Persist(p)) => {
                 let relation = p.relation.ok_or_else(|| error::invalid("persist() of nothing"))?;
@@ -497,15 +553,29 @@ impl Inner {
             Some(Analyze::GetStorageLevel(g)) => {
                 let relation = g.relation.ok_or_else(|| error::invalid("storageLevel of nothing"))?;
                 let cached = session.is_persisted(&relation.encode_to_vec());
-                let level = sc::StorageLevel { use_disk: cached, use_memory: false, use_off_heap: false, deserialized: false, replication: i32::from(cached) };
+                let level = sc::StorageLevel {
+                    use_disk: cached,
+                    use_memory: false,
+                    use_off_heap: false,
+                    deserialized: false,
+                    replication: i32::from(cached),
+                };
                 R::GetStorageLevel(r::GetStorageLevel { storage_level: Some(level) })
             }
             None => return Err(error::invalid("AnalyzePlan without a question")),
         };
-        Ok(sc::AnalyzePlanResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), result: Some(result) })
+        Ok(sc::AnalyzePlanResponse {
+            session_id: session.id.clone(),
+            server_side_session_id: session.server_id.clone(),
+            result: Some(result),
+        })
     }
 
-    fn config(&self, session: &Session, operation: sc::config_request::Operation) -> Result<sc::ConfigResponse, Status> {
+    fn config(
+        &self,
+        session: &Session,
+        operation: sc::config_request::Operation,
+    ) -> Result<sc::ConfigResponse, Status> {
         use sc::config_request::operation::OpType;
         let pair = |key: &str, value: Option<String>| sc::KeyValue { key: key.to_string(), value };
         let mut pairs = Vec::new();
@@ -551,7 +621,12 @@ impl Inner {
             }
             None => return Err(error::invalid("a Config request without an operation")),
         }
-        Ok(sc::ConfigResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), pairs, warnings })
+        Ok(sc::ConfigResponse {
+            session_id: session.id.clone(),
+            server_side_session_id: session.server_id.clone(),
+            pairs,
+            warnings,
+        })
     }
 }
 
@@ -712,11 +787,19 @@ impl SparkConnectService for ConnectService {
         self.inner.config(&session, operation).map(Response::new)
     }
 
-    async fn add_artifacts(&self, _request: Request<tonic::Streaming<sc::AddArtifactsRequest>>) -> RpcResult<sc::AddArtifactsResponse> {
-        Err(Status::unimplemented("Ignis takes no artifacts (jars, Python files); UDFs are WebAssembly components uploaded with POST /v1/udfs"))
+    async fn add_artifacts(
+        &self,
+        _request: Request<tonic::Streaming<sc::AddArtifactsRequest>>,
+    ) -> RpcResult<sc::AddArtifactsResponse> {
+        Err(Status::unimplemented(
+            "Ignis takes no artifacts (jars, Python files); UDFs are WebAssembly components uploaded with POST /v1/udfs",
+        ))
     }
 
-    async fn artifact_status(&self, _request: Request<sc::ArtifactStatusesRequest>) -> RpcResult<sc::ArtifactStatusesResponse> {
+    async fn artifact_status(
+        &self,
+        _request: Request<sc::ArtifactStatusesRequest>,
+    ) -> RpcResult<sc::ArtifactStatusesResponse> {
         Err(Status::unimplemented("Ignis takes no artifacts"))
     }
 
@@ -736,19 +819,32 @@ impl SparkConnectService for ConnectService {
             })
             .collect();
         let interrupted_ids = chosen.into_iter().filter(|op| op.interrupt()).map(|op| op.id.clone()).collect();
-        Ok(Response::new(sc::InterruptResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone(), interrupted_ids }))
+        Ok(Response::new(sc::InterruptResponse {
+            session_id: session.id.clone(),
+            server_side_session_id: session.server_id.clone(),
+            interrupted_ids,
+        }))
     }
 
-    async fn reattach_execute(&self, request: Request<sc::ReattachExecuteRequest>) -> RpcResult<Self::ReattachExecuteStream> {
+    async fn reattach_execute(
+        &self,
+        request: Request<sc::ReattachExecuteRequest>,
+    ) -> RpcResult<Self::ReattachExecuteStream> {
         let session = self.inner.session(&request, &request.get_ref().session_id)?;
         let request = request.into_inner();
         let op = session.operation(&request.operation_id).ok_or_else(|| {
-            error::invalid(format!("[INVALID_HANDLE.OPERATION_NOT_FOUND] operation {} is not known (released?)", request.operation_id))
+            error::invalid(format!(
+                "[INVALID_HANDLE.OPERATION_NOT_FOUND] operation {} is not known (released?)",
+                request.operation_id
+            ))
         })?;
         Ok(Response::new(op.stream(request.last_response_id)?))
     }
 
-    async fn release_execute(&self, request: Request<sc::ReleaseExecuteRequest>) -> RpcResult<sc::ReleaseExecuteResponse> {
+    async fn release_execute(
+        &self,
+        request: Request<sc::ReleaseExecuteRequest>,
+    ) -> RpcResult<sc::ReleaseExecuteResponse> {
         let session = self.inner.session(&request, &request.get_ref().session_id)?;
         let request = request.into_inner();
         if matches!(request.release, Some(sc::release_execute_request::Release::ReleaseAll(_))) {
@@ -761,7 +857,10 @@ impl SparkConnectService for ConnectService {
         }))
     }
 
-    async fn release_session(&self, request: Request<sc::ReleaseSessionRequest>) -> RpcResult<sc::ReleaseSessionResponse> {
+    async fn release_session(
+        &self,
+        request: Request<sc::ReleaseSessionRequest>,
+    ) -> RpcResult<sc::ReleaseSessionResponse> {
         let tenant = self.inner.tenant(&request)?;
         let request = request.into_inner();
         let server_side_session_id = match self.inner.sessions.remove(&tenant, &request.session_id) {
@@ -774,8 +873,14 @@ impl SparkConnectService for ConnectService {
         Ok(Response::new(sc::ReleaseSessionResponse { session_id: request.session_id, server_side_session_id }))
     }
 
-    async fn fetch_error_details(&self, request: Request<sc::FetchErrorDetailsRequest>) -> RpcResult<sc::FetchErrorDetailsResponse> {
+    async fn fetch_error_details(
+        &self,
+        request: Request<sc::FetchErrorDetailsRequest>,
+    ) -> RpcResult<sc::FetchErrorDetailsResponse> {
         let session = self.inner.session(&request, &request.get_ref().session_id)?;
-        Ok(Response::new(sc::FetchErrorDetailsResponse { session_id: session.id.clone(), server_side_session_id: session.server_id.clone() }))
+        Ok(Response::new(sc::FetchErrorDetailsResponse {
+            session_id: session.id.clone(),
+            server_side_session_id: session.server_id.clone(),
+        }))
     }
 }

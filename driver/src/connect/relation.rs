@@ -4,8 +4,8 @@
 //! DataFrames read back from where their first action put them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{Access, Format, JobLocation, TableOptions, TableSpec};
 use ignis_core::location::Location;
+use object_store::ObjectStoreExt;
 use prost::Message;
 
 use super::expr::{ExprPlanner, analysis, plan_alias};
@@ -98,6 +99,10 @@ impl<'a> RelationPlanner<'a> {
                     None => self.ctx.read_empty().map_err(|e| plan_error("select", e))?,
                 };
                 let exprs = self.exprs(&input).select_list(&p.expressions)?;
+                if !datafusion::logical_expr::utils::find_aggregate_exprs(exprs.iter()).is_empty() {
+                    // `df.select(F.sum("x"))` is a global aggregate in Spark.
+                    return input.aggregate(vec![], exprs).map_err(|e| plan_error("select", e));
+                }
                 input.select(exprs).map_err(|e| plan_error("select", e))
             }
             RelType::Filter(f) => {
@@ -122,7 +127,16 @@ impl<'a> RelationPlanner<'a> {
                 input.limit(non_negative(o.offset, "offset")?, None).map_err(|e| plan_error("offset", e))
             }
             RelType::Aggregate(a) => self.aggregate(a).await,
-            RelType::Sql(s) => self.sql(&s.query, !s.args.is_empty() || !s.pos_args.is_empty() || !s.named_arguments.is_empty() || !s.pos_arguments.is_empty()).await,
+            RelType::Sql(s) => {
+                self.sql(
+                    &s.query,
+                    !s.args.is_empty()
+                        || !s.pos_args.is_empty()
+                        || !s.named_arguments.is_empty()
+                        || !s.pos_arguments.is_empty(),
+                )
+                .await
+            }
             RelType::LocalRelation(l) => self.local(l),
             RelType::Sample(s) => {
                 let input = self.input(&s.input).await?;
@@ -171,7 +185,8 @@ impl<'a> RelationPlanner<'a> {
                         t.column_names.len()
                     )));
                 }
-                let exprs = fields.into_iter().zip(&t.column_names).map(|(c, n)| Expr::Column(c).alias(n)).collect::<Vec<_>>();
+                let exprs =
+                    fields.into_iter().zip(&t.column_names).map(|(c, n)| Expr::Column(c).alias(n)).collect::<Vec<_>>();
                 input.select(exprs).map_err(|e| plan_error("toDF", e))
             }
             RelType::WithColumnsRenamed(w) => {
@@ -278,7 +293,9 @@ impl<'a> RelationPlanner<'a> {
     async fn named(&self, identifier: &str) -> Result<DataFrame> {
         let name = identifier.trim_matches('`');
         let view = match name.split_once('.') {
-            Some((ns, view)) if ns.eq_ignore_ascii_case("global_temp") => self.sessions.global_view(&self.session.tenant, view),
+            Some((ns, view)) if ns.eq_ignore_ascii_case("global_temp") => {
+                self.sessions.global_view(&self.session.tenant, view)
+            }
             _ => self.session.view(name),
         };
         let Some(relation) = view else {
@@ -288,7 +305,9 @@ impl<'a> RelationPlanner<'a> {
             )));
         };
         if self.depth.fetch_add(1, Ordering::Relaxed) >= MAX_VIEW_DEPTH {
-            return Err(analysis(format!("view `{name}` nests more than {MAX_VIEW_DEPTH} views deep (does it read itself?)")));
+            return Err(analysis(format!(
+                "view `{name}` nests more than {MAX_VIEW_DEPTH} views deep (does it read itself?)"
+            )));
         }
         let df = self.plan(&relation).await;
         self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -321,14 +340,19 @@ impl<'a> RelationPlanner<'a> {
 
     async fn read_path(&self, format: Format, path: &str, ds: &sc::read::DataSource) -> Result<DataFrame> {
         let location = Location::parse(path, None, "spark.read path")?;
-        (self.policy)(&JobLocation { field: "spark.read path".into(), location: location.clone(), access: Access::Read })?;
+        (self.policy)(&JobLocation {
+            field: "spark.read path".into(),
+            location: location.clone(),
+            access: Access::Read,
+        })?;
         let options = table_options(format, &ds.options, ds.schema.as_deref())?;
-        let spec = TableSpec { format, location: location.url(), options };
+        let spec = TableSpec { format, location: directory_or_file(&self.ctx, location.url()).await, options };
         let infer = option(&ds.options, "inferschema").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if format == Format::Csv && spec.options.schema.is_none() && !infer {
             // Spark reads CSV columns as strings unless told to infer.
             let probe = self.register(spec.clone()).await?;
-            let ddl: Vec<String> = probe.schema().fields().iter().map(|f| format!("`{}` STRING", f.name().replace('`', "``"))).collect();
+            let ddl: Vec<String> =
+                probe.schema().fields().iter().map(|f| format!("`{}` STRING", f.name().replace('`', "``"))).collect();
             let mut strings = spec;
             strings.options.schema = Some(ddl.join(", "));
             return self.register(strings).await;
@@ -353,7 +377,8 @@ impl<'a> RelationPlanner<'a> {
         let on = match &j.join_condition {
             Some(condition) => {
                 // Resolve the condition against both sides' columns.
-                let both = left.clone().join_on(right.clone(), JoinType::Inner, None).map_err(|e| plan_error("join", e))?;
+                let both =
+                    left.clone().join_on(right.clone(), JoinType::Inner, None).map_err(|e| plan_error("join", e))?;
                 vec![self.exprs(&both).expr(condition)?]
             }
             None => Vec::new(),
@@ -370,7 +395,9 @@ impl<'a> RelationPlanner<'a> {
         let is_alias = matches!(side_rel.rel_type, Some(RelType::SubqueryAlias(_)));
         let qualifiers: std::collections::HashSet<_> = df.schema().iter().map(|(q, _)| q.cloned()).collect();
         match plan_id {
-            Some(id) if !is_alias && qualifiers.len() <= 1 => df.alias(&plan_alias(id)).map_err(|e| plan_error("join", e)),
+            Some(id) if !is_alias && qualifiers.len() <= 1 => {
+                df.alias(&plan_alias(id)).map_err(|e| plan_error("join", e))
+            }
             _ => Ok(df),
         }
     }
@@ -391,7 +418,15 @@ impl<'a> RelationPlanner<'a> {
         let (state, lplan) = left.into_parts();
         let rplan = right.into_unoptimized_plan();
         let joined = LogicalPlanBuilder::from(lplan)
-            .join(rplan, how, (lnames.iter().map(|s| s.as_str().into()).collect::<Vec<datafusion::common::Column>>(), rnames.iter().map(|s| s.as_str().into()).collect::<Vec<datafusion::common::Column>>()), None)
+            .join(
+                rplan,
+                how,
+                (
+                    lnames.iter().map(|s| s.as_str().into()).collect::<Vec<datafusion::common::Column>>(),
+                    rnames.iter().map(|s| s.as_str().into()).collect::<Vec<datafusion::common::Column>>(),
+                ),
+                None,
+            )
             .and_then(|b| b.build())
             .map_err(|e| plan_error("join", e))?;
         let df = DataFrame::new(state, joined);
@@ -421,9 +456,9 @@ impl<'a> RelationPlanner<'a> {
             (set_operation::SetOpType::Union, _) if by_name => left.union_by_name(right),
             (set_operation::SetOpType::Union, true) => left.union(right),
             (set_operation::SetOpType::Union, false) => left.union_distinct(right),
-            (set_operation::SetOpType::Intersect, true) => left.intersect(right),
+            (set_operation::SetOpType::Intersect, true) => return multiset(left, right, true),
             (set_operation::SetOpType::Intersect, false) => left.intersect_distinct(right),
-            (set_operation::SetOpType::Except, true) => left.except(right),
+            (set_operation::SetOpType::Except, true) => return multiset(left, right, false),
             (set_operation::SetOpType::Except, false) => left.except_distinct(right),
             (set_operation::SetOpType::Unspecified, _) => return Err(unsupported("a set operation without type")),
         };
@@ -515,9 +550,12 @@ impl<'a> RelationPlanner<'a> {
         }
         // The values as in-memory batches, which travel with the plan to every executor.
         let (step, end) = (r.step, r.end);
-        let values = (0..count.max(0) as i64).map(move |i| start + i * step).take_while(move |v| if step > 0 { *v < end } else { *v > end });
+        let values = (0..count.max(0) as i64)
+            .map(move |i| start + i * step)
+            .take_while(move |v| if step > 0 { *v < end } else { *v > end });
         let values: Vec<i64> = values.collect();
-        let schema = Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new("id", DataType::Int64, false)]));
+        let schema =
+            Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new("id", DataType::Int64, false)]));
         let batches = values
             .chunks(65536)
             .map(|chunk| {
@@ -548,28 +586,98 @@ impl<'a> RelationPlanner<'a> {
             .into_iter()
             .map(|c| {
                 let Some((_, value)) = targets.iter().find(|(n, _)| n == &c.name) else { return Expr::Column(c) };
-                let t = schema.qualified_field_from_column(&c).map(|(_, f)| f.data_type().clone()).unwrap_or(DataType::Null);
+                let t = schema
+                    .qualified_field_from_column(&c)
+                    .map(|(_, f)| f.data_type().clone())
+                    .unwrap_or(DataType::Null);
                 let fits = (t.is_numeric() && value.data_type().is_numeric())
-                    || (matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) && matches!(value, ScalarValue::Utf8(_)))
+                    || (matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                        && matches!(value, ScalarValue::Utf8(_)))
                     || (t == DataType::Boolean && matches!(value, ScalarValue::Boolean(_)));
                 if !fits {
                     return Expr::Column(c);
                 }
                 let name = c.name.clone();
-                datafusion::functions::core::expr_fn::coalesce(vec![Expr::Column(c), cast(lit(value.clone()), t)]).alias(name)
+                datafusion::functions::core::expr_fn::coalesce(vec![Expr::Column(c), cast(lit(value.clone()), t)])
+                    .alias(name)
             })
             .collect::<Vec<_>>();
         input.select(select).map_err(|e| plan_error("fillna", e))
     }
 }
 
+/// `intersectAll` / `exceptAll` with multiset semantics: the n-th copy of a
+/// row on the left is kept while n <= (intersect) or > (except) the number of
+/// copies on the right. (DataFusion's INTERSECT/EXCEPT ALL drop every copy.)
+fn multiset(left: DataFrame, right: DataFrame, intersect: bool) -> Result<DataFrame> {
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::functions_window::expr_fn::row_number;
+    use datafusion::logical_expr::{ExprFunctionExt, Operator, binary_expr};
+    let place = if intersect { "intersectAll" } else { "exceptAll" };
+    let err = |e| plan_error(place, e);
+    let names: Vec<String> = left.schema().fields().iter().map(|f| f.name().clone()).collect();
+    if names.len() != right.schema().fields().len() {
+        return Err(analysis(format!("{place}: both sides need the same number of columns")));
+    }
+    let lcols: Vec<Expr> = left.schema().columns().into_iter().map(Expr::Column).collect();
+    let rcols: Vec<Expr> = right.schema().columns().into_iter().map(Expr::Column).collect();
+    let numbered = row_number().partition_by(lcols.clone()).build().map_err(err)?;
+    let mut lselect: Vec<Expr> = lcols.iter().zip(&names).map(|(c, n)| c.clone().alias(format!("__l_{n}"))).collect();
+    lselect.push(numbered.alias("__ignis_n"));
+    let left = left.select(lselect).map_err(err)?;
+    let rgroups: Vec<Expr> = rcols.iter().zip(&names).map(|(c, n)| c.clone().alias(format!("__r_{n}"))).collect();
+    let right = right.aggregate(rgroups, vec![count(lit(1i64)).alias("__ignis_copies")]).map_err(err)?;
+    let on: Vec<Expr> = names
+        .iter()
+        .map(|n| {
+            binary_expr(
+                datafusion::logical_expr::col(format!("__l_{n}")),
+                Operator::IsNotDistinctFrom,
+                datafusion::logical_expr::col(format!("__r_{n}")),
+            )
+        })
+        .collect();
+    let joined = left.join_on(right, JoinType::Left, on).map_err(err)?;
+    let copies = datafusion::functions::core::expr_fn::coalesce(vec![
+        datafusion::logical_expr::col("__ignis_copies"),
+        lit(0i64),
+    ]);
+    let n = cast(datafusion::logical_expr::col("__ignis_n"), DataType::Int64);
+    let keep = if intersect { n.lt_eq(copies) } else { n.gt(copies) };
+    let out: Vec<Expr> = names.iter().map(|n| datafusion::logical_expr::col(format!("__l_{n}")).alias(n)).collect();
+    joined.filter(keep).and_then(|df| df.select(out)).map_err(err)
+}
+
+/// Spark reads a path that names no object as a directory (its files); a
+/// directory's URL ends with `/` for DataFusion.
+async fn directory_or_file(ctx: &SessionContext, url: String) -> String {
+    if url.ends_with('/') {
+        return url;
+    }
+    let env = ctx.runtime_env();
+    let is_object = match ignis_core::store::resolve(&env, &url) {
+        Ok((store, path)) => store.head(&path).await.is_ok(),
+        Err(_) => true,
+    };
+    if is_object { url } else { format!("{url}/") }
+}
+
 /// Spark's reader options as an Ignis table's.
-fn table_options(format: Format, options: &std::collections::HashMap<String, String>, schema: Option<&str>) -> Result<TableOptions> {
+fn table_options(
+    format: Format,
+    options: &std::collections::HashMap<String, String>,
+    schema: Option<&str>,
+) -> Result<TableOptions> {
     let mut out = TableOptions::default();
     let flag = |v: &str| v.eq_ignore_ascii_case("true");
     if let Some(schema) = schema.filter(|s| !s.trim().is_empty()) {
         out.schema = Some(match types::parse_json_schema(schema)? {
-            Some(s) => s.fields().iter().map(|f| format!("`{}` {}", f.name(), sql_type(f.data_type()))).collect::<Vec<_>>().join(", "),
+            Some(s) => s
+                .fields()
+                .iter()
+                .map(|f| format!("`{}` {}", f.name(), sql_type(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", "),
             None => schema.to_string(),
         });
     }
@@ -581,9 +689,11 @@ fn table_options(format: Format, options: &std::collections::HashMap<String, Str
             "escape" => out.escape = Some(value.clone()),
             "nullvalue" => out.null_value = Some(value.clone()),
             "mode" => {
-                out.mode = Some(serde_json::from_value(serde_json::Value::String(value.to_ascii_uppercase())).map_err(|_| {
-                    IgnisError::Plan(format!("option mode: {value:?} is not PERMISSIVE, DROPMALFORMED or FAILFAST"))
-                })?)
+                out.mode = Some(serde_json::from_value(serde_json::Value::String(value.to_ascii_uppercase())).map_err(
+                    |_| {
+                        IgnisError::Plan(format!("option mode: {value:?} is not PERMISSIVE, DROPMALFORMED or FAILFAST"))
+                    },
+                )?)
             }
             "columnnameofcorruptrecord" => out.column_name_of_corrupt_record = Some(value.clone()),
             "inferschema" | "path" | "multiline" | "mergeschema" | "encoding" | "charset" => {}

@@ -25,6 +25,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled", "false"),
     ("spark.sql.pyspark.legacy.inferMapTypeFromFirstPair.enabled", "false"),
     ("spark.sql.timestampType", "TIMESTAMP_LTZ"),
+    ("spark.sql.execution.pythonUDF.arrow.enabled", "false"),
+    ("spark.sql.execution.pythonUDTF.arrow.enabled", "false"),
     ("spark.sql.repl.eagerEval.enabled", "false"),
     ("spark.sql.repl.eagerEval.maxNumRows", "20"),
     ("spark.sql.repl.eagerEval.truncate", "20"),
@@ -32,6 +34,17 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("spark.sql.session.localRelationChunkSizeRows", "10000"),
     ("spark.sql.session.localRelationChunkSizeBytes", "16777216"),
     ("spark.sql.session.localRelationBatchOfChunksSizeBytes", "134217728"),
+    ("spark.sql.session.localRelationSizeLimit", "134217728"),
+    ("spark.sql.execution.pandas.structHandlingMode", "legacy"),
+    ("spark.sql.execution.pandas.inferPandasDictAsMap", "false"),
+    ("spark.sql.execution.arrow.pyspark.selfDestruct.enabled", "false"),
+    ("spark.sql.execution.arrow.pyspark.fallback.enabled", "false"),
+    ("spark.sql.execution.arrow.useLargeVarTypes", "false"),
+    ("spark.sql.execution.pyspark.binaryAsBytes", "true"),
+    ("spark.sql.pyspark.jvmStacktrace.enabled", "false"),
+    ("spark.sql.connect.serverStacktrace.enabled", "false"),
+    ("spark.sql.artifact.isolation.enabled", "false"),
+    ("spark.sql.artifact.isolation.alwaysApplyClassloader", "false"),
     ("spark.connect.session.planCompression.threshold", "-1"),
     ("spark.connect.session.planCompression.defaultAlgorithm", "NONE"),
 ];
@@ -112,8 +125,7 @@ impl Session {
     /// Every setting (set or default) whose key starts with `prefix`.
     pub fn all_config(&self, prefix: &str) -> Vec<(String, String)> {
         let state = self.lock();
-        let mut all: BTreeMap<String, String> =
-            DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut all: BTreeMap<String, String> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         all.extend(state.config.clone());
         all.into_iter().filter(|(k, _)| k.starts_with(prefix)).collect()
     }

@@ -33,7 +33,9 @@ pub fn to_spark(t: &DataType) -> sc::DataType {
         DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
             kind(Kind::Decimal(dt::Decimal { precision: Some(i32::from(*p)), scale: Some(i32::from(*s)) }))
         }
-        DataType::Decimal256(_, s) => kind(Kind::Decimal(dt::Decimal { precision: Some(38), scale: Some(i32::from(*s)) })),
+        DataType::Decimal256(_, s) => {
+            kind(Kind::Decimal(dt::Decimal { precision: Some(38), scale: Some(i32::from(*s)) }))
+        }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => kind(Kind::String(dt::String {})),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
             kind(Kind::Binary(dt::Binary {}))
@@ -41,7 +43,9 @@ pub fn to_spark(t: &DataType) -> sc::DataType {
         DataType::Date32 | DataType::Date64 => kind(Kind::Date(dt::Date {})),
         DataType::Timestamp(_, Some(_)) => kind(Kind::Timestamp(dt::Timestamp {})),
         DataType::Timestamp(_, None) => kind(Kind::TimestampNtz(dt::TimestampNtz {})),
-        DataType::Duration(_) => kind(Kind::DayTimeInterval(dt::DayTimeInterval { start_field: Some(0), end_field: Some(3) })),
+        DataType::Duration(_) => {
+            kind(Kind::DayTimeInterval(dt::DayTimeInterval { start_field: Some(0), end_field: Some(3) }))
+        }
         DataType::Interval(_) => kind(Kind::CalendarInterval(dt::CalendarInterval {})),
         DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) | DataType::FixedSizeList(f, _) => {
             kind(Kind::Array(Box::new(dt::Array {
@@ -182,7 +186,9 @@ pub fn parse_type_name(name: &str) -> Result<DataType> {
 }
 
 fn unknown_type(name: &str) -> IgnisError {
-    IgnisError::Plan(format!("unsupported data type \"{name}\": Ignis knows boolean, tinyint, smallint, int, bigint, float, double, decimal(p,s), string, binary, date, timestamp, timestamp_ntz and array<...>"))
+    IgnisError::Plan(format!(
+        "unsupported data type \"{name}\": Ignis knows boolean, tinyint, smallint, int, bigint, float, double, decimal(p,s), string, binary, date, timestamp, timestamp_ntz and array<...>"
+    ))
 }
 
 /// A schema string as pyspark sends it: Spark's JSON `StructType`, or a DDL
@@ -203,11 +209,13 @@ fn json_type(value: &serde_json::Value) -> Result<DataType> {
         Value::String(name) => parse_type_name(name),
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("struct") => {
-                let fields = o.get("fields").and_then(Value::as_array).ok_or_else(|| invalid("a struct without fields"))?;
+                let fields =
+                    o.get("fields").and_then(Value::as_array).ok_or_else(|| invalid("a struct without fields"))?;
                 let fields = fields
                     .iter()
                     .map(|f| {
-                        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| invalid("a field without name"))?;
+                        let name =
+                            f.get("name").and_then(Value::as_str).ok_or_else(|| invalid("a field without name"))?;
                         let t = json_type(f.get("type").unwrap_or(&Value::Null))?;
                         let nullable = f.get("nullable").and_then(Value::as_bool).unwrap_or(true);
                         Ok(Field::new(name, t, nullable))
