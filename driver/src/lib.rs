@@ -3,10 +3,10 @@
 //!
 //! ```text
 //!  job (SQL or steps, tables, output)
-//!     |  plan::plan_job            DataFusion: logical -> optimised -> physical plan
+//!     |  planner::plan_job         DataFusion: logical -> optimised -> physical plan
 //!     v
 //!  physical plan
-//!     |  stages::StageGraph::cut   cut at every exchange (hash repartition,
+//!     |  planner::distribute       cut at every exchange (hash repartition,
 //!     v                            coalesce, sort-preserving merge)
 //!  Stage 1: scan -> filter -> partial agg -> ShuffleWriterExec ----+
 //!                                                                  | shuffle objects in
@@ -29,14 +29,9 @@ pub mod connect;
 pub mod datagen;
 pub mod hosts;
 pub mod lambda;
-mod map_batches;
-mod plan;
-pub(crate) mod runtime_filters;
+pub mod planner;
 pub mod scheduler;
 pub mod service;
-pub mod stages;
-pub mod statements;
-mod steps;
 pub mod udfs;
 
 use std::sync::Arc;
@@ -57,10 +52,10 @@ use ignis_executor::udf::Component;
 
 use crate::backend::{LocalBackend, TaskBackend};
 use crate::commit::{Committed, PendingWrite};
+use crate::planner::stages::{Exchange, StageGraph};
 use crate::scheduler::{JobEvent, ResultTarget, RunSettings, StageResults};
-use crate::stages::{Exchange, StageGraph};
 use crate::udfs::UdfRegistry;
-pub use plan::PlannedJob;
+pub use planner::PlannedJob;
 
 /// Driver-wide settings (per-job settings live in the job's `config`).
 #[derive(Clone, Debug)]
@@ -226,8 +221,8 @@ impl Driver {
     /// Plan and cut a job without running it.
     pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
         let (_, components) = self.job_udfs(job).await?;
-        let planned = plan::plan_job(job, &components).await?;
-        StageGraph::cut(planned.physical, job.config.runtime_filters())
+        let planned = planner::plan_job(job, &components).await?;
+        planner::distribute(planned.physical, job.config.runtime_filters())
     }
 
     /// Run a job to completion. `events` sees every stage and task transition.
@@ -246,7 +241,7 @@ impl Driver {
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<JobOutcome> {
         let (udf_refs, components) = self.job_udfs(job).await?;
-        let planned = plan::plan_job(job, &components).await?;
+        let planned = planner::plan_job(job, &components).await?;
         self.run_planned(job_id, job, planned, udf_refs, events, cancel).await
     }
 
@@ -264,7 +259,7 @@ impl Driver {
     ) -> Result<JobOutcome> {
         let start = Instant::now();
         let backend = self.backend_for(job)?.clone();
-        let graph = StageGraph::cut(planned.physical, job.config.runtime_filters())?;
+        let graph = planner::distribute(planned.physical, job.config.runtime_filters())?;
         let env = planned.ctx.runtime_env();
         events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });
 

@@ -19,7 +19,7 @@ use ignis_core::protocol::{
 use ignis_core::store;
 
 use crate::backend::TaskBackend;
-use crate::stages::{Exchange, Stage, StageGraph};
+use crate::planner::stages::{Exchange, Stage, StageGraph};
 
 /// What happens while a job runs, for progress display and status.
 #[derive(Clone, Debug)]
@@ -219,9 +219,10 @@ fn stage_request(
         stage_id: stage.id,
         partition: 0,
         attempt: 0,
-        plan: encode_plan(crate::runtime_filters::drop_oversized(result_plan(stage, &settings.target)?, &|id| {
-            done.get(&id).map(|results| results.iter().map(|r| r.metrics.output_rows).sum())
-        })?)?,
+        plan: encode_plan(crate::planner::runtime_filters::drop_oversized(
+            result_plan(stage, &settings.target)?,
+            &|id| done.get(&id).map(|results| results.iter().map(|r| r.metrics.output_rows).sum()),
+        )?)?,
         inputs,
         output,
         batch_size: settings.batch_size,

@@ -16,7 +16,7 @@ use ignis_core::error::{IgnisError, Result};
 use super::proto::spark::Expression;
 use super::proto::spark::expression::{self as ex, ExprType};
 use super::types;
-use crate::plan::plan_error;
+use crate::planner::plan_error;
 
 /// Turns expressions of one relation's input into DataFusion's.
 pub struct ExprPlanner<'a> {

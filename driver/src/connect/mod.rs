@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 
 use crate::JobResult;
 use crate::PlannedJob;
-use crate::plan::plan_error;
+use crate::planner::plan_error;
 use crate::service::{AppState, JobState, Submission};
 use execute::{Operation, ResponseStream};
 use proto::spark::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
@@ -432,7 +432,7 @@ impl Inner {
             || !sql.pos_args.is_empty()
             || !sql.named_arguments.is_empty()
             || !sql.pos_arguments.is_empty();
-        let statements = crate::plan::parse_sql(&sql.sql).map_err(|e| error::from_ignis(&e))?;
+        let statements = crate::planner::parse_sql(&sql.sql).map_err(|e| error::from_ignis(&e))?;
         let view = match statements.front() {
             Some(DfStatement::Statement(s)) => match s.as_ref() {
                 Statement::CreateView(v) => Some((v.name.to_string(), v.query.to_string(), v.or_replace)),
@@ -514,7 +514,7 @@ impl Inner {
                 }
                 let schema = match types::parse_json_schema(&d.ddl_string).map_err(|e| error::from_ignis(&e))? {
                     Some(s) => s,
-                    None => crate::plan::parse_schema(&ctx, &d.ddl_string).await.map_err(|e| {
+                    None => crate::planner::parse_schema(&ctx, &d.ddl_string).await.map_err(|e| {
                         error::from_ignis(&IgnisError::Plan(format!(
                             "[PARSE_SYNTAX_ERROR] SQL syntax error in the schema {:?}: {e}",
                             d.ddl_string

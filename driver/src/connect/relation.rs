@@ -26,7 +26,7 @@ use super::proto::spark::relation::RelType;
 use super::proto::spark::{self as sc, Relation, join, set_operation};
 use super::session::{Session, Sessions};
 use super::types;
-use crate::plan::{self, plan_error};
+use crate::planner::{self as plan, plan_error};
 
 /// Decides whether the session's tenant may read or write a location.
 pub type PolicyCheck<'a> = &'a (dyn Fn(&JobLocation) -> Result<()> + Send + Sync);

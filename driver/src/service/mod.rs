@@ -32,7 +32,7 @@ pub use policy::StoragePolicy;
 pub use server::{ServerLimits, serve};
 
 use crate::hosts::HostsBackend;
-use crate::stages::StageGraph;
+use crate::planner::stages::StageGraph;
 use crate::{Driver, JobResult};
 use auth::Tenant;
 use jobs::JobRegistry;

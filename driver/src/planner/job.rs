@@ -8,7 +8,6 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
@@ -20,8 +19,9 @@ use ignis_core::job::{Format, JobSpec, TableSpec};
 use ignis_core::session::session_context;
 use ignis_executor::udf::{self, Component};
 
-use crate::map_batches::{self, Transforms};
-use crate::steps;
+use super::errors::{describe, plan_error};
+use super::map_batches::{self, Transforms};
+use super::steps;
 
 /// A job planned by DataFusion, before it is cut into stages.
 pub struct PlannedJob {
@@ -79,7 +79,7 @@ pub(crate) fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
         }
         err
     })?;
-    crate::statements::check(&statements)?;
+    super::statements::check(&statements)?;
     Ok(statements)
 }
 
@@ -123,38 +123,6 @@ pub(crate) async fn plan_sql(ctx: &SessionContext, mut statements: VecDeque<Stat
         _ => Ok(DataFrame::new(state, plan)),
     }
 }
-
-/// A DataFusion planning error as a user error that says where it happened.
-pub(crate) fn plan_error(place: &str, e: DataFusionError) -> IgnisError {
-    let e = IgnisError::from_datafusion(e);
-    match e {
-        IgnisError::DataFusion(inner) => IgnisError::Plan(format!("{place}: {}", describe(&inner))),
-        other => other,
-    }
-}
-
-/// DataFusion's message without the wrapper noise ("Error during planning: ...").
-fn describe(e: &DataFusionError) -> String {
-    let text = describe_inner(e);
-    // A function signature mismatch arrives wrapped as an "internal" error whose
-    // useful part is the list of candidate signatures.
-    match text.find(NO_FUNCTION_MATCHES) {
-        Some(i) => text[i..].to_string(),
-        None => text,
-    }
-}
-
-fn describe_inner(e: &DataFusionError) -> String {
-    match e {
-        DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) => describe_inner(inner),
-        DataFusionError::SQL(err, _) => format!("SQL syntax error: {err}"),
-        DataFusionError::Plan(m) => m.clone(),
-        DataFusionError::SchemaError(err, _) => err.to_string(),
-        other => other.to_string(),
-    }
-}
-
-const NO_FUNCTION_MATCHES: &str = "No function matches";
 
 /// "line L, column C" of the end of `text`, counted as sqlparser counts (from 1).
 fn end_position(text: &str) -> String {

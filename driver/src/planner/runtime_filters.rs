@@ -45,7 +45,7 @@ use ignis_core::joins::BroadcastExec;
 use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
-use crate::stages::{Stage, reader_stages, with_children};
+use super::stages::{Stage, reader_stages, with_children};
 
 /// A shuffle reader of the join's stage (reading `stage`) and columns of its rows.
 #[derive(Clone)]

@@ -10,8 +10,8 @@ use datafusion::prelude::SessionContext;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::job::{JoinHow, Step};
 
-use crate::map_batches::Transforms;
-use crate::plan::plan_error;
+use super::errors::plan_error;
+use super::map_batches::Transforms;
 
 pub async fn build(ctx: &SessionContext, steps: &[Step], transforms: &Transforms) -> Result<DataFrame> {
     let Some(Step::Read { table }) = steps.first() else {

@@ -64,8 +64,8 @@ pub struct StageGraph {
 }
 
 impl StageGraph {
-    /// Cut `plan` at every exchange, and place runtime join filters if asked.
-    pub fn cut(plan: Arc<dyn ExecutionPlan>, runtime_filters: bool) -> Result<Self> {
+    /// Cut `plan` at every exchange.
+    pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let mut cutter = Cutter { stages: vec![] };
         let root = cutter.cut(plan)?;
         let id = cutter.next_id();
@@ -75,9 +75,6 @@ impl StageGraph {
         }
         let tasks = root.output_partitioning().partition_count();
         cutter.stages.push(Stage { id, plan: root, tasks, inputs, exchange: Exchange::Result, consumer: None });
-        if runtime_filters {
-            crate::runtime_filters::add(&mut cutter.stages)?;
-        }
         Ok(Self { stages: cutter.stages })
     }
 
