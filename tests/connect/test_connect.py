@@ -255,3 +255,56 @@ def test_session_release_frees_the_session(ignis):
             again.table("gone").collect()
     finally:
         again.stop()
+
+
+def build_orders_udfs():
+    """The example UDF crate, built for wasm32-wasip2 as the Rust tests build it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/ignis/target")) / "wasm-guests"
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path",
+         str(root / "examples/udfs/orders-udfs/Cargo.toml")],
+        env={**os.environ, "CARGO_TARGET_DIR": str(target)},
+        check=True,
+    )
+    return (target / "wasm32-wasip2/release/orders_udfs.wasm").read_bytes()
+
+
+def test_wasm_udfs_by_name(ignis, spark, bob):
+    import urllib.request
+
+    wasm = build_orders_udfs()
+    req = urllib.request.Request(
+        f"{ignis['http']}/v1/udfs?name=orders-udfs", data=wasm, method="POST",
+        headers={"Authorization": f"Bearer {ALICE_KEY}", "Content-Type": "application/octet-stream"},
+    )
+    urllib.request.urlopen(req).read()
+    df = spark.createDataFrame([("  Kettle ",), ("TOASTER",)], ["product"])
+    got = sorted(r[0] for r in df.select(F.call_function("normalize", F.col("product"))).collect())
+    assert got == ["kettle", "toaster"]
+    df.createOrReplaceTempView("products")
+    assert sorted(r[0] for r in spark.sql("SELECT normalize(product) FROM products").collect()) == ["kettle", "toaster"]
+    # Another tenant's components are not there for bob.
+    with pytest.raises(AnalysisException) as e:
+        bob.createDataFrame([("x",)], ["p"]).select(F.call_function("normalize", F.col("p"))).collect()
+    assert "normalize" in str(e.value)
+
+
+def test_hostile_paths_are_refused(spark, data):
+    # The driver's own shuffle root (where caches live too), a climb out of
+    # the tenant's directory, another tenant's directory, a foreign scheme.
+    for path in [
+        "s3://ignis/shuffle/",
+        data["root"] + "/../bob",
+        "file://" + data["bob_root"],
+        "http://127.0.0.1:1/x.parquet",
+    ]:
+        with pytest.raises(SparkConnectException) as e:
+            spark.read.parquet(path).collect()
+        assert "may not" in str(e.value) or "outside" in str(e.value) or "overlaps" in str(e.value) or "scheme" in str(e.value) or ".." in str(e.value), path
+    with pytest.raises(SparkConnectException):
+        spark.range(1).write.mode("overwrite").parquet("s3://ignis/shuffle/_cache/")

@@ -74,14 +74,19 @@ impl Operation {
 
     /// A response of this operation, with its ids.
     pub fn push(&self, response_type: epr::ResponseType) {
-        let response = ExecutePlanResponse {
-            session_id: self.session_id.clone(),
-            server_side_session_id: self.server_id.clone(),
-            operation_id: self.id.clone(),
-            response_id: ignis_core::ids::JobId::generate().to_string(),
-            response_type: Some(response_type),
-            ..Default::default()
-        };
+        self.push_response(ExecutePlanResponse { response_type: Some(response_type), ..Default::default() });
+    }
+
+    /// The schema of the rows that follow, as Spark sends it first.
+    pub fn push_schema(&self, schema: super::proto::spark::DataType) {
+        self.push_response(ExecutePlanResponse { schema: Some(schema), ..Default::default() });
+    }
+
+    fn push_response(&self, mut response: ExecutePlanResponse) {
+        response.session_id = self.session_id.clone();
+        response.server_side_session_id = self.server_id.clone();
+        response.operation_id = self.id.clone();
+        response.response_id = ignis_core::ids::JobId::generate().to_string();
         self.lock().responses.push(response);
         self.version.send_modify(|v| *v += 1);
     }

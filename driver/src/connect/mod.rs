@@ -44,6 +44,7 @@ use crate::PlannedJob;
 use crate::planner::plan_error;
 use crate::service::{AppState, JobState, Submission};
 use execute::{Operation, ResponseStream};
+use ignis_core::protocol::UdfRef;
 use proto::spark::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
 use proto::spark::{self as sc, execute_plan_response as epr};
 use relation::RelationPlanner;
@@ -145,6 +146,35 @@ impl Inner {
         ignis_core::session::session_context(partitions, ignis_core::job::DEFAULT_BATCH_SIZE)
     }
 
+    /// The tenant's uploaded Wasm components whose functions `relation` may
+    /// call (a function name found in its text: an expression or a
+    /// `spark.sql` query), registered in `ctx`; their references for the tasks.
+    async fn register_udfs(
+        &self,
+        ctx: &SessionContext,
+        tenant: &str,
+        relation: &sc::Relation,
+    ) -> Result<Vec<UdfRef>, Status> {
+        let registry = self.app.driver().udfs();
+        let uploaded = registry.list(tenant).await.map_err(|e| error::from_ignis(&e))?;
+        let text = relation.encode_to_vec();
+        let used: Vec<String> = uploaded
+            .into_iter()
+            .filter(|u| u.functions.iter().any(|f| contains(&text, f.name.as_bytes())))
+            .map(|u| u.digest)
+            .collect();
+        if used.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = registry.resolve(tenant, &used).await.map_err(|e| error::from_ignis(&e))?;
+        for component in registry.load(&refs).await.map_err(|e| error::from_ignis(&e))? {
+            let functions = ignis_executor::udf::functions(&component).map_err(|e| error::from_ignis(&e))?;
+            functions.scalars.into_iter().for_each(|f| ctx.register_udf(f));
+            functions.aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
+        }
+        Ok(refs)
+    }
+
     fn policy(&self, tenant: &str) -> impl Fn(&JobLocation) -> ignis_core::error::Result<()> + Send + Sync + '_ {
         let tenant = tenant.to_string();
         move |location: &JobLocation| {
@@ -160,11 +190,13 @@ impl Inner {
         session: &'a Session,
         policy: relation::PolicyCheck<'a>,
         relation: &sc::Relation,
-    ) -> Result<(RelationPlanner<'a>, DataFrame), Status> {
-        let planner = RelationPlanner::new(self.context(session), session, &self.sessions, policy);
+    ) -> Result<(RelationPlanner<'a>, DataFrame, Vec<UdfRef>), Status> {
+        let ctx = self.context(session);
+        let udfs = self.register_udfs(&ctx, &session.tenant, relation).await?;
+        let planner = RelationPlanner::new(ctx, session, &self.sessions, policy);
         let df = planner.plan(relation).await.map_err(|e| error::from_ignis(&e))?;
         let df = spark_friendly(df).map_err(|e| error::from_ignis(&e))?;
-        Ok((planner, df))
+        Ok((planner, df, udfs))
     }
 
     /// Run `relation` as an Ignis job of the session's tenant; its rows, or
@@ -180,7 +212,7 @@ impl Inner {
         // A cache job writes `relation` itself: only what is inside it first.
         self.materialize_caches(session, op, relation, what == CACHE_JOB).await?;
         let policy = self.policy(&session.tenant);
-        let (planner, df) = self.plan(session, &policy, relation).await?;
+        let (planner, df, udfs) = self.plan(session, &policy, relation).await?;
         let partitions = planner.partitions.lock().map(|p| *p).unwrap_or(None).or(session.shuffle_partitions());
         let job = JobSpec {
             name: Some(format!("spark connect: {what}")),
@@ -195,7 +227,7 @@ impl Inner {
         state.config_mut().options_mut().execution.target_partitions = job.config.shuffle_partitions();
         let physical = state.create_physical_plan(&plan).await.map_err(|e| error::from_ignis(&plan_error(what, e)))?;
         let planned = PlannedJob { ctx: SessionContext::new_with_state(state), physical };
-        let submission = Submission { job, planned: Some(planned), cache_reads };
+        let submission = Submission { job, planned: Some((planned, udfs)), cache_reads };
         let (entry, ended) = self.app.submit(&session.tenant, submission).map_err(|e| error::from_api(&e))?;
         op.set_job(Some(entry.clone()));
         if op.is_cancelled() {
@@ -324,6 +356,7 @@ impl Inner {
         schema: &datafusion::arrow::datatypes::SchemaRef,
         batches: &[datafusion::arrow::record_batch::RecordBatch],
     ) -> Result<(), Status> {
+        op.push_schema(types::schema_to_spark(schema));
         for batch in execute::arrow_batches(schema, batches).map_err(|e| error::from_ignis(&e.into()))? {
             op.push(epr::ResponseType::ArrowBatch(batch));
         }
@@ -452,10 +485,16 @@ impl Inner {
             session.set_view(&name, query);
             empty_relation()
         } else {
+            if has_args {
+                return Err(error::from_ignis(&IgnisError::Plan(
+                    "[UNSUPPORTED_FEATURE] spark.sql with args (put the values in the query)".into(),
+                )));
+            }
+            let relation = sql_relation(&sql.sql);
+            // Analyse now, as Spark does; the client runs the relation later.
             let policy = self.policy(&session.tenant);
-            let planner = RelationPlanner::new(self.context(session), session, &self.sessions, &policy);
-            planner.sql(&sql.sql, has_args).await.map_err(|e| error::from_ignis(&e))?;
-            sql_relation(&sql.sql)
+            self.plan(session, &policy, &relation).await?;
+            relation
         };
         op.push(epr::ResponseType::SqlCommandResult(epr::SqlCommandResult { relation: Some(relation) }));
         Ok(())
@@ -477,15 +516,15 @@ impl Inner {
         let policy = self.policy(&session.tenant);
         let result = match request.analyze {
             Some(Analyze::Schema(s)) => {
-                let (_, df) = self.plan(session, &policy, &relation_of(s.plan)?).await?;
+                let (_, df, _) = self.plan(session, &policy, &relation_of(s.plan)?).await?;
                 R::Schema(r::Schema { schema: Some(types::schema_to_spark(df.schema().as_arrow())) })
             }
             Some(Analyze::Explain(e)) => {
-                let (_, df) = self.plan(session, &policy, &relation_of(e.plan)?).await?;
+                let (_, df, _) = self.plan(session, &policy, &relation_of(e.plan)?).await?;
                 R::Explain(r::Explain { explain_string: explain(df).await? })
             }
             Some(Analyze::TreeString(t)) => {
-                let (_, df) = self.plan(session, &policy, &relation_of(t.plan)?).await?;
+                let (_, df, _) = self.plan(session, &policy, &relation_of(t.plan)?).await?;
                 R::TreeString(r::TreeString { tree_string: tree_string(df.schema().as_arrow()) })
             }
             Some(Analyze::IsLocal(l)) => {
@@ -495,7 +534,7 @@ impl Inner {
             }
             Some(Analyze::IsStreaming(_)) => R::IsStreaming(r::IsStreaming { is_streaming: false }),
             Some(Analyze::InputFiles(f)) => {
-                let (planner, _) = self.plan(session, &policy, &relation_of(f.plan)?).await?;
+                let (planner, _, _) = self.plan(session, &policy, &relation_of(f.plan)?).await?;
                 let files =
                     planner.tables.lock().map(|t| t.values().map(|t| t.location.clone()).collect()).unwrap_or_default();
                 R::InputFiles(r::InputFiles { files })
@@ -524,12 +563,12 @@ impl Inner {
                 R::DdlParse(r::DdlParse { parsed: Some(types::schema_to_spark(&schema)) })
             }
             Some(Analyze::SameSemantics(s)) => {
-                let (_, a) = self.plan(session, &policy, &relation_of(s.target_plan)?).await?;
-                let (_, b) = self.plan(session, &policy, &relation_of(s.other_plan)?).await?;
+                let (_, a, _) = self.plan(session, &policy, &relation_of(s.target_plan)?).await?;
+                let (_, b, _) = self.plan(session, &policy, &relation_of(s.other_plan)?).await?;
                 R::SameSemantics(r::SameSemantics { result: a.logical_plan() == b.logical_plan() })
             }
             Some(Analyze::SemanticHash(h)) => {
-                let (_, df) = self.plan(session, &policy, &relation_of(h.plan)?).await?;
+                let (_, df, _) = self.plan(session, &policy, &relation_of(h.plan)?).await?;
                 let text = df.logical_plan().display_indent().to_string();
                 let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes()));
                 R::SemanticHash(r::SemanticHash {
@@ -628,6 +667,10 @@ impl Inner {
             warnings,
         })
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The relations directly inside `r`.

@@ -204,10 +204,9 @@ impl<'a> RelationPlanner<'a> {
                 let input = self.input(&d.input).await?;
                 let mut names: Vec<String> = d.column_names.clone();
                 for e in &d.columns {
-                    match self.exprs(&input).expr(e) {
-                        Ok(Expr::Column(c)) => names.push(c.name),
-                        // Spark ignores a column that does not exist.
-                        Ok(_) | Err(_) => {}
+                    // Spark ignores a column that does not exist.
+                    if let Ok(Expr::Column(c)) = self.exprs(&input).expr(e) {
+                        names.push(c.name);
                     }
                 }
                 let keep: Vec<Expr> = input

@@ -275,7 +275,8 @@ fn job_error(e: &IgnisError) -> ErrorBody {
 /// by a front end (Spark Connect), which then describes it with `job`.
 pub struct Submission {
     pub job: JobSpec,
-    pub planned: Option<crate::PlannedJob>,
+    /// The plan and the UDF components it calls.
+    pub planned: Option<(crate::PlannedJob, Vec<ignis_core::protocol::UdfRef>)>,
     pub cache_reads: Vec<String>,
 }
 
@@ -366,8 +367,8 @@ impl JobRegistry {
                 Some(_slot) => {
                     running.progress().state = None;
                     match planned {
-                        Some(planned) => {
-                            driver.run_planned(running.id.clone(), &job, planned, Vec::new(), &events, cancel).await
+                        Some((planned, udfs)) => {
+                            driver.run_planned(running.id.clone(), &job, planned, udfs, &events, cancel).await
                         }
                         None => driver.run_job(running.id.clone(), &job, &events, cancel).await,
                     }
