@@ -48,6 +48,10 @@ pub fn from_ignis(e: &IgnisError) -> Status {
     match e {
         IgnisError::Plan(m) if is_syntax_error(m) => status(Code::InvalidArgument, &[PARSE, ANALYSIS], &message),
         IgnisError::Plan(_) | IgnisError::Output(_) => status(Code::InvalidArgument, &[ANALYSIS], &message),
+        IgnisError::Job(m) if m.starts_with("[RESOURCE_EXHAUSTED]") => status(Code::ResourceExhausted, &[SPARK], m),
+        IgnisError::Job(m) if m.starts_with("[INSUFFICIENT_PERMISSIONS]") => {
+            status(Code::PermissionDenied, &[SPARK], m)
+        }
         IgnisError::Job(_) => status(Code::InvalidArgument, &[ILLEGAL_ARGUMENT], &message),
         IgnisError::Cancelled => cancelled(),
         _ => match e.kind() {

@@ -50,6 +50,9 @@ use proto::spark::{self as sc, execute_plan_response as epr};
 use relation::RelationPlanner;
 use session::{Session, Sessions};
 
+/// Concurrent RPCs on one client connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// The job that writes a cached DataFrame's rows.
 const CACHE_JOB: &str = "cache";
 
@@ -84,6 +87,10 @@ pub async fn serve(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(service)
         .serve_with_shutdown(addr, shutdown)
         .await
@@ -807,13 +814,21 @@ impl SparkConnectService for ConnectService {
         if session.operation(&id).is_some() {
             return Err(error::invalid(format!("[INVALID_HANDLE.OPERATION_ALREADY_EXISTS] operation {id} exists")));
         }
+        // A reattachable execution keeps its responses until the client
+        // releases them; any other is forgotten once it ends (its stream holds it).
+        let reattachable = request.request_options.iter().any(|o| {
+            matches!(&o.request_option, Some(sc::execute_plan_request::request_option::RequestOption::ReattachOptions(r)) if r.reattachable)
+        });
         let op = Operation::new(id, request.tags, session.id.clone(), session.server_id.clone());
         session.add_operation(op.clone());
         let inner = self.inner.clone();
         let running = op.clone();
         let task = tokio::spawn(async move {
-            let outcome = inner.execute(session, running.clone(), plan).await;
+            let outcome = inner.execute(session.clone(), running.clone(), plan).await;
             running.finish(outcome);
+            if !reattachable {
+                session.remove_operation(&running.id);
+            }
         });
         op.set_task(task.abort_handle());
         Ok(Response::new(op.stream(None)?))

@@ -49,6 +49,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("spark.connect.session.planCompression.defaultAlgorithm", "NONE"),
 ];
 
+/// Sessions one tenant may have open at once.
+pub const MAX_SESSIONS_PER_TENANT: usize = 64;
+
 /// Settings a session may not change (they belong to the driver).
 const FIXED: &[&str] = &["spark.sql.session.timeZone", "spark.sql.ansi.enabled", "spark.sql.caseSensitive"];
 
@@ -227,11 +230,18 @@ impl Sessions {
         if id.is_empty() || id.len() > 128 {
             return Err(IgnisError::Plan("a Spark Connect session id must be 1-128 characters".into()));
         }
-        let session = self
-            .lock()
-            .entry((tenant.to_string(), id.to_string()))
-            .or_insert_with(|| Arc::new(Session::new(tenant, id)))
-            .clone();
+        let mut sessions = self.lock();
+        let key = (tenant.to_string(), id.to_string());
+        if !sessions.contains_key(&key)
+            && sessions.keys().filter(|(t, _)| t == tenant).count() >= MAX_SESSIONS_PER_TENANT
+        {
+            return Err(IgnisError::Job(format!(
+                "[RESOURCE_EXHAUSTED] tenant '{tenant}' has {MAX_SESSIONS_PER_TENANT} Spark Connect sessions open, the \
+                 most this driver keeps; stop one (spark.stop()) or wait for idle ones to be released"
+            )));
+        }
+        let session = sessions.entry(key).or_insert_with(|| Arc::new(Session::new(tenant, id))).clone();
+        drop(sessions);
         session.touch();
         Ok(session)
     }
