@@ -525,7 +525,7 @@ pub fn spark_name(e: &Expression) -> String {
             let to = match &c.cast_to_type {
                 Some(ex::cast::CastToType::TypeStr(s)) => s.to_uppercase(),
                 Some(ex::cast::CastToType::Type(t)) => {
-                    types::from_spark(t).map(|t| spark_type_name(&t)).unwrap_or_default()
+                    types::from_spark(t).map(|t| types::sql_name(&t)).unwrap_or_default()
                 }
                 None => String::new(),
             };
@@ -587,25 +587,6 @@ fn function_name(name: &str, args: &[Expression], distinct: bool) -> String {
             };
             format!("{name}({distinct}{args})")
         }
-    }
-}
-
-/// An Arrow type by Spark's SQL name, for cast column names.
-fn spark_type_name(t: &DataType) -> String {
-    match t {
-        DataType::Int8 => "TINYINT".into(),
-        DataType::Int16 => "SMALLINT".into(),
-        DataType::Int32 => "INT".into(),
-        DataType::Int64 => "BIGINT".into(),
-        DataType::Float32 => "FLOAT".into(),
-        DataType::Float64 => "DOUBLE".into(),
-        DataType::Utf8 => "STRING".into(),
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Date32 => "DATE".into(),
-        DataType::Timestamp(_, Some(_)) => "TIMESTAMP".into(),
-        DataType::Timestamp(_, None) => "TIMESTAMP_NTZ".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
-        other => other.to_string().to_uppercase(),
     }
 }
 

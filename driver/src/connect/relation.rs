@@ -674,7 +674,7 @@ fn table_options(
             Some(s) => s
                 .fields()
                 .iter()
-                .map(|f| format!("`{}` {}", f.name(), sql_type(f.data_type())))
+                .map(|f| format!("`{}` {}", f.name(), types::sql_name(f.data_type())))
                 .collect::<Vec<_>>()
                 .join(", "),
             None => schema.to_string(),
@@ -708,24 +708,6 @@ fn table_options(
 
 fn option<'m>(options: &'m std::collections::HashMap<String, String>, key: &str) -> Option<&'m String> {
     options.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
-}
-
-/// An Arrow type by its SQL name, for a DDL schema.
-fn sql_type(t: &DataType) -> String {
-    match t {
-        DataType::Int8 => "TINYINT".into(),
-        DataType::Int16 => "SMALLINT".into(),
-        DataType::Int32 => "INT".into(),
-        DataType::Int64 => "BIGINT".into(),
-        DataType::Float32 => "FLOAT".into(),
-        DataType::Float64 => "DOUBLE".into(),
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Date32 => "DATE".into(),
-        DataType::Timestamp(_, _) => "TIMESTAMP".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
-        DataType::Binary => "BYTEA".into(),
-        _ => "VARCHAR".into(),
-    }
 }
 
 fn column(name: &str) -> sc::Expression {

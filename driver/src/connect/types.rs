@@ -234,6 +234,26 @@ fn json_type(value: &serde_json::Value) -> Result<DataType> {
     }
 }
 
+/// An Arrow type by its SQL name, as Spark writes it in column names
+/// (`CAST(x AS BIGINT)`) and as DataFusion reads it in a column list.
+pub fn sql_name(t: &DataType) -> String {
+    match t {
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Float32 => "FLOAT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "STRING".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Binary => "BINARY".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Timestamp(_, _) => "TIMESTAMP".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        other => other.to_string().to_uppercase(),
+    }
+}
+
 /// A literal from the wire as a DataFusion value.
 pub fn literal(lit: &Literal) -> Result<ScalarValue> {
     let Some(t) = &lit.literal_type else { return Ok(ScalarValue::Null) };
