@@ -308,3 +308,29 @@ def test_hostile_paths_are_refused(spark, data):
         assert "may not" in str(e.value) or "outside" in str(e.value) or "overlaps" in str(e.value) or "scheme" in str(e.value) or ".." in str(e.value), path
     with pytest.raises(SparkConnectException):
         spark.range(1).write.mode("overwrite").parquet("s3://ignis/shuffle/_cache/")
+
+
+def test_sql_with_args(spark, data):
+    spark.read.parquet(data["orders"]).createOrReplaceTempView("orders_args")
+    named = spark.sql(
+        "SELECT count(*) AS n FROM orders_args WHERE country = :c AND quantity > :q", args={"c": "US", "q": 3}
+    ).collect()[0].n
+    positional = spark.sql("SELECT count(*) AS n FROM orders_args WHERE country = ? AND quantity > ?", args=["US", 3]).collect()[0].n
+    by_hand = spark.sql("SELECT count(*) AS n FROM orders_args WHERE country = 'US' AND quantity > 3").collect()[0].n
+    assert named == positional == by_hand > 0
+    # An argument is a value, never SQL.
+    assert spark.sql("SELECT count(*) AS n FROM orders_args WHERE country = :c", args={"c": "US' OR '1'='1"}).collect()[0].n == 0
+    with pytest.raises(AnalysisException) as e:
+        spark.sql("SELECT :missing", args={"other": 1}).collect()
+    assert "UNBOUND_SQL_PARAMETER" in str(e.value)
+
+
+def test_create_dataframe_from_pandas(spark):
+    import pandas as pd
+
+    pdf = pd.DataFrame({"k": [1, 2, 3, 4], "v": ["a", "b", None, "d"], "x": [0.5, 1.5, 2.5, None]})
+    df = spark.createDataFrame(pdf)
+    assert df.filter("k > 1").count() == 3
+    back = df.orderBy("k").toPandas()
+    assert back["v"].tolist()[:2] == ["a", "b"] and back["k"].tolist() == [1, 2, 3, 4]
+    assert back["x"].isna().tolist() == [False, False, False, True]

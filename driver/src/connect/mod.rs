@@ -21,6 +21,7 @@ mod analyze;
 mod error;
 mod execute;
 mod expr;
+mod params;
 pub mod proto;
 mod relation;
 mod session;
@@ -468,11 +469,13 @@ impl Inner {
             },
             _ => sql,
         };
-        let has_args = !sql.args.is_empty()
-            || !sql.pos_args.is_empty()
-            || !sql.named_arguments.is_empty()
-            || !sql.pos_arguments.is_empty();
-        let statements = crate::planner::parse_sql(&sql.sql).map_err(|e| error::from_ignis(&e))?;
+        let bound = match params::Args::from_wire(&sql.args, &sql.pos_args, &sql.named_arguments, &sql.pos_arguments)
+            .map_err(|e| error::from_ignis(&e))?
+        {
+            Some(args) => params::bind(&sql.sql, &args).map_err(|e| error::from_ignis(&e))?,
+            None => sql.sql.clone(),
+        };
+        let statements = crate::planner::parse_sql(&bound).map_err(|e| error::from_ignis(&e))?;
         let view = match statements.front() {
             Some(DfStatement::Statement(s)) => match s.as_ref() {
                 Statement::CreateView(v) => Some((v.name.to_string(), v.query.to_string(), v.or_replace)),
@@ -492,12 +495,7 @@ impl Inner {
             session.set_view(&name, query);
             empty_relation()
         } else {
-            if has_args {
-                return Err(error::from_ignis(&IgnisError::Plan(
-                    "[UNSUPPORTED_FEATURE] spark.sql with args (put the values in the query)".into(),
-                )));
-            }
-            let relation = sql_relation(&sql.sql);
+            let relation = sql_relation(&bound);
             // Analyse now, as Spark does; the client runs the relation later.
             let policy = self.policy(&session.tenant);
             self.plan(session, &policy, &relation).await?;

@@ -22,6 +22,7 @@ use object_store::ObjectStoreExt;
 use prost::Message;
 
 use super::expr::{ExprPlanner, analysis, plan_alias};
+use super::params::{self, Args};
 use super::proto::spark::relation::RelType;
 use super::proto::spark::{self as sc, Relation, join, set_operation};
 use super::session::{Session, Sessions};
@@ -128,14 +129,11 @@ impl<'a> RelationPlanner<'a> {
             }
             RelType::Aggregate(a) => self.aggregate(a).await,
             RelType::Sql(s) => {
-                self.sql(
-                    &s.query,
-                    !s.args.is_empty()
-                        || !s.pos_args.is_empty()
-                        || !s.named_arguments.is_empty()
-                        || !s.pos_arguments.is_empty(),
-                )
-                .await
+                let query = match Args::from_wire(&s.args, &s.pos_args, &s.named_arguments, &s.pos_arguments)? {
+                    Some(args) => params::bind(&s.query, &args)?,
+                    None => s.query.clone(),
+                };
+                self.sql(&query).await
             }
             RelType::LocalRelation(l) => self.local(l),
             RelType::Sample(s) => {
@@ -481,10 +479,7 @@ impl<'a> RelationPlanner<'a> {
 
     /// `spark.sql(query)`: the queries-only rule of every job, temp views
     /// visible by name.
-    pub async fn sql(&self, query: &str, has_args: bool) -> Result<DataFrame> {
-        if has_args {
-            return Err(unsupported("spark.sql with args (put the values in the query)"));
-        }
+    pub async fn sql(&self, query: &str) -> Result<DataFrame> {
         let statements = plan::parse_sql(query)?;
         if statements.len() != 1 {
             return Err(analysis("spark.sql runs one statement at a time".into()));
