@@ -68,7 +68,9 @@ impl ExprPlanner<'_> {
     }
 
     pub fn expr(&self, e: &Expression) -> Result<Expr> {
-        let Some(kind) = &e.expr_type else { return Err(unsupported("an empty expression")) };
+        let Some(kind) = &e.expr_type else {
+            return Err(unsupported("this kind of expression (named arguments, subqueries, update_fields ...)"));
+        };
         match kind {
             ExprType::Literal(l) => Ok(lit(types::literal(l)?)),
             ExprType::UnresolvedAttribute(a) => self.column(&a.unparsed_identifier, a.plan_id),

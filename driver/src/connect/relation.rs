@@ -90,7 +90,12 @@ impl<'a> RelationPlanner<'a> {
     }
 
     async fn plan_uncached(&self, r: &Relation) -> Result<DataFrame> {
-        let Some(rel) = &r.rel_type else { return Err(unsupported("an empty relation")) };
+        let Some(rel) = &r.rel_type else {
+            return Err(unsupported(
+                "this DataFrame operation (unpivot, transpose, describe/summary and stat functions, \
+                 mapInPandas and other Python code, or another relation type this server does not know)",
+            ));
+        };
         match rel {
             RelType::Read(read) => self.read(read).await,
             RelType::Project(p) => {

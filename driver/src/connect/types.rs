@@ -256,7 +256,12 @@ pub fn sql_name(t: &DataType) -> String {
 
 /// A literal from the wire as a DataFusion value.
 pub fn literal(lit: &Literal) -> Result<ScalarValue> {
-    let Some(t) = &lit.literal_type else { return Ok(ScalarValue::Null) };
+    let Some(t) = &lit.literal_type else {
+        // A kind this server's protocol subset does not know (map, struct, time ...).
+        return Err(IgnisError::Plan(
+            "[UNSUPPORTED_FEATURE] a literal of a type Ignis does not take yet (map, struct or time literals)".into(),
+        ));
+    };
     Ok(match t {
         LiteralType::Null(t) => ScalarValue::try_from(&from_spark(t)?)?,
         LiteralType::Binary(b) => ScalarValue::Binary(Some(b.clone())),
