@@ -457,7 +457,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 std::net::TcpListener::bind(addr).with_context(|| format!("binding Spark Connect to {addr}"))?;
             drop(listener);
             eprintln!("ignis Spark Connect listening on sc://{addr}");
-            Some(tokio::spawn(ignis_driver::connect::serve(addr, state, config, stop_signal())))
+            Some(tokio::spawn(async move {
+                if let Err(e) = ignis_driver::connect::serve(addr, state, config, stop_signal()).await {
+                    tracing::error!(error = %e, "the Spark Connect server stopped");
+                }
+            }))
         }
         None => None,
     };
