@@ -63,9 +63,22 @@ def run_job(base, job):
         time.sleep(0.005)
     if status["state"] != "succeeded":
         raise RuntimeError(f"job failed: {status.get('error')}")
+    rows = None
     if job["output"] == "collect":
-        http(base, "GET", f"/v1/jobs/{submitted['id']}/result")
-    return (time.perf_counter() - start) * 1000
+        rows = http(base, "GET", f"/v1/jobs/{submitted['id']}/result")["rows"]
+    return (time.perf_counter() - start) * 1000, rows
+
+
+def same_rows(connect_rows, job_rows):
+    """Both answers, compared as text with numbers rounded (JSON and Python print them differently)."""
+    def norm(v):
+        try:
+            return f"{float(v):.4f}"
+        except (TypeError, ValueError):
+            return str(v)
+    a = sorted(sorted((k, norm(v)) for k, v in r.asDict().items()) for r in connect_rows)
+    b = sorted(sorted((k, norm(v)) for k, v in r.items()) for r in job_rows)
+    return a == b
 
 
 def tables(tpch: Path, orders: Path):
@@ -166,15 +179,22 @@ def main():
         for name, connect_fn, sql, output in workloads(spark, tpch, orders, out):
             job = {"name": f"bench {name}", "tables": tables(tpch, orders), "sql": sql, "output": output}
             connect_ms, job_ms = [], []
+            connect_answer = job_answer = None
             for i in range(args.reps + 1):
                 order = ["connect", "job"] if i % 2 == 0 else ["job", "connect"]
                 for engine in order:
                     start = time.perf_counter()
                     if engine == "connect":
-                        connect_fn()
+                        answer = connect_fn()
                         elapsed = (time.perf_counter() - start) * 1000
+                        if i == 0 and answer is not None:
+                            connect_answer = answer
                     else:
-                        elapsed = run_job(base, job)
+                        elapsed, job_answer = run_job(base, job)
+                    if i == 0 and engine == order[1] and output == "collect" and not same_rows(connect_answer, job_answer):
+                        print(f"{name}: Spark Connect and the job answered differently:", file=sys.stderr)
+                        print(connect_answer[:3], job_answer[:3], sep="\n", file=sys.stderr)
+                        os._exit(1)
                     if i > 0:  # the first round warms caches
                         (connect_ms if engine == "connect" else job_ms).append(elapsed)
             c, j = statistics.median(connect_ms), statistics.median(job_ms)
