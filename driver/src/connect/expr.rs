@@ -305,6 +305,39 @@ impl ExprPlanner<'_> {
                 let value = if lower == "dayofweek" { value + lit(1.0) } else { value };
                 Ok(cast(value, DataType::Int32))
             }
+            "datediff" | "date_diff" => {
+                arity(2)?;
+                let start = days(a.pop().unwrap_or_default());
+                let end = days(a.pop().unwrap_or_default());
+                Ok(end - start)
+            }
+            "date_add" | "date_sub" | "dateadd" => {
+                arity(2)?;
+                let n = cast(a.pop().unwrap_or_default(), DataType::Int32);
+                let d = days(a.pop().unwrap_or_default());
+                let shifted = if lower == "date_sub" { d - n } else { d + n };
+                Ok(cast(shifted, DataType::Date32))
+            }
+            "pmod" => {
+                arity(2)?;
+                let b = a.pop().unwrap_or_default();
+                let x = a.pop().unwrap_or_default();
+                Ok(((x % b.clone()) + b.clone()) % b)
+            }
+            "log1p" => {
+                arity(1)?;
+                self.scalar("ln", vec![lit(1.0) + a.remove(0)])
+            }
+            "expm1" => {
+                arity(1)?;
+                self.scalar("exp", a).map(|e| e - lit(1.0))
+            }
+            "weekday" => {
+                arity(1)?;
+                // Spark: Monday = 0; DataFusion's dow: Sunday = 0.
+                let dow = self.scalar("date_part", vec![lit("dow"), a.remove(0)])?;
+                Ok(cast((dow + lit(6.0)) % lit(7.0), DataType::Int32))
+            }
             _ => self.by_name(&lower, name, a, distinct),
         }
     }
@@ -434,6 +467,11 @@ impl ExprPlanner<'_> {
         };
         Ok(SortExpr::new(self.expr(child)?, asc, nulls_first))
     }
+}
+
+/// A date (or timestamp, or date string) as days since the epoch.
+fn days(e: Expr) -> Expr {
+    cast(cast(e, DataType::Date32), DataType::Int32)
 }
 
 /// Spark's name of a function where DataFusion's differs.

@@ -79,8 +79,12 @@ impl<'a> RelationPlanner<'a> {
 
     /// A cached DataFrame whose rows were written: read them back.
     async fn cached(&self, r: &Relation) -> Result<Option<DataFrame>> {
+        let caches = self.session.caches();
+        if caches.iter().all(|c| c.location.is_none()) {
+            return Ok(None);
+        }
         let key = r.encode_to_vec();
-        let Some(location) = self.session.caches().into_iter().find(|c| c.key == key).and_then(|c| c.location) else {
+        let Some(location) = caches.into_iter().find(|c| c.key == key).and_then(|c| c.location) else {
             return Ok(None);
         };
         let spec = TableSpec { format: Format::Parquet, location: location.clone(), options: TableOptions::default() };

@@ -257,10 +257,8 @@ pub fn sql_name(t: &DataType) -> String {
 /// A literal from the wire as a DataFusion value.
 pub fn literal(lit: &Literal) -> Result<ScalarValue> {
     let Some(t) = &lit.literal_type else {
-        // A kind this server's protocol subset does not know (map, struct, time ...).
-        return Err(IgnisError::Plan(
-            "[UNSUPPORTED_FEATURE] a literal of a type Ignis does not take yet (map, struct or time literals)".into(),
-        ));
+        // A kind this server's protocol subset does not know.
+        return Err(IgnisError::Plan("[UNSUPPORTED_FEATURE] a literal of a type Ignis does not take yet".into()));
     };
     Ok(match t {
         LiteralType::Null(t) => ScalarValue::try_from(&from_spark(t)?)?,
@@ -290,7 +288,62 @@ pub fn literal(lit: &Literal) -> Result<ScalarValue> {
             };
             ScalarValue::List(ScalarValue::new_list_nullable(&values, &element))
         }
+        LiteralType::Struct(st) => {
+            let values = st.elements.iter().map(literal).collect::<Result<Vec<_>>>()?;
+            let names: Vec<String> = match st.struct_type.as_ref().and_then(|t| t.kind.as_ref()) {
+                Some(Kind::Struct(s)) => s.fields.iter().map(|f| f.name.clone()).collect(),
+                _ => (1..=values.len()).map(|i| format!("col{i}")).collect(),
+            };
+            if names.len() != values.len() {
+                return Err(invalid("a struct literal whose type and values differ in length"));
+            }
+            let mut builder = datafusion::common::scalar::ScalarStructBuilder::new();
+            for (name, value) in names.iter().zip(values) {
+                builder = builder.with_scalar(Field::new(name, value.data_type(), true), value);
+            }
+            builder.build()?
+        }
+        LiteralType::Map(m) => map_literal(m)?,
+        LiteralType::Time(t) => ScalarValue::Time64Nanosecond(Some(t.nano)),
     })
+}
+
+/// A map literal as a one-row Arrow map.
+fn map_literal(m: &sc::expression::literal::Map) -> Result<ScalarValue> {
+    use datafusion::arrow::array::{MapArray, StructArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    if m.keys.len() != m.values.len() {
+        return Err(invalid("a map literal with more keys than values, or fewer"));
+    }
+    let keys = m.keys.iter().map(literal).collect::<Result<Vec<_>>>()?;
+    let values = m.values.iter().map(literal).collect::<Result<Vec<_>>>()?;
+    let key_type = match &m.key_type {
+        Some(t) => from_spark(t)?,
+        None => keys.first().map(ScalarValue::data_type).unwrap_or(DataType::Utf8),
+    };
+    let value_type = match &m.value_type {
+        Some(t) => from_spark(t)?,
+        None => values.first().map(ScalarValue::data_type).unwrap_or(DataType::Utf8),
+    };
+    let key_array = if keys.is_empty() {
+        datafusion::arrow::array::new_empty_array(&key_type)
+    } else {
+        ScalarValue::iter_to_array(keys)?
+    };
+    let value_array = if values.is_empty() {
+        datafusion::arrow::array::new_empty_array(&value_type)
+    } else {
+        ScalarValue::iter_to_array(values)?
+    };
+    let fields = Fields::from(vec![
+        Field::new("key", key_array.data_type().clone(), false),
+        Field::new("value", value_array.data_type().clone(), true),
+    ]);
+    let len = key_array.len();
+    let entries = StructArray::try_new(fields.clone(), vec![key_array, value_array], None)?;
+    let field = Arc::new(Field::new("entries", DataType::Struct(fields), false));
+    let map = MapArray::try_new(field, OffsetBuffer::from_lengths([len]), entries, None, false)?;
+    Ok(ScalarValue::Map(Arc::new(map)))
 }
 
 fn decimal_literal(d: &sc::expression::literal::Decimal) -> Result<ScalarValue> {
