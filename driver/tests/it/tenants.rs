@@ -60,6 +60,129 @@ async fn as_alice(api: &Api, body: Value) -> (u16, String) {
     (status, body["error"]["message"].as_str().unwrap_or_default().to_string())
 }
 
+/// The Spark Connect port, spoken as pyspark speaks it (gRPC over HTTP/2):
+/// no key, a foreign key, another tenant's prefix, the driver's shuffle root,
+/// and another tenant's session id each get their refusal or nothing of alice.
+async fn spark_connect_refusals(port: u16) {
+    use ignis_driver::connect::proto::spark as sc;
+    let grpc = Grpc::new(port);
+    let config = |session: &str, op: sc::config_request::operation::OpType| sc::ConfigRequest {
+        session_id: session.into(),
+        operation: Some(sc::config_request::Operation { op_type: Some(op) }),
+        ..Default::default()
+    };
+    let get = |session: &str| {
+        config(
+            session,
+            sc::config_request::operation::OpType::Get(sc::config_request::Get {
+                keys: vec!["spark.sql.shuffle.partitions".into()],
+            }),
+        )
+    };
+    let session = "6f1c4a8e-0000-4000-8000-000000000001";
+    wait_until("the Spark Connect port", || async {
+        grpc.call::<_, sc::ConfigResponse>("Config", Some(ALICE), &get(session)).await.is_ok()
+    })
+    .await;
+
+    let (code, message) = grpc.call::<_, sc::ConfigResponse>("Config", None, &get(session)).await.unwrap_err();
+    assert_eq!(code, "16", "no key: UNAUTHENTICATED ({message})");
+    let (code, _) = grpc.call::<_, sc::ConfigResponse>("Config", Some(SECRET), &get(session)).await.unwrap_err();
+    assert_eq!(code, "16", "the executor secret is no tenant key");
+
+    // Alice sets a value in her session; bob, with the same session id, has a session of his own.
+    let set = config(
+        session,
+        sc::config_request::operation::OpType::Set(sc::config_request::Set {
+            pairs: vec![sc::KeyValue { key: "spark.sql.shuffle.partitions".into(), value: Some("7".into()) }],
+            silent: None,
+        }),
+    );
+    grpc.call::<_, sc::ConfigResponse>("Config", Some(ALICE), &set).await.unwrap();
+    let value = |r: sc::ConfigResponse| r.pairs.first().and_then(|p| p.value.clone());
+    assert_eq!(value(grpc.call("Config", Some(ALICE), &get(session)).await.unwrap()).as_deref(), Some("7"));
+    assert_eq!(value(grpc.call("Config", Some(BOB), &get(session)).await.unwrap()).as_deref(), Some("4"));
+
+    // Reads of bob's prefix and of the driver's shuffle root are refused before anything is listed.
+    for path in [
+        format!("s3://{BUCKET}/tenants/bob/orders/"),
+        format!("s3://{BUCKET}/_shuffle/"),
+        format!("s3://{BUCKET}/tenants/alice/../bob/orders/"),
+    ] {
+        let read = sc::Relation {
+            common: None,
+            rel_type: Some(sc::relation::RelType::Read(sc::Read {
+                read_type: Some(sc::read::ReadType::DataSource(sc::read::DataSource {
+                    format: Some("csv".into()),
+                    paths: vec![path.clone()],
+                    ..Default::default()
+                })),
+                is_streaming: false,
+            })),
+        };
+        let analyze = sc::AnalyzePlanRequest {
+            session_id: session.into(),
+            analyze: Some(sc::analyze_plan_request::Analyze::Schema(sc::analyze_plan_request::Schema {
+                plan: Some(sc::Plan { op_type: Some(sc::plan::OpType::Root(read)) }),
+            })),
+            ..Default::default()
+        };
+        let (code, message) =
+            grpc.call::<_, sc::AnalyzePlanResponse>("AnalyzePlan", Some(ALICE), &analyze).await.unwrap_err();
+        assert!(code == "7" || code == "3", "{path}: {code} {message}");
+        assert!(
+            message.contains("may not") || message.contains("overlaps") || message.contains(".."),
+            "{path}: {message}"
+        );
+    }
+}
+
+/// A minimal gRPC client over reqwest's HTTP/2: unary calls to the Spark Connect service.
+struct Grpc {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Grpc {
+    fn new(port: u16) -> Self {
+        let http = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+        Self { http, base: format!("http://127.0.0.1:{port}/spark.connect.SparkConnectService") }
+    }
+
+    /// The answer, or the grpc-status code and message of a refusal.
+    async fn call<M: prost::Message, R: prost::Message + Default>(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        message: &M,
+    ) -> Result<R, (String, String)> {
+        let payload = message.encode_to_vec();
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        body.extend_from_slice(&payload);
+        let mut request = self
+            .http
+            .post(format!("{}/{method}", self.base))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let response = request.body(body).send().await.map_err(|e| ("transport".to_string(), e.to_string()))?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(code) = header("grpc-status").filter(|c| c != "0") {
+            let message = header("grpc-message").unwrap_or_default();
+            let message = percent_encoding::percent_decode_str(&message).decode_utf8_lossy().into_owned();
+            return Err((code, message));
+        }
+        let bytes = response.bytes().await.map_err(|e| ("body".to_string(), e.to_string()))?;
+        if bytes.len() < 5 {
+            return Err(("empty".into(), format!("{} bytes", bytes.len())));
+        }
+        R::decode(&bytes[5..]).map_err(|e| ("decode".to_string(), e.to_string()))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     let mut procs = Processes::new();
@@ -71,10 +194,12 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     let bob_udf = std::fs::read(component("examples/udfs/orders-udfs")).unwrap();
 
     let port = free_port();
+    let grpc_port = free_port();
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     let mut driver = Command::new(env!("CARGO_BIN_EXE_ignis"));
     driver
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--spark-connect", &format!("127.0.0.1:{grpc_port}")])
         .args(["--tenant-root", &format!("s3://{BUCKET}/tenants/{{tenant}}/")])
         .args(["--shuffle-root", &format!("s3://{BUCKET}/_shuffle/")])
         .args(["--udf-root", &format!("s3://{BUCKET}/_udfs/")])
@@ -86,6 +211,8 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
     s3_env(&mut driver, &endpoint);
     let driver_pid = procs.spawn("driver", driver);
     api.wait_healthy().await;
+
+    spark_connect_refusals(grpc_port).await;
 
     // Bob's UDF, and then his objects as they must stay.
     let upload_udf = api.http.post(format!("{}/v1/udfs?name=bob-udfs", api.base)).bearer_auth(BOB).body(bob_udf);
