@@ -216,7 +216,7 @@ impl Inner {
         relation: &sc::Relation,
         output: OutputSpec,
         what: &str,
-    ) -> Result<JobResult, Status> {
+    ) -> Result<Arc<JobResult>, Status> {
         // A cache job writes `relation` itself: only what is inside it first.
         self.materialize_caches(session, op, relation, what == CACHE_JOB).await?;
         let policy = self.policy(&session.tenant);
@@ -245,18 +245,9 @@ impl Inner {
         op.set_job(None);
         let status = entry.status();
         match status.state {
-            JobState::Succeeded => match entry.result() {
-                Some(result) => Ok(match result.as_ref() {
-                    JobResult::Rows { schema, batches } => {
-                        JobResult::Rows { schema: schema.clone(), batches: batches.clone() }
-                    }
-                    JobResult::Written(c) => JobResult::Skipped { location: c.location.clone() },
-                    JobResult::Skipped { location } => JobResult::Skipped { location: location.clone() },
-                }),
-                None => {
-                    Err(error::status(tonic::Code::Internal, &[], "the job's result was dropped before it was read"))
-                }
-            },
+            JobState::Succeeded => entry.result().ok_or_else(|| {
+                error::status(tonic::Code::Internal, &[], "the job's result was dropped before it was read")
+            }),
             JobState::Cancelled => Err(error::cancelled()),
             _ => Err(status.error.as_ref().map(error::from_job).unwrap_or_else(|| Status::internal("the job failed"))),
         }
@@ -346,15 +337,19 @@ impl Inner {
                 }))),
             };
             let rows = self.run_job(session, op, &limited, OutputSpec::Collect, "show").await?;
-            let JobResult::Rows { schema, batches } = rows else { return Err(Status::internal("show wrote files")) };
+            let JobResult::Rows { schema, batches } = rows.as_ref() else {
+                return Err(Status::internal("show wrote files"));
+            };
             let truncate = usize::try_from(show.truncate).unwrap_or(0);
-            let shown = execute::show_string(&schema, &batches, num_rows, truncate, show.vertical)
+            let shown = execute::show_string(schema, batches, num_rows, truncate, show.vertical)
                 .map_err(|e| error::from_ignis(&e.into()))?;
             self.push_rows(op, &shown.schema(), &[shown])
         } else {
             let rows = self.run_job(session, op, &relation, OutputSpec::Collect, "collect").await?;
-            let JobResult::Rows { schema, batches } = rows else { return Err(Status::internal("collect wrote files")) };
-            self.push_rows(op, &schema, &batches)
+            let JobResult::Rows { schema, batches } = rows.as_ref() else {
+                return Err(Status::internal("collect wrote files"));
+            };
+            self.push_rows(op, schema, batches)
         }
     }
 
