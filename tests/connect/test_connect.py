@@ -133,6 +133,8 @@ def test_config(spark):
     with pytest.raises(Exception) as e:
         spark.conf.get("spark.some.unknown.key")
     assert "SQL_CONF_NOT_FOUND" in str(e.value)
+    assert spark.conf.isModifiable("spark.sql.shuffle.partitions")
+    assert not spark.conf.isModifiable("spark.sql.session.timeZone")
     spark.conf.unset("spark.sql.shuffle.partitions")
 
 

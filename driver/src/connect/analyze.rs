@@ -168,8 +168,7 @@ impl Inner {
             Some(OpType::Unset(unset)) => unset.keys.iter().for_each(|k| session.unset_config(k)),
             Some(OpType::IsModifiable(m)) => {
                 for key in m.keys {
-                    let fixed = ["spark.sql.session.timeZone", "spark.sql.ansi.enabled", "spark.sql.caseSensitive"];
-                    pairs.push(pair(&key, Some((!fixed.contains(&key.as_str())).to_string())));
+                    pairs.push(pair(&key, Some(super::session::is_modifiable(&key).to_string())));
                 }
             }
             None => return Err(error::invalid("a Config request without an operation")),

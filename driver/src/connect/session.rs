@@ -101,7 +101,7 @@ impl Session {
     }
 
     pub fn set_config(&self, key: &str, value: &str) -> Result<()> {
-        if FIXED.contains(&key) && default(key).as_deref() != Some(value) {
+        if !is_modifiable(key) && default(key).as_deref() != Some(value) {
             return Err(IgnisError::Plan(format!(
                 "[CANNOT_MODIFY_CONFIG] Ignis runs with {key} = {}; it cannot be changed",
                 default(key).unwrap_or_default()
@@ -205,6 +205,11 @@ impl Session {
         }
         state.last_used.map(|t| t.elapsed()).unwrap_or_default()
     }
+}
+
+/// Whether a session may change `key` (`spark.conf.isModifiable`).
+pub fn is_modifiable(key: &str) -> bool {
+    !FIXED.contains(&key)
 }
 
 fn default(key: &str) -> Option<String> {
