@@ -2,6 +2,8 @@
 //! Serialised as JSON for executor hosts and Lambda; passed as values in local
 //! mode, where the plan fragment is still carried as bytes.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, IgnisError};
@@ -10,6 +12,15 @@ use crate::job::{Format, ShuffleCompression};
 
 /// Bumped on any incompatible change to these types or to the plan codec.
 pub const PROTOCOL_VERSION: u32 = 3;
+
+/// How long the driver keeps an idle HTTP/1 keep-alive connection open (its
+/// header read timeout starts when a connection waits for the next request).
+pub const DRIVER_IDLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// How long clients of the driver (the CLI, executor hosts) keep an idle pooled
+/// connection: well under [`DRIVER_IDLE_CONNECTION`], so a request is never sent
+/// on a connection the driver is closing at that moment.
+pub const CLIENT_IDLE_CONNECTION: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRequest {

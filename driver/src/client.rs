@@ -20,7 +20,10 @@ pub struct Client {
 impl Client {
     pub fn new(base: &str, key: Option<String>) -> anyhow::Result<Self> {
         let key = key.context("no API key: pass --api-key or set IGNIS_API_KEY")?;
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(ignis_core::protocol::CLIENT_IDLE_CONNECTION)
+            .build()?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), key })
     }
 

@@ -169,6 +169,7 @@ impl DriverClient {
     fn new(config: &HostConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(ignis_core::protocol::CLIENT_IDLE_CONNECTION)
             .build()
             .map_err(|e| IgnisError::Internal(format!("cannot build HTTP client: {e}")))?;
         Ok(Self { http, base: config.driver.trim_end_matches('/').to_string(), secret: config.secret.clone() })

@@ -208,7 +208,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into(), http: reqwest::Client::new() }
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(ignis_core::protocol::CLIENT_IDLE_CONNECTION)
+            .build()
+            .expect("an HTTP client");
+        Self { base: base.into(), http }
     }
 
     pub async fn wait_healthy(&self) {

@@ -34,7 +34,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: ignis_core::protocol::DRIVER_IDLE_CONNECTION,
             request_timeout: Duration::from_secs(120),
         }
     }
