@@ -98,7 +98,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tables.insert(
         "orders_csv".into(),
-        TableSpec { format: Format::Csv, location: dir_url(&orders_dir)?, options: TableOptions::default() },
+        TableSpec::files_at(Format::Csv, dir_url(&orders_dir)?, TableOptions::default()),
     );
 
     let workloads = workloads(args.only.as_deref())?;
@@ -240,12 +240,7 @@ fn ignis_job(
     out: &Path,
 ) -> anyhow::Result<JobSpec> {
     let output = if w.write {
-        OutputSpec::Write(WriteSpec {
-            format: Format::Parquet,
-            location: dir_url(out)?,
-            mode: WriteMode::Overwrite,
-            partition_by: vec![],
-        })
+        OutputSpec::Write(WriteSpec::to_files(Format::Parquet, dir_url(out)?, WriteMode::Overwrite, vec![]))
     } else {
         OutputSpec::Collect
     };
@@ -257,6 +252,7 @@ fn ignis_job(
         steps: None,
         output,
         config: JobConfig { shuffle_partitions: Some(parallelism), shuffle_compression, ..JobConfig::default() },
+        stream: None,
     })
 }
 

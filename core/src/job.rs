@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IgnisError, Result};
 use crate::location::Location;
+use crate::stream::StreamSpec;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +52,10 @@ pub struct JobSpec {
     pub output: OutputSpec,
     #[serde(default)]
     pub config: JobConfig,
+    /// A streaming job: its query runs in micro-batches over the new data of
+    /// its streaming tables (`format = "kafka"`, or files with `stream = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,8 @@ pub enum Format {
     Csv,
     Parquet,
     Json,
+    /// A Kafka topic: a streaming table, or a streaming job's output.
+    Kafka,
 }
 
 impl Format {
@@ -67,7 +74,12 @@ impl Format {
             Format::Csv => "csv",
             Format::Parquet => "parquet",
             Format::Json => "json",
+            Format::Kafka => "kafka",
         }
+    }
+
+    pub fn is_files(self) -> bool {
+        self != Format::Kafka
     }
 }
 
@@ -76,10 +88,31 @@ impl Format {
 pub struct TableSpec {
     pub format: Format,
     /// A path (relative to the job file), a `file://` or other object store
-    /// URL; a directory or a glob such as `data/*.csv`.
+    /// URL; a directory or a glob such as `data/*.csv`. Not for Kafka tables.
+    #[serde(default)]
     pub location: String,
     #[serde(default)]
     pub options: TableOptions,
+    /// Files: a streaming table whose rows are the files that appear under
+    /// `location` (each read once, in the batch after it appeared).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Read exactly these files (URLs) instead of listing `location`; a stream
+    /// gives each batch its new files this way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+impl TableSpec {
+    /// A table of files at `location`.
+    pub fn files_at(format: Format, location: String, options: TableOptions) -> Self {
+        Self { format, location, options, stream: false, files: Vec::new() }
+    }
+
+    /// A table whose new rows feed a streaming job.
+    pub fn is_streaming(&self) -> bool {
+        self.stream || self.format == Format::Kafka
+    }
 }
 
 /// Reader options; the CSV ones follow Spark's names.
@@ -116,6 +149,26 @@ pub struct TableOptions {
     /// CSV, PERMISSIVE: an extra string column holding the raw malformed line.
     #[serde(default)]
     pub column_name_of_corrupt_record: Option<String>,
+    /// Kafka: `host:port[,host:port...]` of the brokers.
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// Kafka: the topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Kafka: where a new stream starts, `earliest` or `latest` (default).
+    #[serde(default)]
+    pub starting_offsets: Option<String>,
+    /// Kafka: at most this many records per batch, over all partitions.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    /// Files: at most this many new files per batch.
+    #[serde(default)]
+    pub max_files_per_trigger: Option<usize>,
+    /// Kafka: how `value` becomes the columns of `schema`: `json` (default
+    /// when a schema is given; Spark's `from_json`) or `csv`. Without a schema
+    /// the table has Spark's columns key, value, topic, partition, offset, timestamp.
+    #[serde(default)]
+    pub value_format: Option<String>,
 }
 
 impl TableOptions {
@@ -272,12 +325,26 @@ pub enum OutputSpec {
 pub struct WriteSpec {
     pub format: Format,
     /// A directory: a path (relative to the job file) or an object store URL.
+    #[serde(default)]
     pub location: String,
     #[serde(default)]
     pub mode: WriteMode,
     /// Columns that become hive-style directories (`country=US/`).
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Kafka output: the topic rows go to (columns `value`, and `key` if there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Kafka output: the brokers, `host:port[,...]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+}
+
+impl WriteSpec {
+    /// Files of `format` written to the directory `location`.
+    pub fn to_files(format: Format, location: String, mode: WriteMode, partition_by: Vec<String>) -> Self {
+        Self { format, location, mode, partition_by, topic: None, bootstrap_servers: None }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,8 +444,21 @@ impl JobSpec {
                 )));
             }
         };
+        let mut spec = spec;
+        spec.normalize().map_err(|e| IgnisError::Job(format!("{origin}: {e}")))?;
         spec.validate().map_err(|e| IgnisError::Job(format!("{origin}: {e}")))?;
         Ok(spec)
+    }
+
+    /// One place for each thing: a stream's `sql` becomes the job's.
+    pub fn normalize(&mut self) -> std::result::Result<(), String> {
+        if let Some(sql) = self.stream.as_mut().and_then(|s| s.sql.take()) {
+            if self.sql.is_some() {
+                return Err("give the query once: either `sql` or `stream.sql`".into());
+            }
+            self.sql = Some(sql);
+        }
+        Ok(())
     }
 
     /// Read a job file; the format follows the file extension.
@@ -414,18 +494,50 @@ impl JobSpec {
     pub fn resolve_locations(&mut self, base: Option<&Path>) -> Result<Vec<JobLocation>> {
         let mut out = Vec::new();
         for (name, table) in &mut self.tables {
-            let field = format!("tables.{name}.location");
-            let location = Location::parse(&table.location, base, &field)?;
-            table.location = location.url();
-            out.push(JobLocation { field, location, access: Access::Read });
+            if table.format.is_files() {
+                let field = format!("tables.{name}.location");
+                let location = Location::parse(&table.location, base, &field)?;
+                table.location = location.url();
+                out.push(JobLocation { field, location, access: Access::Read });
+            }
+            for (i, file) in table.files.iter_mut().enumerate() {
+                let field = format!("tables.{name}.files[{i}]");
+                let location = Location::parse(file, base, &field)?;
+                *file = location.url();
+                out.push(JobLocation { field, location, access: Access::Read });
+            }
         }
-        if let OutputSpec::Write(w) = &mut self.output {
+        if let OutputSpec::Write(w) = &mut self.output
+            && w.format.is_files()
+        {
             let field = "output.write.location".to_string();
             let location = Location::parse(&w.location, base, &field)?;
             w.location = location.url();
             out.push(JobLocation { field, location, access: Access::Write });
         }
+        if let Some(stream) = &mut self.stream {
+            let field = "stream.checkpoint".to_string();
+            let location = Location::parse(&stream.checkpoint, base, &field)?;
+            stream.checkpoint = location.url();
+            out.push(JobLocation { field, location, access: Access::Write });
+        }
         Ok(out)
+    }
+
+    /// The Kafka brokers the job reaches, with the field naming each list.
+    pub fn kafka_brokers(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, table) in &self.tables {
+            if let Some(servers) = &table.options.bootstrap_servers {
+                out.push((format!("tables.{name}.options.bootstrap_servers"), servers.clone()));
+            }
+        }
+        if let OutputSpec::Write(w) = &self.output
+            && let Some(servers) = &w.bootstrap_servers
+        {
+            out.push(("output.write.bootstrap_servers".to_string(), servers.clone()));
+        }
+        out
     }
 
     /// A submitted job names uploaded UDF components, never files on the driver.
@@ -451,8 +563,36 @@ impl JobSpec {
             _ => {}
         }
         for (name, t) in &self.tables {
-            if t.location.trim().is_empty() {
+            if t.format == Format::Kafka {
+                for (field, v) in [("bootstrap_servers", &t.options.bootstrap_servers), ("topic", &t.options.topic)] {
+                    if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                        return Err(format!("tables.{name}.options.{field}: a Kafka table needs it"));
+                    }
+                }
+                if !t.location.is_empty() {
+                    return Err(format!(
+                        "tables.{name}.location: a Kafka table has no location; name the brokers and topic in options"
+                    ));
+                }
+                if let Some(s) = &t.options.starting_offsets
+                    && s != "earliest"
+                    && s != "latest"
+                {
+                    return Err(format!("tables.{name}.options.starting_offsets: {s:?}: use \"earliest\" or \"latest\""));
+                }
+                if let Some(v) = &t.options.value_format
+                    && v != "json"
+                    && v != "csv"
+                {
+                    return Err(format!("tables.{name}.options.value_format: {v:?}: use \"json\" or \"csv\""));
+                }
+            } else if t.location.trim().is_empty() && t.files.is_empty() {
                 return Err(format!("tables.{name}.location: is empty"));
+            }
+            if t.is_streaming() && self.stream.is_none() {
+                return Err(format!(
+                    "tables.{name}: a streaming table (Kafka, or stream = true) needs a [stream] section with a checkpoint"
+                ));
             }
             for (field, v) in
                 [("delimiter", &t.options.delimiter), ("quote", &t.options.quote), ("escape", &t.options.escape)]
@@ -464,10 +604,28 @@ impl JobSpec {
                 }
             }
         }
-        if let OutputSpec::Write(w) = &self.output
-            && w.location.trim().is_empty()
-        {
-            return Err("output.write.location: is empty".into());
+        if let OutputSpec::Write(w) = &self.output {
+            if w.format == Format::Kafka {
+                for (field, v) in [("bootstrap_servers", &w.bootstrap_servers), ("topic", &w.topic)] {
+                    if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                        return Err(format!("output.write.{field}: Kafka output needs it"));
+                    }
+                }
+                if self.stream.is_none() {
+                    return Err("output.write.format: Kafka output is for streaming jobs (add a [stream] section)".into());
+                }
+            } else if w.location.trim().is_empty() {
+                return Err("output.write.location: is empty".into());
+            }
+        }
+        if let Some(stream) = &self.stream {
+            stream.validate()?;
+            if !self.tables.values().any(TableSpec::is_streaming) {
+                return Err("stream: no streaming table: give one table format = \"kafka\" or stream = true".into());
+            }
+            if self.steps.is_some() {
+                return Err("stream: a streaming job's query is `sql`; steps are not supported for streams yet".into());
+            }
         }
         if self.config.shuffle_partitions == Some(0) {
             return Err("config.shuffle_partitions: must be at least 1".into());

@@ -104,6 +104,7 @@ macro_rules! unary_plan_methods {
 pub mod codec;
 pub mod csv;
 pub mod error;
+pub mod functions;
 pub mod ids;
 pub mod job;
 pub mod joins;
@@ -114,5 +115,6 @@ pub mod runtime_filter;
 pub mod session;
 pub mod shuffle;
 pub mod store;
+pub mod stream;
 
 pub use error::{ErrorKind, IgnisError, Result};

@@ -53,5 +53,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionC
         .with_physical_optimizer_rules(rules)
         .with_runtime_env(crate::store::runtime_env())
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    crate::functions::register(&ctx);
+    ctx
 }

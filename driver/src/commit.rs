@@ -99,6 +99,13 @@ async fn lock_location(store: &dyn ObjectStore, lock: &Path, location: &str, job
                 Ok(got) => got.bytes().await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default(),
                 Err(_) => String::new(),
             };
+            // The same job again (a stream's batch re-run after its driver
+            // stopped): the lock is its own.
+            let same_job = serde_json::from_str::<serde_json::Value>(&holder)
+                .is_ok_and(|v| v["job_id"].as_str() == Some(job_id.as_str()));
+            if same_job {
+                return Ok(());
+            }
             Err(IgnisError::Output(format!(
                 "output location {location} is being written by another job ({holder}); try again when it has \
                  finished (if no job is writing there, a driver stopped mid-job: remove {location}/{WRITE_LOCK})"
@@ -137,12 +144,18 @@ impl PendingWrite {
         }
         let mut files: Vec<String> = moves.iter().map(|(_, to)| to.clone()).collect();
         files.sort();
+        // An append replaces what an earlier run of the same job committed
+        // (file names carry the job id): a re-run never adds rows twice.
+        let earlier_run = |p: &String| is_file_of_job(p, &self.job_id);
         let replaced: Vec<String> = match self.spec.mode {
             WriteMode::Overwrite => old.iter().filter(|p| !files.contains(p)).cloned().collect(),
+            WriteMode::Append => old.iter().filter(|p| earlier_run(p) && !files.contains(p)).cloned().collect(),
             _ => Vec::new(),
         };
         let mut listed = match self.spec.mode {
-            WriteMode::Append => old.into_iter().filter(|p| !files.contains(p)).chain(files.iter().cloned()).collect(),
+            WriteMode::Append => {
+                old.into_iter().filter(|p| !files.contains(p) && !earlier_run(p)).chain(files.iter().cloned()).collect()
+            }
             _ => files.clone(),
         };
         listed.sort();
@@ -182,6 +195,13 @@ impl PendingWrite {
         }
         Ok(())
     }
+}
+
+/// A result file a run of `job_id` wrote: `part-00001-{job_id}.parquet`.
+fn is_file_of_job(path: &str, job_id: &JobId) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let stem = name.split_once('.').map_or(name, |(stem, _)| stem);
+    stem.strip_suffix(job_id.as_str()).is_some_and(|rest| rest.ends_with('-'))
 }
 
 /// The object recording a commit in progress.
@@ -232,6 +252,24 @@ impl CommitRecord {
             delete_if_present(store, &child_path(root, to)).await?;
         }
         delete_if_present(store, &child_path(root, COMMIT_RECORD)).await
+    }
+}
+
+/// The files (relative to `location`) of the output an Ignis job committed
+/// there, from its `_SUCCESS` manifest; `None` when there is no manifest.
+pub async fn committed_files(env: &RuntimeEnv, location: &str) -> Result<Option<Vec<String>>> {
+    if location.contains(['*', '?', '[']) {
+        return Ok(None);
+    }
+    let Ok((store, root)) = store::resolve(env, location) else { return Ok(None) };
+    match store.get(&child_path(&root, SUCCESS_MANIFEST)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await?;
+            // A `_SUCCESS` of another writer (Spark's is empty) is no manifest of ours.
+            Ok(serde_json::from_slice::<Manifest>(&bytes).ok().map(|m| m.files))
+        }
+        // Not found, or (a file location) a path under a file: listing decides.
+        Err(_) => Ok(None),
     }
 }
 

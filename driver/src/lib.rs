@@ -32,6 +32,7 @@ pub mod lambda;
 pub mod planner;
 pub mod scheduler;
 pub mod service;
+pub mod stream;
 pub mod udfs;
 
 use std::sync::Arc;
@@ -209,7 +210,7 @@ impl Driver {
     }
 
     /// The job's UDF components, resolved (names as the local tenant's) and loaded.
-    async fn job_udfs(&self, job: &JobSpec) -> Result<(Vec<UdfRef>, Vec<Arc<Component>>)> {
+    pub(crate) async fn job_udfs(&self, job: &JobSpec) -> Result<(Vec<UdfRef>, Vec<Arc<Component>>)> {
         if job.udfs.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -317,10 +317,50 @@ async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> 
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let driver = Driver::local(executors, config);
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
+    if spec.stream.is_some() {
+        return run_stream(&driver, &spec, &name, show).await;
+    }
     let progress = progress::Progress::new(&name);
     let outcome = driver.run(&spec, &|e| progress.event(e)).await;
     let outcome = outcome?;
     print_outcome(&outcome, show)
+}
+
+/// A streaming job in local mode: batches until its trigger is done, or until
+/// Ctrl-C / SIGTERM (then after the running batch).
+async fn run_stream(driver: &Driver, spec: &JobSpec, name: &str, show: usize) -> anyhow::Result<()> {
+    use ignis_driver::stream::{self, StreamStatus};
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let status = std::sync::Mutex::new(StreamStatus::default());
+    let printer = move |batch: u64, rows: &[datafusion::arrow::array::RecordBatch]| {
+        println!("batch {batch}:");
+        let n = rows.iter().map(|b| b.num_rows() as u64).sum();
+        if let Err(e) = print_rows(rows, show, n) {
+            eprintln!("cannot print batch {batch}: {e}");
+        }
+    };
+    let signal = async {
+        stop_signal().await;
+        eprintln!("{name}: stopping after the running batch");
+        let _ = stop.send(true);
+        std::future::pending::<()>().await
+    };
+    eprintln!("{name}: streaming (Ctrl-C stops it after the running batch)");
+    let result = tokio::select! {
+        r = stream::run(driver, spec, &status, &printer, stopped) => r,
+        () = signal => unreachable!(),
+    };
+    let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+    eprintln!(
+        "{name}: {} batches, {} input rows ({} late, dropped), {} output rows, watermark {}, {} state rows",
+        s.batches_done,
+        s.input_rows,
+        s.late_rows,
+        s.output_rows,
+        s.watermark.as_deref().unwrap_or("none"),
+        s.state_rows
+    );
+    result.map_err(Into::into)
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

@@ -54,7 +54,9 @@ impl Executor {
         contexts
             .entry(batch_size)
             .or_insert_with(|| {
-                SessionContext::new_with_config_rt(session_config(1, batch_size), self.runtime.clone()).task_ctx()
+                let ctx = SessionContext::new_with_config_rt(session_config(1, batch_size), self.runtime.clone());
+                ignis_core::functions::register(&ctx);
+                ctx.task_ctx()
             })
             .clone()
     }

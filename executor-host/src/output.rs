@@ -192,6 +192,9 @@ impl FileSink {
                 path,
             },
             Format::Json => FileSink::Json { writer: LineDelimitedWriter::new(Vec::new()), rows: 0, store, path },
+            Format::Kafka => {
+                return Err(IgnisError::internal("a task was asked to write Kafka records as files"));
+            }
         })
     }
 

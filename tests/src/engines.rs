@@ -115,6 +115,7 @@ impl Distributed {
             steps: None,
             output: OutputSpec::Collect,
             config: JobConfig { shuffle_partitions: Some(self.shuffle_partitions), ..JobConfig::default() },
+            stream: None,
         }
     }
 

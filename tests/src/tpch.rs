@@ -58,7 +58,7 @@ pub fn generate(dir: &Path, scale: f64, files: i32) -> anyhow::Result<BTreeMap<S
             .to_string();
         tables.insert(
             table.to_string(),
-            TableSpec { format: Format::Parquet, location, options: TableOptions::default() },
+            TableSpec::files_at(Format::Parquet, location, TableOptions::default()),
         );
     }
     Ok(tables)

@@ -87,7 +87,7 @@ impl<'a> RelationPlanner<'a> {
         let Some(location) = caches.into_iter().find(|c| c.key == key).and_then(|c| c.location) else {
             return Ok(None);
         };
-        let spec = TableSpec { format: Format::Parquet, location: location.clone(), options: TableOptions::default() };
+        let spec = TableSpec::files_at(Format::Parquet, location.clone(), TableOptions::default());
         let df = self.register(spec).await?;
         lock(&self.cache_reads).push(location);
         Ok(Some(df))
@@ -352,7 +352,7 @@ impl<'a> RelationPlanner<'a> {
             access: Access::Read,
         })?;
         let options = table_options(format, &ds.options, ds.schema.as_deref())?;
-        let spec = TableSpec { format, location: directory_or_file(&self.ctx, location.url()).await, options };
+        let spec = TableSpec::files_at(format, directory_or_file(&self.ctx, location.url()).await, options);
         let infer = option(&ds.options, "inferschema").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if format == Format::Csv && spec.options.schema.is_none() && !infer {
             // Spark reads CSV columns as strings unless told to infer.

@@ -31,6 +31,14 @@ pub struct PlannedJob {
 
 /// Plan a job; `udfs` are the components whose functions it may call.
 pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJob> {
+    let (ctx, df) = plan_dataframe(job, udfs).await?;
+    let place = if job.sql.is_some() { "sql" } else { "steps" };
+    let physical = df.create_physical_plan().await.map_err(|e| plan_error(place, e))?;
+    Ok(PlannedJob { ctx, physical })
+}
+
+/// A job's query as a DataFrame (its logical plan), with the session that planned it.
+pub async fn plan_dataframe(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<(SessionContext, DataFrame)> {
     let mut functions = Vec::new();
     for component in udfs {
         functions.push(udf::functions(component)?);
@@ -63,9 +71,7 @@ pub async fn plan_job(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<PlannedJ
         }
         (None, None) => return Err(IgnisError::Job("missing `sql` or `steps`".into())),
     };
-    let place = if job.sql.is_some() { "sql" } else { "steps" };
-    let physical = df.create_physical_plan().await.map_err(|e| plan_error(place, e))?;
-    Ok(PlannedJob { ctx, physical })
+    Ok((ctx, df))
 }
 
 /// SQL text as statements; a syntax error says where.
@@ -150,15 +156,19 @@ pub(crate) async fn register_tables(
 
 async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> Result<()> {
     let opts = &table.options;
+    if table.format == Format::Kafka {
+        return Err(IgnisError::Job(format!(
+            "tables.{name}: a Kafka topic is read by a streaming job only (add a [stream] section)"
+        )));
+    }
     let extension = opts.file_extension.clone().unwrap_or_else(|| format!(".{}", table.format.extension()));
-    ensure_files_exist(ctx, name, &table.location, &extension).await?;
+    let paths = table_paths(ctx, name, table, &extension).await?;
     let schema = match &opts.schema {
         Some(ddl) => Some(
             parse_schema(ctx, ddl).await.map_err(|e| IgnisError::Job(format!("tables.{name}.options.schema: {e}")))?,
         ),
         None => None,
     };
-    let location = table.location.as_str();
     match table.format {
         Format::Csv => {
             let byte = |s: &Option<String>| s.as_deref().and_then(|s| s.bytes().next());
@@ -175,17 +185,32 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             if let Some(s) = &schema {
                 read = read.schema(s);
             }
-            ctx.register_csv(name, location, read).await?;
+            match paths {
+                TablePaths::Location => ctx.register_csv(name, &table.location, read).await?,
+                TablePaths::Files(files) => register_view(ctx, name, ctx.read_csv(files, read).await?)?,
+            }
             if opts.wants_spark_csv() {
                 register_spark_csv(ctx, name, table, &extension).await?;
             }
         }
         Format::Parquet => {
-            let mut read = ParquetReadOptions::new().file_extension(&extension);
-            if let Some(s) = &schema {
-                read = read.schema(s);
+            fn read<'a>(extension: &'a str, schema: Option<&'a Schema>) -> ParquetReadOptions<'a> {
+                let read = ParquetReadOptions::new().file_extension(extension);
+                match schema {
+                    Some(s) => read.schema(s),
+                    None => read,
+                }
             }
-            ctx.register_parquet(name, location, read).await?;
+            let register = async |schema: Option<&Schema>| -> Result<()> {
+                match &paths {
+                    TablePaths::Location => ctx.register_parquet(name, &table.location, read(&extension, schema)).await?,
+                    TablePaths::Files(files) => {
+                        register_view(ctx, name, ctx.read_parquet(files.clone(), read(&extension, schema)).await?)?
+                    }
+                }
+                Ok(())
+            };
+            register(schema.as_ref()).await?;
             if schema.is_none() {
                 // Merge across files as Spark's mergeSchema does: a column some
                 // files lack is null there, so every merged column is nullable.
@@ -194,8 +219,7 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
                     merged.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
                 );
                 ctx.deregister_table(name)?;
-                let read = ParquetReadOptions::new().file_extension(&extension).schema(&nullable);
-                ctx.register_parquet(name, location, read).await?;
+                register(Some(&nullable)).await?;
             }
         }
         Format::Json => {
@@ -203,9 +227,51 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             if let Some(s) = &schema {
                 read = read.schema(s);
             }
-            ctx.register_json(name, location, read).await?;
+            match paths {
+                TablePaths::Location => ctx.register_json(name, &table.location, read).await?,
+                TablePaths::Files(files) => register_view(ctx, name, ctx.read_json(files, read).await?)?,
+            }
         }
+        Format::Kafka => unreachable!("refused above"),
     }
+    Ok(())
+}
+
+/// What a table reads: everything under its location, or a list of files.
+enum TablePaths {
+    Location,
+    Files(Vec<String>),
+}
+
+/// The files a table reads: those it names; else, when its location is a
+/// directory an Ignis job committed, the files its `_SUCCESS` manifest lists
+/// (so files of a write that never committed stay unseen, as in a
+/// stream's file sink); else every file with the extension under it.
+async fn table_paths(ctx: &SessionContext, name: &str, table: &TableSpec, extension: &str) -> Result<TablePaths> {
+    if !table.files.is_empty() {
+        return Ok(TablePaths::Files(table.files.clone()));
+    }
+    let env = ctx.runtime_env();
+    if let Some(files) = crate::commit::committed_files(&env, &table.location).await? {
+        let files: Vec<String> = files
+            .iter()
+            .filter(|f| f.ends_with(extension))
+            .map(|f| ignis_core::store::join(&table.location, f))
+            .collect();
+        if files.is_empty() {
+            return Err(IgnisError::Input(format!(
+                "table '{name}': the committed output at {} holds no {extension} files",
+                table.location
+            )));
+        }
+        return Ok(TablePaths::Files(files));
+    }
+    ensure_files_exist(ctx, name, &table.location, extension).await?;
+    Ok(TablePaths::Location)
+}
+
+fn register_view(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<()> {
+    ctx.register_table(name, df.into_view())?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use ignis_core::error::Result;
 
 pub(crate) use errors::plan_error;
-pub use job::{PlannedJob, plan_job};
+pub use job::{PlannedJob, plan_dataframe, plan_job};
 pub(crate) use job::{parse_schema, parse_sql, plan_sql, register_tables};
 use stages::StageGraph;
 

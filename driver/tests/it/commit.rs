@@ -99,12 +99,7 @@ fn runtime(fail_at: usize) -> Arc<datafusion::execution::runtime_env::RuntimeEnv
 }
 
 fn spec(dir: &std::path::Path) -> WriteSpec {
-    WriteSpec {
-        format: Format::Csv,
-        location: url::Url::from_directory_path(dir).unwrap().to_string(),
-        mode: WriteMode::Overwrite,
-        partition_by: Vec::new(),
-    }
+    WriteSpec::to_files(Format::Csv, url::Url::from_directory_path(dir).unwrap().to_string(), WriteMode::Overwrite, Vec::new())
 }
 
 /// A job's staged result files, one per partition, as its tasks would leave them.
