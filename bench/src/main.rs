@@ -96,10 +96,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !orders_dir.join("orders-7.csv").exists() {
         ignis_driver::datagen::write_orders(&orders_dir, args.orders_rows, 8, 42)?;
     }
-    tables.insert(
-        "orders_csv".into(),
-        TableSpec::files_at(Format::Csv, dir_url(&orders_dir)?, TableOptions::default()),
-    );
+    tables
+        .insert("orders_csv".into(), TableSpec::files_at(Format::Csv, dir_url(&orders_dir)?, TableOptions::default()));
 
     let workloads = workloads(args.only.as_deref())?;
     let shuffle_root = dir_url(&data.join("_shuffle"))?;

@@ -578,7 +578,9 @@ impl JobSpec {
                     && s != "earliest"
                     && s != "latest"
                 {
-                    return Err(format!("tables.{name}.options.starting_offsets: {s:?}: use \"earliest\" or \"latest\""));
+                    return Err(format!(
+                        "tables.{name}.options.starting_offsets: {s:?}: use \"earliest\" or \"latest\""
+                    ));
                 }
                 if let Some(v) = &t.options.value_format
                     && v != "json"
@@ -612,7 +614,9 @@ impl JobSpec {
                     }
                 }
                 if self.stream.is_none() {
-                    return Err("output.write.format: Kafka output is for streaming jobs (add a [stream] section)".into());
+                    return Err(
+                        "output.write.format: Kafka output is for streaming jobs (add a [stream] section)".into()
+                    );
                 }
             } else if w.location.trim().is_empty() {
                 return Err("output.write.location: is empty".into());

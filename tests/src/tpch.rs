@@ -56,10 +56,7 @@ pub fn generate(dir: &Path, scale: f64, files: i32) -> anyhow::Result<BTreeMap<S
         let location = url::Url::from_directory_path(&table_dir)
             .map_err(|()| anyhow::anyhow!("not an absolute path: {}", table_dir.display()))?
             .to_string();
-        tables.insert(
-            table.to_string(),
-            TableSpec::files_at(Format::Parquet, location, TableOptions::default()),
-        );
+        tables.insert(table.to_string(), TableSpec::files_at(Format::Parquet, location, TableOptions::default()));
     }
     Ok(tables)
 }

@@ -276,7 +276,12 @@ impl Inner {
                 let n = self.caches.fetch_add(1, Ordering::Relaxed);
                 let root = self.app.driver().config().shuffle_root.trim_end_matches('/').to_string();
                 let location = format!("{root}/_cache/{}/{}/{n}/", session.tenant, session.server_id);
-                let output = OutputSpec::Write(WriteSpec::to_files(Format::Parquet, location.clone(), WriteMode::Overwrite, Vec::new()));
+                let output = OutputSpec::Write(WriteSpec::to_files(
+                    Format::Parquet,
+                    location.clone(),
+                    WriteMode::Overwrite,
+                    Vec::new(),
+                ));
                 // The job plans the relation itself, after its own inner caches.
                 self.run_job(session, op, relation, output, CACHE_JOB).await?;
                 session.set_cache_location(&key, location);
@@ -431,7 +436,8 @@ impl Inner {
             SaveMode::Ignore => WriteMode::Ignore,
             SaveMode::ErrorIfExists | SaveMode::Unspecified => WriteMode::Error,
         };
-        let output = OutputSpec::Write(WriteSpec::to_files(format, location.url(), mode, w.partitioning_columns.clone()));
+        let output =
+            OutputSpec::Write(WriteSpec::to_files(format, location.url(), mode, w.partitioning_columns.clone()));
         self.run_job(session, op, input, output, "write").await.map(|_| ())
     }
 

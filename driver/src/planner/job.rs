@@ -203,7 +203,9 @@ async fn register_table(ctx: &SessionContext, name: &str, table: &TableSpec) -> 
             }
             let register = async |schema: Option<&Schema>| -> Result<()> {
                 match &paths {
-                    TablePaths::Location => ctx.register_parquet(name, &table.location, read(&extension, schema)).await?,
+                    TablePaths::Location => {
+                        ctx.register_parquet(name, &table.location, read(&extension, schema)).await?
+                    }
                     TablePaths::Files(files) => {
                         register_view(ctx, name, ctx.read_parquet(files.clone(), read(&extension, schema)).await?)?
                     }

@@ -176,6 +176,14 @@ async fn resolve_job(state: &AppState, tenant: &str, body: Result<Bytes, BytesRe
     let body = body.map_err(body_error)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
     let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
+    if job.stream.is_some() {
+        // A stream reaches Kafka brokers and runs until stopped: it needs
+        // broker rules per tenant and a stop endpoint, which the API lacks.
+        return Err(ApiError::bad_request(
+            "invalid_job",
+            "stream: this driver does not run streaming jobs over the API yet; run them with `ignis run STREAM.toml`",
+        ));
+    }
     state.job_limits.check(&job).map_err(ApiError::from_job_error)?;
     job.check_submitted_udfs().map_err(ApiError::from_job_error)?;
     let locations = job.resolve_locations(None).map_err(ApiError::from_job_error)?;

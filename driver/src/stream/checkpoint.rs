@@ -33,7 +33,7 @@ pub struct BatchOffsets {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceRange {
     /// Per partition: `[start, end)` offsets.
-    Kafka { topic: String, partitions: BTreeMap<i32, (i64, i64)> },
+    Kafka { topic: String, partitions: Vec<PartitionRange> },
     /// New files, as URLs.
     Files { files: Vec<String> },
 }
@@ -41,10 +41,17 @@ pub enum SourceRange {
 impl SourceRange {
     pub fn is_empty(&self) -> bool {
         match self {
-            SourceRange::Kafka { partitions, .. } => partitions.values().all(|(start, end)| end <= start),
+            SourceRange::Kafka { partitions, .. } => partitions.iter().all(|p| p.end <= p.start),
             SourceRange::Files { files } => files.is_empty(),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
 }
 
 /// What a committed batch did.

@@ -101,34 +101,47 @@ impl Topic {
 
     /// The records of `partition` in `[start, end)`, fetched a bounded number of bytes at a time.
     pub async fn read(&self, partition: i32, start: i64, end: i64) -> Result<Vec<RecordAndOffset>> {
+        let out = self.fetch(partition, start, Some(end), usize::MAX).await?;
+        if out.last().is_none_or(|r| r.offset + 1 < end) {
+            return Err(IgnisError::Input(format!(
+                "Kafka topic '{}' partition {partition} no longer holds offsets {start}..{end} that this batch \
+                 read before (records deleted, or the topic recreated?)",
+                self.name
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The records of `partition` from `start` on, at most `max` of them:
+    /// what the broker has now (fetching until a fetch comes back empty).
+    pub async fn read_new(&self, partition: i32, start: i64, max: usize) -> Result<Vec<RecordAndOffset>> {
+        self.fetch(partition, start, None, max).await
+    }
+
+    async fn fetch(&self, partition: i32, start: i64, end: Option<i64>, max: usize) -> Result<Vec<RecordAndOffset>> {
         let client = self.partition(partition).await?;
-        let mut out = Vec::new();
+        let mut out: Vec<RecordAndOffset> = Vec::new();
         let mut next = start;
-        while next < end {
-            let (records, high) = client
-                .fetch_records(next, 1..FETCH_BYTES, 1_000)
+        let mut empty = 0;
+        while out.len() < max && end.is_none_or(|end| next < end) {
+            // Waiting only for a range known to exist; new data is what is there now.
+            let wait = if end.is_some() { 1_000 } else { 50 };
+            let (records, _high) = client
+                .fetch_records(next, 1..FETCH_BYTES, wait)
                 .await
                 .map_err(|e| self.error(&format!("fetch partition {partition} at offset {next}"), e))?;
-            if records.is_empty() {
-                if high <= next {
-                    return Err(IgnisError::Input(format!(
-                        "Kafka topic '{}' partition {partition} ends at offset {high}, before this batch's end {end} \
-                         (records deleted or the topic recreated?)",
-                        self.name
-                    )));
-                }
-                continue;
-            }
+            let before = out.len();
             for r in records {
-                if r.offset >= next && r.offset < end {
+                if r.offset >= next && end.is_none_or(|end| r.offset < end) && out.len() < max {
                     next = r.offset + 1;
                     out.push(r);
                 }
             }
-            // A compacted log may skip offsets: never ask for the same one twice.
-            next = next.max(out.last().map_or(next, |r| r.offset + 1));
-            if out.last().is_some_and(|r| r.offset + 1 >= end) {
-                break;
+            if out.len() == before {
+                empty += 1;
+                if end.is_none() || empty >= 10 {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -191,7 +204,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Records of one partition as a batch of `columns`' schema.
-pub fn to_batch(topic: &str, partition: i32, records: &[RecordAndOffset], columns: &ValueColumns) -> Result<RecordBatch> {
+pub fn to_batch(
+    topic: &str,
+    partition: i32,
+    records: &[RecordAndOffset],
+    columns: &ValueColumns,
+) -> Result<RecordBatch> {
     match columns {
         ValueColumns::Raw => {
             let n = records.len();
@@ -263,4 +281,3 @@ fn parse_lines(schema: &SchemaRef, csv: bool, values: &[&[u8]]) -> std::result::
     }
     Ok(batch)
 }
-

@@ -35,9 +35,16 @@ use object_store::PutPayload;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use self::checkpoint::{BatchCommit, BatchOffsets, Checkpoint, SourceRange};
+use self::checkpoint::{BatchCommit, BatchOffsets, Checkpoint, PartitionRange, SourceRange};
 use self::kafka::{Topic, ValueColumns};
 use crate::{Driver, JobResult};
+
+/// Records read while planning a new batch, by partition: staged without a second fetch.
+type Prefetched = BTreeMap<i32, Vec<rskafka::record::RecordAndOffset>>;
+
+/// Records per batch when a Kafka table sets no `max_offsets_per_trigger`:
+/// a batch's records pass through the driver's memory.
+pub const DEFAULT_MAX_OFFSETS_PER_BATCH: u64 = 1_000_000;
 
 /// What a running stream has done, for `ignis status` and the job API.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -103,13 +110,15 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 lock(status).last_error = Some(e.to_string());
-                // Task attempts are retried inside each job; a batch that still
+                // A mistake in the job fails the same way every time. Task
+                // attempts are retried inside each job; a batch that still
                 // fails is tried again, as many times as a task would be.
-                if failures >= job.config.max_task_attempts() {
+                if matches!(e, IgnisError::Job(_) | IgnisError::Plan(_)) || failures >= job.config.max_task_attempts() {
                     return Err(e);
                 }
                 tracing::warn!(error = %e, attempt = failures, "stream batch failed; trying it again");
-                true
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+                continue;
             }
         };
         let wait = match trigger {
@@ -207,10 +216,8 @@ impl<'a> Stream<'a> {
                 table: Box::new(table.clone()),
             },
         };
-        let delay_us = spec
-            .watermark_delay()
-            .map_err(IgnisError::Job)?
-            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let delay_us =
+            spec.watermark_delay().map_err(IgnisError::Job)?.map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         Ok(Self {
             driver,
             job: job.clone(),
@@ -244,13 +251,13 @@ impl<'a> Stream<'a> {
             if first {
                 tracing::info!(stream = %self.id, batch = n, "re-running a batch an earlier run left uncommitted");
             }
-            return self.run_batch(&planned).await.map(Some);
+            return self.run_batch(&planned, Prefetched::new()).await.map(Some);
         }
         let previous: Option<BatchOffsets> = match offsets.last() {
             Some(n) => self.checkpoint.get(&format!("offsets/{n}")).await?,
             None => None,
         };
-        let Some(range) = self.next_range(previous.as_ref(), &offsets).await? else {
+        let Some((range, prefetched)) = self.next_range(previous.as_ref(), &offsets).await? else {
             return Ok(None);
         };
         let batch = offsets.last().map_or(0, |n| n + 1);
@@ -260,35 +267,43 @@ impl<'a> Stream<'a> {
             state_from: last_commit.as_ref().filter(|c| c.state_rows > 0).map(|c| c.batch),
             sources: BTreeMap::from([(self.table.clone(), range)]),
         };
+        crash_point("before-offsets", batch);
         // The write-ahead log: the range is recorded before anything runs.
         self.checkpoint.put(&format!("offsets/{batch}"), &planned).await?;
-        self.run_batch(&planned).await.map(Some)
+        crash_point("after-offsets", batch);
+        self.run_batch(&planned, prefetched).await.map(Some)
     }
 
     /// The source's data after `previous`, or `None` when there is none.
-    async fn next_range(&self, previous: Option<&BatchOffsets>, batches: &[u64]) -> Result<Option<SourceRange>> {
+    async fn next_range(
+        &self,
+        previous: Option<&BatchOffsets>,
+        batches: &[u64],
+    ) -> Result<Option<(SourceRange, Prefetched)>> {
+        let mut prefetched = Prefetched::new();
         let range = match &self.source {
             Source::Kafka { topic, earliest, max_per_batch, .. } => {
-                let ends = topic.offsets(true).await?;
-                let starts_new = if *earliest { topic.offsets(false).await? } else { ends.clone() };
                 let done: BTreeMap<i32, i64> = match previous.and_then(|p| p.sources.get(&self.table)) {
                     Some(SourceRange::Kafka { partitions, .. }) => {
-                        partitions.iter().map(|(p, (_, end))| (*p, *end)).collect()
+                        partitions.iter().map(|r| (r.partition, r.end)).collect()
                     }
                     _ => BTreeMap::new(),
                 };
-                let mut partitions = BTreeMap::new();
-                let mut budget = max_per_batch.unwrap_or(u64::MAX);
-                let count = ends.len() as u64;
-                for (i, (p, end)) in ends.iter().enumerate() {
-                    // A partition new to this stream starts where the stream started.
-                    let start = done.get(p).copied().unwrap_or_else(|| {
-                        if previous.is_some() { starts_new.get(p).copied().unwrap_or(0).min(*end) } else { starts_new[p] }
-                    });
-                    let share = budget / (count - i as u64).max(1);
-                    let take = (*end - start).max(0).min(i64::try_from(share).unwrap_or(i64::MAX));
-                    budget -= take as u64;
-                    partitions.insert(*p, (start, start + take));
+                // Where a partition new to the stream starts: where the stream
+                // started for the first batch, the earliest offset after that.
+                let from_latest = previous.is_none() && !earliest;
+                let starts = topic.offsets(from_latest).await?;
+                let mut budget = max_per_batch.unwrap_or(DEFAULT_MAX_OFFSETS_PER_BATCH);
+                let count = starts.len();
+                let mut partitions = Vec::new();
+                for (i, (p, first)) in starts.iter().enumerate() {
+                    let start = done.get(p).copied().unwrap_or(*first);
+                    let share = budget / (count - i).max(1) as u64;
+                    let records = topic.read_new(*p, start, usize::try_from(share).unwrap_or(usize::MAX)).await?;
+                    budget -= records.len() as u64;
+                    let end = records.last().map_or(start, |r| r.offset + 1);
+                    partitions.push(PartitionRange { partition: *p, start, end });
+                    prefetched.insert(*p, records);
                 }
                 SourceRange::Kafka { topic: topic.name.clone(), partitions }
             }
@@ -322,17 +337,22 @@ impl<'a> Stream<'a> {
                 SourceRange::Files { files: new }
             }
         };
-        Ok((!range.is_empty()).then_some(range))
+        Ok((!range.is_empty()).then_some((range, prefetched)))
     }
 
-    async fn run_batch(&self, planned: &BatchOffsets) -> Result<(BatchCommit, Option<Vec<RecordBatch>>)> {
+    async fn run_batch(
+        &self,
+        planned: &BatchOffsets,
+        prefetched: Prefetched,
+    ) -> Result<(BatchCommit, Option<Vec<RecordBatch>>)> {
         let started = Instant::now();
         let n = planned.batch;
         let range = planned
             .sources
             .get(&self.table)
             .ok_or_else(|| IgnisError::internal(format!("offsets/{n} has no range for table {}", self.table)))?;
-        let new_table = self.stage(n, range).await?;
+        let new_table = self.stage(n, range, prefetched).await?;
+        crash_point("after-staging", n);
         let shape = self
             .shape
             .get_or_try_init(|| async {
@@ -353,12 +373,12 @@ impl<'a> Stream<'a> {
                 commit.output_rows = rows;
                 printed
             }
-            Shape::Aggregate { window } => {
-                self.run_aggregate(planned, new_table, window, &mut commit).await?
-            }
+            Shape::Aggregate { window } => self.run_aggregate(planned, new_table, window, &mut commit).await?,
         };
         commit.duration_ms = started.elapsed().as_millis() as u64;
+        crash_point("after-sink", n);
         self.checkpoint.put(&format!("commits/{n}"), &commit).await?;
+        crash_point("after-commit", n);
         // What only this batch needed.
         self.checkpoint.remove(&format!("sources/{n}/")).await?;
         if let Some(old) = planned.state_from {
@@ -403,6 +423,7 @@ impl<'a> Stream<'a> {
         );
         let stats = self.collect(&format!("{}-{n}-stats", self.id), tables.clone(), stats_sql).await?;
         let (rows, kept, max_us) = read_stats(&stats)?;
+        crash_point("after-stats", n);
         commit.input_rows = rows;
         commit.late_rows = rows - kept;
         let watermark = match (self.delay_us, max_us) {
@@ -445,6 +466,7 @@ impl<'a> Stream<'a> {
         let state_id = JobId::from(format!("{}-{n}-state", self.id).as_str());
         let outcome = self.driver.run_job(state_id, &state_job, &|_| {}, std::future::pending()).await?;
         commit.state_rows = outcome.output_rows;
+        crash_point("after-state", n);
 
         // What this batch emits.
         let emit_filter = match (self.spec.output_mode, &window_start) {
@@ -457,7 +479,10 @@ impl<'a> Stream<'a> {
             }
             _ => "true".to_string(),
         };
-        let view = format!("CREATE VIEW {} AS WITH all_rows AS ({all}) SELECT * FROM all_rows WHERE {emit_filter}", quote_ident(t));
+        let view = format!(
+            "CREATE VIEW {} AS WITH all_rows AS ({all}) SELECT * FROM all_rows WHERE {emit_filter}",
+            quote_ident(t)
+        );
         let (rows, printed) = self.emit(n, tables, view).await?;
         commit.output_rows = rows;
         Ok(printed)
@@ -519,7 +544,12 @@ impl<'a> Stream<'a> {
         }
     }
 
-    async fn collect(&self, job_id: &str, tables: BTreeMap<String, TableSpec>, sql: String) -> Result<Vec<RecordBatch>> {
+    async fn collect(
+        &self,
+        job_id: &str,
+        tables: BTreeMap<String, TableSpec>,
+        sql: String,
+    ) -> Result<Vec<RecordBatch>> {
         let job = JobSpec { tables, sql: Some(sql), output: OutputSpec::Collect, ..self.batch_job() };
         let outcome = self.driver.run_job(JobId::from(job_id), &job, &|_| {}, std::future::pending()).await?;
         match outcome.result {
@@ -530,17 +560,21 @@ impl<'a> Stream<'a> {
 
     /// Stage batch `n`'s source range where its tasks can read it: Kafka
     /// records as Parquet under the checkpoint; files as they are.
-    async fn stage(&self, n: u64, range: &SourceRange) -> Result<TableSpec> {
+    async fn stage(&self, n: u64, range: &SourceRange, mut prefetched: Prefetched) -> Result<TableSpec> {
         match (&self.source, range) {
             (Source::Kafka { topic, columns, .. }, SourceRange::Kafka { partitions, .. }) => {
                 let schema = columns.schema();
                 let mut files = Vec::new();
-                for (p, (start, end)) in partitions {
-                    let records = if end > start { topic.read(*p, *start, *end).await? } else { Vec::new() };
+                for &PartitionRange { partition: p, start, end } in partitions {
+                    let records = match prefetched.remove(&p) {
+                        Some(records) => records,
+                        None if end > start => topic.read(p, start, end).await?,
+                        None => Vec::new(),
+                    };
                     if records.is_empty() && !files.is_empty() {
                         continue;
                     }
-                    let batch = kafka::to_batch(&topic.name, *p, &records, columns)?;
+                    let batch = kafka::to_batch(&topic.name, p, &records, columns)?;
                     let mut bytes = Vec::new();
                     let mut writer = ArrowWriter::try_new(&mut bytes, schema.clone(), None)?;
                     writer.write(&batch)?;
@@ -606,11 +640,13 @@ impl<'a> Stream<'a> {
         let mode = self.spec.output_mode;
         if !aggregate {
             if mode != OutputMode::Append {
-                return Err(IgnisError::Job(format!(
-                    "stream.output_mode: {mode:?} needs an aggregation in the query; a query without one runs in \
+                return Err(IgnisError::Job(
+                    format!(
+                        "stream.output_mode: {mode:?} needs an aggregation in the query; a query without one runs in \
                      append mode (as in Spark)"
-                )
-                .to_lowercase()));
+                    )
+                    .to_lowercase(),
+                ));
             }
             return Ok(Shape::Stateless);
         }
@@ -638,6 +674,17 @@ impl<'a> Stream<'a> {
         s.watermark = commit.watermark_us.and_then(rfc3339);
         s.state_rows = commit.state_rows;
         s.last_error = None;
+    }
+}
+
+/// For the exactly-once tests: `IGNIS_STREAM_CRASH=POINT:BATCH` ends the
+/// process at once (as kill -9 would) when batch BATCH reaches POINT.
+fn crash_point(point: &str, batch: u64) {
+    if let Ok(wanted) = std::env::var("IGNIS_STREAM_CRASH")
+        && wanted == format!("{point}:{batch}")
+    {
+        eprintln!("IGNIS_STREAM_CRASH: ending the process at {point} of batch {batch}");
+        std::process::abort();
     }
 }
 

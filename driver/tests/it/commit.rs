@@ -99,7 +99,12 @@ fn runtime(fail_at: usize) -> Arc<datafusion::execution::runtime_env::RuntimeEnv
 }
 
 fn spec(dir: &std::path::Path) -> WriteSpec {
-    WriteSpec::to_files(Format::Csv, url::Url::from_directory_path(dir).unwrap().to_string(), WriteMode::Overwrite, Vec::new())
+    WriteSpec::to_files(
+        Format::Csv,
+        url::Url::from_directory_path(dir).unwrap().to_string(),
+        WriteMode::Overwrite,
+        Vec::new(),
+    )
 }
 
 /// A job's staged result files, one per partition, as its tasks would leave them.

@@ -340,6 +340,14 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         assert_eq!(status, 403, "{target}: {message}");
         assert!(message.contains("output.write.location"), "{message}");
     }
+    // A stream would reach any Kafka broker and write a checkpoint anywhere: refused as a whole.
+    let stream = json!({"tables": {"events": {"format": "kafka",
+                                   "options": {"bootstrap_servers": "127.0.0.1:9", "topic": "t"}}},
+                        "stream": {"checkpoint": format!("s3://{BUCKET}/tenants/bob/ck/")},
+                        "sql": "SELECT * FROM events"});
+    let (status, message) = as_alice(&api, stream).await;
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("streaming jobs"), "{message}");
     let (status, message) = as_alice(&api, count_job("bob")).await;
     assert_eq!(status, 403, "{message}");
     assert!(message.contains(&format!("s3://{BUCKET}/tenants/alice/")), "names the allowed prefix: {message}");

@@ -1,0 +1,253 @@
+"""Structured streaming end to end: `ignis run` on a stream job against a real
+Kafka-protocol broker (Tansu) and moto, answers checked with DuckDB over the
+events the test produced."""
+
+import io
+import json
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+BASE = datetime(2026, 11, 29, 8, 0, 0)
+COUNTRIES = ["US", "FR", "DE", "JP", "BR"]
+WINDOW_QUERY = "SELECT window(ts, '1 minute') AS w, country, count(*) AS n, sum(amount) AS amount FROM events GROUP BY 1, 2"
+
+
+def create_topic(kafka, topic, partitions):
+    admin = AdminClient({"bootstrap.servers": kafka})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+        future.result()
+
+
+def produce(kafka, topic, events, partitions):
+    """Each event to partition i % partitions, in order: event times advance
+    in step across partitions."""
+    producer = Producer({"bootstrap.servers": kafka, "linger.ms": 20})
+    for i, e in enumerate(events):
+        producer.produce(topic, value=json.dumps(e), partition=i % partitions)
+        if i % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def events(start, count, step_ms=50):
+    return [
+        {"ts": (BASE + timedelta(milliseconds=(start + i) * step_ms)).isoformat(),
+         "country": COUNTRIES[(start + i) % 5], "amount": (start + i) % 100}
+        for i in range(count)
+    ]
+
+
+def stream_job(path, kafka, topic, checkpoint, output, max_per_batch, delay="10 minutes", query=WINDOW_QUERY):
+    path.write_text(f"""
+[tables.events]
+format = "kafka"
+options = {{ bootstrap_servers = "{kafka}", topic = "{topic}", starting_offsets = "earliest", max_offsets_per_trigger = {max_per_batch}, schema = "ts TIMESTAMP, country STRING, amount BIGINT" }}
+
+[stream]
+trigger = "available_now"
+checkpoint = "{checkpoint}"
+output_mode = "append"
+watermark = {{ column = "ts", delay = "{delay}" }}
+sql = "{query}"
+
+[output.write]
+format = "parquet"
+location = "{output}"
+""")
+    return path
+
+
+def expected_windows(rows, watermark):
+    """Per 1-minute window and country: count and sum, of windows that end at
+    or before the watermark (append mode emits only those), via DuckDB."""
+    produced = pa.Table.from_pylist(rows)
+    return duckdb.sql(
+        """SELECT time_bucket(INTERVAL 1 minute, CAST(ts AS TIMESTAMP)) AS start, country,
+                  count(*) AS n, sum(amount) AS amount
+           FROM produced GROUP BY 1, 2
+           HAVING start + INTERVAL 1 minute <= CAST(? AS TIMESTAMP) ORDER BY 1, 2""",
+        params=[watermark],
+    ).fetchall()
+
+
+def got_windows(written):
+    return duckdb.sql(
+        "SELECT w['start'] AS start, country, n, amount FROM written ORDER BY 1, 2"
+    ).fetchall()
+
+
+def read_s3_parquet(s3, bucket, prefix):
+    """The files of a committed Ignis output: those its _SUCCESS manifest lists."""
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/_SUCCESS")["Body"].read())
+    tables = [pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=f"{prefix}/{f}")["Body"].read()))
+              for f in manifest["files"]]
+    return pa.concat_tables(tables) if tables else None
+
+
+def read_local_parquet(directory):
+    manifest = json.loads((directory / "_SUCCESS").read_text())
+    return pa.concat_tables([pq.read_table(directory / f) for f in manifest["files"]])
+
+
+def reported_watermark(line):
+    return datetime.fromisoformat(line.split("watermark ")[1].split(",")[0])
+
+
+def summary(stderr):
+    line = [l for l in stderr.splitlines() if " batches, " in l]
+    assert line, stderr
+    return line[-1]
+
+
+def test_windowed_counts_from_kafka_to_parquet_on_s3_equal_duckdb_without_the_late_rows(kafka, s3, ignis, workdir):
+    create_topic(kafka, "orders-events", 3)
+    on_time = events(0, 100_000)
+    produce(kafka, "orders-events", on_time, 3)
+    # Two hours behind everything produced before them: late whichever batch reads them.
+    late = [{"ts": (BASE + timedelta(hours=-2, seconds=i)).isoformat(), "country": "US", "amount": 1}
+            for i in range(300)]
+    produce(kafka, "orders-events", late, 3)
+
+    job = stream_job(workdir / "kafka-windows.toml", kafka, "orders-events",
+                     "s3://streams/checkpoints/windows", "s3://streams/windows", 25_000)
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    line = summary(run.stderr)
+    assert "100300 input rows (300 late, dropped)" in line, line
+
+    max_ts = datetime.fromisoformat(on_time[-1]["ts"])
+    watermark = max_ts - timedelta(minutes=10)
+    assert reported_watermark(line) == watermark.replace(tzinfo=timezone.utc), line
+    want = expected_windows(on_time, watermark)
+    got = got_windows(read_s3_parquet(s3, "streams", "windows"))
+    assert len(want) > 100
+    assert got == want
+
+    # More events: a restart from the checkpoint reads only those, and closes more windows.
+    more = events(100_000, 20_000)
+    produce(kafka, "orders-events", more, 3)
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    assert "20000 input rows (0 late, dropped)" in summary(run.stderr)
+    watermark = datetime.fromisoformat(more[-1]["ts"]) - timedelta(minutes=10)
+    assert got_windows(read_s3_parquet(s3, "streams", "windows")) == expected_windows(on_time + more, watermark)
+
+
+CRASH_POINTS = [
+    "before-offsets:1", "after-offsets:1", "after-staging:1", "after-stats:1", "after-state:1", "after-sink:1",
+    "after-commit:1", "after-offsets:2", "after-state:2", "after-sink:2",
+]
+
+
+def test_a_driver_killed_at_any_point_of_a_batch_loses_and_repeats_nothing(kafka, ignis, workdir):
+    create_topic(kafka, "crash-events", 2)
+    rows = events(0, 4_000, step_ms=1_000)
+    produce(kafka, "crash-events", rows, 2)
+
+    clean = stream_job(workdir / "clean.toml", kafka, "crash-events", workdir / "clean-ck", workdir / "clean-out", 1_000,
+                       delay="2 minutes")
+    run = ignis.run(clean)
+    assert run.returncode == 0, run.stderr
+    reference = got_windows(read_local_parquet(workdir / "clean-out"))
+    watermark = datetime.fromisoformat(rows[-1]["ts"]) - timedelta(minutes=2)
+    assert reference == expected_windows(rows, watermark)
+
+    job = stream_job(workdir / "crashy.toml", kafka, "crash-events", workdir / "crash-ck", workdir / "crash-out", 1_000,
+                     delay="2 minutes")
+    for point in CRASH_POINTS:
+        run = ignis.run(job, crash=point)
+        assert run.returncode == -signal.SIGABRT, f"{point}: did not crash there: rc {run.returncode}\n{run.stderr}"
+        assert f"ending the process at {point.replace(':', ' of batch ')}" in run.stderr
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    assert got_windows(read_local_parquet(workdir / "crash-out")) == reference
+    # Through Ignis too: a batch job reading the output directory sees each row once.
+    check = workdir / "count.toml"
+    check.write_text(f"""
+sql = "SELECT count(*) AS windows, sum(n) AS n FROM out"
+[tables.out]
+format = "parquet"
+location = "{workdir / 'crash-out'}/"
+""")
+    run = ignis.run(check)
+    assert run.returncode == 0, run.stderr
+    assert f"| {len(reference)} " in run.stdout and f"| {sum(r[2] for r in reference)} " in run.stdout, run.stdout
+
+
+def test_files_dropped_into_an_s3_prefix_while_the_stream_runs_are_each_processed_once(s3, ignis, workdir):
+    job = workdir / "files.toml"
+    job.write_text("""
+[tables.drops]
+format = "csv"
+location = "s3://streams/drops/"
+stream = true
+options = { schema = "id BIGINT, country STRING" }
+
+[stream]
+trigger = "1s"
+checkpoint = "s3://streams/checkpoints/drops"
+sql = "SELECT id, country FROM drops WHERE country <> 'XX'"
+
+[output.write]
+format = "parquet"
+location = "s3://streams/drops-out"
+""")
+
+    def drop(i):
+        body = "id,country\n" + "".join(f"{i * 100 + j},{COUNTRIES[j % 5]}\n" for j in range(100)) + f"{i},XX\n"
+        s3.put_object(Bucket="streams", Key=f"drops/file-{i:03d}.csv", Body=body.encode())
+
+    drop(0)
+    proc = ignis.start(job)
+    try:
+        for i in range(1, 6):
+            time.sleep(1.5)
+            drop(i)
+        time.sleep(4)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "600 output rows" in summary(stderr), stderr
+    ids = sorted(read_s3_parquet(s3, "streams", "drops-out").column("id").to_pylist())
+    assert ids == list(range(600))
+
+    # A restart finds nothing new; a new file is picked up alone.
+    drop(6)
+    once = workdir / "files-once.toml"
+    once.write_text(job.read_text().replace('trigger = "1s"', 'trigger = "available_now"'))
+    run = ignis.run(once)
+    assert run.returncode == 0, run.stderr
+    line = summary(run.stderr)
+    assert "1 batches" in line and "100 output rows" in line, line
+    ids = sorted(read_s3_parquet(s3, "streams", "drops-out").column("id").to_pylist())
+    assert ids == list(range(700))
+
+
+def test_a_stream_job_with_a_mistake_is_refused_naming_it(ignis, workdir, kafka):
+    job = workdir / "bad.toml"
+    job.write_text(f"""
+[tables.events]
+format = "kafka"
+options = {{ bootstrap_servers = "{kafka}", topic = "orders-events", starting_offsets = "earliest", schema = "ts TIMESTAMP, country STRING, amount BIGINT" }}
+[stream]
+checkpoint = "{workdir / 'bad-ck'}"
+trigger = "once"
+sql = "SELECT country, count(*) FROM events GROUP BY country"
+""")
+    run = ignis.run(job)
+    assert run.returncode != 0
+    assert "append mode with an aggregation needs a watermark" in run.stderr, run.stderr
+
+    job.write_text(job.read_text().replace('trigger = "once"', 'trigger = "soon"'))
+    run = ignis.run(job)
+    assert run.returncode != 0
+    assert 'stream.trigger: "soon" is not a duration' in run.stderr, run.stderr
