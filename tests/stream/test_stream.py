@@ -251,3 +251,60 @@ sql = "SELECT country, count(*) FROM events GROUP BY country"
     run = ignis.run(job)
     assert run.returncode != 0
     assert 'stream.trigger: "soon" is not a duration' in run.stderr, run.stderr
+
+
+def test_update_mode_joined_to_a_batch_table_ends_with_every_window_at_its_full_count(ignis, workdir):
+    """Update mode writes, each batch, the windows its rows fell in, with their
+    counts so far; the last row written for a window is its full count. The
+    stream is joined to a batch table of country names."""
+    src = workdir / "upd-in"
+    src.mkdir()
+    (workdir / "countries.csv").write_text("code,name\nUS,United States\nFR,France\nDE,Germany\nJP,Japan\nBR,Brazil\n")
+    rows = events(0, 3_000, step_ms=200)
+    for f in range(3):
+        part = rows[f * 1000:(f + 1) * 1000]
+        (src / f"part-{f}.json").write_text("".join(json.dumps(r) + "\n" for r in part))
+    job = workdir / "update.toml"
+    job.write_text(f"""
+[tables.events]
+format = "json"
+location = "{src}/"
+stream = true
+options = {{ schema = "ts TIMESTAMP, country STRING, amount BIGINT", max_files_per_trigger = 1 }}
+
+[tables.countries]
+format = "csv"
+location = "{workdir / 'countries.csv'}"
+
+[stream]
+trigger = "available_now"
+checkpoint = "{workdir / 'upd-ck'}"
+output_mode = "update"
+watermark = {{ column = "ts", delay = "1 minute" }}
+sql = "SELECT window(e.ts, '1 minute') AS w, c.name, count(*) AS n FROM events e JOIN countries c ON e.country = c.code GROUP BY 1, 2"
+
+[output.write]
+format = "parquet"
+location = "{workdir / 'upd-out'}"
+""")
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    assert "3 batches, 3000 input rows (0 late, dropped)" in summary(run.stderr)
+    out = workdir / "upd-out"
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    latest = {}
+    batches = set()
+    for name in manifest["files"]:
+        batch = int(name.rsplit("-", 1)[1].split(".")[0])
+        batches.add(batch)
+        for r in pq.read_table(out / name).to_pylist():
+            key = (r["w"]["start"], r["name"])
+            if key not in latest or latest[key][0] < batch:
+                latest[key] = (batch, r["n"])
+    assert batches == {0, 1, 2}
+    names = {"US": "United States", "FR": "France", "DE": "Germany", "JP": "Japan", "BR": "Brazil"}
+    produced = pa.Table.from_pylist(rows)
+    want = {(start, names[c]): n for start, c, n in duckdb.sql(
+        "SELECT time_bucket(INTERVAL 1 minute, CAST(ts AS TIMESTAMP)), country, count(*) FROM produced GROUP BY 1, 2"
+    ).fetchall()}
+    assert {k: v[1] for k, v in latest.items()} == want
