@@ -77,6 +77,10 @@ impl Client {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base))).await
     }
 
+    pub async fn stop(&self, id: &str) -> anyhow::Result<JobStatus> {
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/stop", self.base))).await
+    }
+
     /// Upload a Wasm UDF component under `name`.
     pub async fn upload_udf(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<RegisteredUdf> {
         let request = self

@@ -65,6 +65,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Stop a stream on a driver after its running batch.
+    Stop {
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Wasm UDFs: create, build, upload and list components.
     #[command(subcommand)]
     Udf(udf_cmd::UdfCommand),
@@ -210,6 +216,10 @@ struct ServeArgs {
     /// Seconds a job may take to plan at submission.
     #[arg(long, default_value_t = 30.0)]
     planning_timeout: f64,
+    /// Kafka brokers (`host:port`, comma-separated) that tenants' streams may
+    /// read and write; without it, streams cannot use Kafka.
+    #[arg(long, value_delimiter = ',')]
+    allow_kafka_brokers: Vec<String>,
     /// HTTP connections open at once.
     #[arg(long, default_value_t = ServerLimits::default().max_connections)]
     max_connections: usize,
@@ -268,6 +278,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Executor(args) => runtime.block_on(executor(args)),
         Command::Submit { job, client, show, detach } => runtime.block_on(submit(job, client, show, detach)),
         Command::Status { job, client } => runtime.block_on(status(job, client)),
+        Command::Stop { job, client } => runtime.block_on(async move {
+            let status = client::Client::new(&client.driver, client.api_key)?.stop(&job).await?;
+            println!("stream {} stopping after its running batch", status.id);
+            Ok(())
+        }),
         Command::Cancel { job, client } => runtime.block_on(async move {
             let status = client::Client::new(&client.driver, client.api_key)?.cancel(&job).await?;
             println!("job {} cancelling ({:?})", status.id, status.state);
@@ -478,6 +493,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retained_result_bytes: args.retained_result_bytes,
     };
     service.planning_timeout = seconds(args.planning_timeout, "planning-timeout")?;
+    service.kafka_brokers = args.allow_kafka_brokers.iter().map(|b| b.trim().to_string()).collect();
     let server = ServerLimits {
         max_connections: args.max_connections,
         header_read_timeout: seconds(args.header_read_timeout, "header-read-timeout")?,
@@ -568,8 +584,11 @@ async fn submit(job: PathBuf, args: ClientArgs, show: usize, detach: bool) -> an
     let spec = load(&job)?;
     let client = client::Client::new(&args.driver, args.api_key)?;
     let id = client.submit(&spec).await?;
-    if detach {
+    if detach || spec.stream.is_some() {
         println!("{id}");
+        if spec.stream.is_some() {
+            eprintln!("a stream runs until stopped: `ignis status {id}` shows it, `ignis stop {id}` stops it");
+        }
         return Ok(());
     }
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
@@ -611,6 +630,23 @@ async fn status(job: Option<String>, args: ClientArgs) -> anyhow::Result<()> {
                 "  stage {}: {}/{} done, {} running, {} pending, {} failed attempts",
                 st.id, st.succeeded, st.tasks, st.running, st.pending, st.failed_attempts
             );
+        }
+        if let Some(st) = &s.stream {
+            println!(
+                "  stream: {} batches, {} input rows ({} late), {} output rows, {:.0} rows/s, last batch {} ms, \
+                 watermark {}, {} state rows",
+                st.batches_done,
+                st.input_rows,
+                st.late_rows,
+                st.output_rows,
+                st.processed_rows_per_s,
+                st.last_batch_ms,
+                st.watermark.as_deref().unwrap_or("none"),
+                st.state_rows
+            );
+            if let Some(e) = &st.last_error {
+                println!("  last batch error: {e}");
+            }
         }
         if let Some(e) = &s.error {
             println!("  error ({}): {}", e.code, e.message);

@@ -5,6 +5,7 @@ events the test produced."""
 import io
 import json
 import signal
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -14,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import free_port, port_open, wait_for
 
 BASE = datetime(2026, 11, 29, 8, 0, 0)
 COUNTRIES = ["US", "FR", "DE", "JP", "BR"]
@@ -308,3 +311,71 @@ location = "{workdir / 'upd-out'}"
         "SELECT time_bucket(INTERVAL 1 minute, CAST(ts AS TIMESTAMP)), country, count(*) FROM produced GROUP BY 1, 2"
     ).fetchall()}
     assert {k: v[1] for k, v in latest.items()} == want
+
+
+def test_a_stream_submitted_to_a_driver_runs_until_stopped_and_keeps_to_its_tenant(kafka, moto, s3, ignis, workdir):
+    """`ignis submit` starts a stream on `ignis serve`; `ignis status` shows its
+    batches and watermark; `ignis stop` ends it after its running batch. Only
+    the brokers the driver allows are reachable, only the tenant's prefix writable."""
+    tenants = workdir / "stream-tenants.toml"
+    tenants.write_text('[tenants.alice]\nkeys = ["alice-stream-key"]\nprefixes = ["s3://streams/alice/"]\n')
+    port = free_port()
+    env = dict(ignis.env, RUST_LOG="warn")
+    log = open(workdir / "serve.log", "w")
+    serve = subprocess.Popen(
+        [ignis.bin, "serve", "--listen", f"127.0.0.1:{port}", "--local-executors", "2",
+         "--api-keys-file", str(tenants), "--allow-kafka-brokers", kafka,
+         "--shuffle-root", "s3://streams/_shuffle/", "--udf-root", "s3://streams/_udfs/"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    driver = f"http://127.0.0.1:{port}"
+    cli = lambda *args: subprocess.run(  # noqa: E731
+        [ignis.bin, *args, "--driver", driver, "--api-key", "alice-stream-key"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    try:
+        wait_for(lambda: port_open(port), "ignis serve")
+        create_topic(kafka, "api-events", 2)
+        first = events(0, 6_000, step_ms=100)
+        produce(kafka, "api-events", first, 2)
+        job = stream_job(workdir / "api-stream.toml", kafka, "api-events", "s3://streams/alice/ck",
+                         "s3://streams/alice/windows", 100_000, delay="1 minute")
+        job.write_text(job.read_text().replace('trigger = "available_now"', 'trigger = "1s"'))
+        submitted = cli("submit", str(job))
+        assert submitted.returncode == 0, submitted.stderr
+        stream_id = submitted.stdout.strip()
+        assert "ignis stop" in submitted.stderr
+
+        def status():
+            run = cli("status", stream_id)
+            assert run.returncode == 0, run.stderr
+            return run.stdout
+
+        wait_for(lambda: "6000 input rows" in status(), "the first batch", timeout=120)
+        more = events(6_000, 3_000, step_ms=100)
+        produce(kafka, "api-events", more, 2)
+        wait_for(lambda: "9000 input rows" in status(), "the second batch", timeout=120)
+        shown = status()
+        assert "running" in shown and "watermark 2026-11-29T08:" in shown, shown
+
+        stopped = cli("stop", stream_id)
+        assert stopped.returncode == 0, stopped.stderr
+        wait_for(lambda: "succeeded" in status(), "the stream to stop", timeout=60)
+        assert cli("stop", stream_id).returncode != 0  # already finished
+
+        watermark = datetime.fromisoformat(more[-1]["ts"]) - timedelta(minutes=1)
+        got = got_windows(read_s3_parquet(s3, "streams", "alice/windows"))
+        assert got == expected_windows(first + more, watermark)
+
+        # Another broker than the allowed one, or a checkpoint outside the prefix: refused at submit.
+        other = job.read_text().replace(kafka, "127.0.0.1:1")
+        (workdir / "other-broker.toml").write_text(other)
+        run = cli("submit", str(workdir / "other-broker.toml"))
+        assert run.returncode != 0 and "broker 127.0.0.1:1 is not one this driver lets jobs reach" in run.stderr
+        outside = job.read_text().replace("s3://streams/alice/ck", "s3://streams/_shuffle/ck")
+        (workdir / "outside.toml").write_text(outside)
+        run = cli("submit", str(workdir / "outside.toml"))
+        assert run.returncode != 0 and "stream.checkpoint" in run.stderr, run.stderr
+    finally:
+        serve.terminate()
+        serve.wait(30)

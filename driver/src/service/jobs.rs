@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::error::{ErrorBody, user_error_code};
 use crate::scheduler::JobEvent;
+use crate::stream::StreamStatus;
 use crate::{Driver, JobOutcome, JobResult};
 
 /// How many jobs a tenant may have, and keep.
@@ -74,6 +75,9 @@ pub struct JobStatus {
     /// Cached DataFrames (Spark Connect `cache()`) it read instead of recomputing them.
     #[serde(default)]
     pub cache_reads: Vec<String>,
+    /// A stream's progress: batches, rows, watermark, state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -115,6 +119,8 @@ pub struct JobEntry {
     started: Instant,
     cancel: watch::Sender<bool>,
     progress: Mutex<Progress>,
+    /// A stream's progress, and the switch that stops it after its running batch.
+    stream: Option<(Arc<Mutex<StreamStatus>>, watch::Sender<bool>)>,
 }
 
 #[derive(Default)]
@@ -161,7 +167,23 @@ impl JobEntry {
         true
     }
 
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Stop a stream after its running batch; false when it has finished.
+    pub fn stop(&self) -> bool {
+        match &self.stream {
+            Some((_, stop)) if !self.state().is_finished() => {
+                stop.send_replace(true);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> JobStatus {
+        let stream = self.stream.as_ref().map(|(s, _)| s.lock().map(|s| s.clone()).unwrap_or_default());
         let p = self.progress();
         JobStatus {
             id: self.id.to_string(),
@@ -175,6 +197,7 @@ impl JobEntry {
             output: p.output.clone(),
             inputs: self.inputs.clone(),
             cache_reads: self.cache_reads.clone(),
+            stream,
         }
     }
 
@@ -252,6 +275,24 @@ impl JobEntry {
                 p.error = Some(job_error(&e));
             }
         }
+    }
+}
+
+/// A stream that stopped (asked to, or its trigger done): its figures are in its stream status.
+fn stream_outcome(id: &JobId) -> JobOutcome {
+    JobOutcome {
+        job_id: id.clone(),
+        stages: 0,
+        tasks: 0,
+        task_attempts: 0,
+        output_rows: 0,
+        shuffle_bytes: 0,
+        malformed_rows_dropped: 0,
+        elapsed: std::time::Duration::ZERO,
+        result: JobResult::Rows {
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            batches: Vec::new(),
+        },
     }
 }
 
@@ -333,6 +374,8 @@ impl JobRegistry {
         let slot = slots.clone().try_acquire_owned().ok();
         let initial = if slot.is_some() { None } else { Some(JobState::Queued) };
         let (cancel, mut cancelled) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let stream = job.stream.is_some().then(|| (Arc::new(Mutex::new(StreamStatus::default())), stop));
         let submitted_at_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
         let entry = Arc::new(JobEntry {
@@ -345,6 +388,7 @@ impl JobRegistry {
             started: Instant::now(),
             cancel,
             progress: Mutex::new(Progress { state: initial, ..Default::default() }),
+            stream,
         });
         self.insert(entry.clone())?;
         let running = entry.clone();
@@ -366,11 +410,20 @@ impl JobRegistry {
             let outcome = match slot {
                 Some(_slot) => {
                     running.progress().state = None;
-                    match planned {
-                        Some((planned, udfs)) => {
-                            driver.run_planned(running.id.clone(), &job, planned, udfs, &events, cancel).await
+                    match (&running.stream, planned) {
+                        (Some((status, _)), _) => {
+                            let run = crate::stream::run(&driver, &job, status, &|_, _| {}, stopped);
+                            tokio::select! {
+                                r = run => r.map(|()| stream_outcome(&running.id)),
+                                () = cancel => Err(IgnisError::Cancelled),
+                            }
                         }
-                        None => driver.run_job(running.id.clone(), &job, &events, cancel).await,
+                        (None, planned) => match planned {
+                            Some((planned, udfs)) => {
+                                driver.run_planned(running.id.clone(), &job, planned, udfs, &events, cancel).await
+                            }
+                            None => driver.run_job(running.id.clone(), &job, &events, cancel).await,
+                        },
                     }
                 }
                 None => Err(IgnisError::Cancelled),

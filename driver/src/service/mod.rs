@@ -61,6 +61,9 @@ pub struct ServiceConfig {
     pub tenant_limits: TenantLimits,
     /// The longest a job may take to plan at submission.
     pub planning_timeout: Duration,
+    /// Kafka brokers (`host:port`) that tenants' streams may read and write;
+    /// none: streams cannot use Kafka.
+    pub kafka_brokers: Vec<String>,
 }
 
 impl ServiceConfig {
@@ -72,6 +75,7 @@ impl ServiceConfig {
             job_limits: JobLimits::default(),
             tenant_limits: TenantLimits::default(),
             planning_timeout: Duration::from_secs(30),
+            kafka_brokers: Vec::new(),
         }
     }
 }
@@ -84,6 +88,7 @@ pub struct AppState {
     policy: StoragePolicy,
     job_limits: JobLimits,
     planning_timeout: Duration,
+    kafka_brokers: Vec<String>,
     metrics: Metrics,
     compile_gate: udfs::CompileGate,
     openapi: serde_json::Value,
@@ -121,6 +126,7 @@ pub fn router_and_state(
         policy: config.policy,
         job_limits: config.job_limits,
         planning_timeout: config.planning_timeout,
+        kafka_brokers: config.kafka_brokers,
         metrics: Metrics::default(),
         compile_gate: udfs::CompileGate::default(),
         openapi,
@@ -133,6 +139,7 @@ pub fn router_and_state(
         .route("/v1/jobs/{id}", get(job_status))
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/stop", post(stop_stream))
         .route("/v1/explain", post(explain))
         .merge(executors::routes())
         .merge(udfs::routes())
@@ -176,15 +183,10 @@ async fn resolve_job(state: &AppState, tenant: &str, body: Result<Bytes, BytesRe
     let body = body.map_err(body_error)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_json", "body is not UTF-8"))?;
     let mut job = JobSpec::parse(text, "json", "job").map_err(ApiError::from_job_error)?;
-    if job.stream.is_some() {
-        // A stream reaches Kafka brokers and runs until stopped: it needs
-        // broker rules per tenant and a stop endpoint, which the API lacks.
-        return Err(ApiError::bad_request(
-            "invalid_job",
-            "stream: this driver does not run streaming jobs over the API yet; run them with `ignis run STREAM.toml`",
-        ));
-    }
     state.job_limits.check(&job).map_err(ApiError::from_job_error)?;
+    if job.stream.is_some() {
+        state.check_stream(&job)?;
+    }
     job.check_submitted_udfs().map_err(ApiError::from_job_error)?;
     let locations = job.resolve_locations(None).map_err(ApiError::from_job_error)?;
     state.policy.check(tenant, &locations)?;
@@ -250,8 +252,11 @@ async fn submit_job(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let job = resolve_job(&state, &tenant, body).await?;
-    // Plan now so a bad query is answered at once, like Spark's analysis errors.
-    plan_in_background(&state, &job).await?;
+    // Plan now so a bad query is answered at once, like Spark's analysis
+    // errors. A stream's tables have no rows to plan over before its first batch.
+    if job.stream.is_none() {
+        plan_in_background(&state, &job).await?;
+    }
     let (entry, _ended) = state.submit(&tenant, Submission::new(job))?;
     let location = format!("/v1/jobs/{}", entry.id);
     let body = axum::Json(Submitted { id: entry.id.to_string(), state: entry.state() });
@@ -270,6 +275,39 @@ impl AppState {
 
     pub fn job_limits(&self) -> &JobLimits {
         &self.job_limits
+    }
+
+    /// What a stream may do beyond a batch job's rules: reach only the Kafka
+    /// brokers this driver allows, and write its rows somewhere (a stream
+    /// over the API has no console).
+    fn check_stream(&self, job: &JobSpec) -> ApiResult<()> {
+        if matches!(job.output, ignis_core::job::OutputSpec::Collect) {
+            return Err(ApiError::bad_request(
+                "invalid_job",
+                "output: a stream submitted to a driver writes its rows ([output.write] files or Kafka); \
+                 collect is for `ignis run`",
+            ));
+        }
+        for (field, servers) in job.kafka_brokers() {
+            for broker in servers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+                if !self.kafka_brokers.iter().any(|allowed| allowed == broker) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "kafka_broker_denied",
+                        format!(
+                            "{field}: broker {broker} is not one this driver lets jobs reach ({}; \
+                             ignis serve --allow-kafka-brokers)",
+                            if self.kafka_brokers.is_empty() {
+                                "none".to_string()
+                            } else {
+                                self.kafka_brokers.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The storage policy's answer for `tenant`'s locations.
@@ -341,6 +379,22 @@ async fn cancel_job(
 ) -> ApiResult<axum::Json<JobStatus>> {
     let job = state.job(&tenant, &id)?;
     if !job.cancel() {
+        return Err(ApiError::conflict("job_finished", format!("job {id} has already finished")));
+    }
+    Ok(axum::Json(job.status()))
+}
+
+/// Stop a stream after its running batch (a batch job: 400, use cancel).
+async fn stop_stream(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<JobStatus>> {
+    let job = state.job(&tenant, &id)?;
+    if !job.is_stream() {
+        return Err(ApiError::bad_request("not_a_stream", format!("job {id} is not a stream; cancel it instead")));
+    }
+    if !job.stop() {
         return Err(ApiError::conflict("job_finished", format!("job {id} has already finished")));
     }
     Ok(axum::Json(job.status()))

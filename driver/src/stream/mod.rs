@@ -47,7 +47,7 @@ type Prefetched = BTreeMap<i32, Vec<rskafka::record::RecordAndOffset>>;
 pub const DEFAULT_MAX_OFFSETS_PER_BATCH: u64 = 1_000_000;
 
 /// What a running stream has done, for `ignis status` and the job API.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct StreamStatus {
     pub batches_done: u64,
     pub last_batch: Option<u64>,

@@ -340,14 +340,29 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         assert_eq!(status, 403, "{target}: {message}");
         assert!(message.contains("output.write.location"), "{message}");
     }
-    // A stream would reach any Kafka broker and write a checkpoint anywhere: refused as a whole.
+    // Streams: only brokers the driver allows (none here); the checkpoint is a
+    // write location like any other; the rows go somewhere, not to a console.
+    let output = json!({"write": {"format": "parquet", "location": format!("s3://{BUCKET}/tenants/alice/s/")}});
     let stream = json!({"tables": {"events": {"format": "kafka",
                                    "options": {"bootstrap_servers": "127.0.0.1:9", "topic": "t"}}},
-                        "stream": {"checkpoint": format!("s3://{BUCKET}/tenants/bob/ck/")},
-                        "sql": "SELECT * FROM events"});
+                        "stream": {"checkpoint": format!("s3://{BUCKET}/tenants/alice/ck/")},
+                        "sql": "SELECT * FROM events", "output": output});
     let (status, message) = as_alice(&api, stream).await;
+    assert_eq!(status, 403, "{message}");
+    assert!(message.contains("tables.events.options.bootstrap_servers: broker 127.0.0.1:9"), "{message}");
+    let files_stream = |checkpoint: String, output: Value| {
+        json!({"tables": {"events": {"format": "csv", "location": format!("s3://{BUCKET}/tenants/alice/orders/"),
+                                     "stream": true}},
+               "stream": {"checkpoint": checkpoint}, "sql": "SELECT * FROM events", "output": output})
+    };
+    let (status, message) =
+        as_alice(&api, files_stream(format!("s3://{BUCKET}/tenants/bob/ck/"), output.clone())).await;
+    assert_eq!(status, 403, "{message}");
+    assert!(message.contains("stream.checkpoint"), "{message}");
+    let (status, message) =
+        as_alice(&api, files_stream(format!("s3://{BUCKET}/tenants/alice/ck/"), json!("collect"))).await;
     assert_eq!(status, 400, "{message}");
-    assert!(message.contains("streaming jobs"), "{message}");
+    assert!(message.contains("collect is for `ignis run`"), "{message}");
     let (status, message) = as_alice(&api, count_job("bob")).await;
     assert_eq!(status, 403, "{message}");
     assert!(message.contains(&format!("s3://{BUCKET}/tenants/alice/")), "names the allowed prefix: {message}");
