@@ -219,7 +219,8 @@ location = "s3://streams/drops-out"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    assert "600 output rows" in summary(stderr), stderr
+    line = summary(stderr)
+    assert "606 input rows" in line and "600 output rows" in line, line
     ids = sorted(read_s3_parquet(s3, "streams", "drops-out").column("id").to_pylist())
     assert ids == list(range(600))
 
@@ -379,3 +380,48 @@ def test_a_stream_submitted_to_a_driver_runs_until_stopped_and_keeps_to_its_tena
     finally:
         serve.terminate()
         serve.wait(30)
+
+
+def test_rows_go_from_one_topic_to_another(kafka, ignis, workdir):
+    """Kafka in (Spark's raw columns: key, value as bytes, offset, ...) and
+    Kafka out (the `key` and `value` columns of each row)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    create_topic(kafka, "words-in", 2)
+    create_topic(kafka, "words-out", 3)
+    producer = Producer({"bootstrap.servers": kafka})
+    for i in range(500):
+        producer.produce("words-in", key=f"k{i % 10}", value=f"word-{i}", partition=i % 2)
+    assert producer.flush(30) == 0
+    job = workdir / "kafka-to-kafka.toml"
+    job.write_text(f"""
+[tables.words]
+format = "kafka"
+options = {{ bootstrap_servers = "{kafka}", topic = "words-in", starting_offsets = "earliest", max_offsets_per_trigger = 200 }}
+
+[stream]
+trigger = "available_now"
+checkpoint = "{workdir / 'k2k-ck'}"
+sql = "SELECT key, upper(CAST(value AS VARCHAR)) || ' @' || CAST(\\"offset\\" AS VARCHAR) AS value FROM words WHERE CAST(value AS VARCHAR) NOT LIKE '%7'"
+
+[output.write]
+format = "kafka"
+topic = "words-out"
+bootstrap_servers = "{kafka}"
+""")
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    line = summary(run.stderr)
+    assert "3 batches, 500 input rows" in line and "450 output rows" in line, line
+
+    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "words-check", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("words-out", p, 0) for p in range(3)])
+    got = []
+    deadline = time.time() + 30
+    while len(got) < 450 and time.time() < deadline:
+        m = consumer.poll(1)
+        if m is not None and m.error() is None:
+            got.append((m.key().decode(), m.value().decode()))
+    consumer.close()
+    want = sorted((f"k{i % 10}", f"WORD-{i} @{i // 2}") for i in range(500) if not str(i).endswith("7"))
+    assert sorted(got) == want

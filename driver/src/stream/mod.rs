@@ -369,6 +369,14 @@ impl<'a> Stream<'a> {
             Shape::Stateless => {
                 let mut tables = self.job.tables.clone();
                 tables.insert(self.table.clone(), new_table);
+                commit.input_rows = match range {
+                    SourceRange::Kafka { partitions, .. } => partitions.iter().map(|p| (p.end - p.start) as u64).sum(),
+                    SourceRange::Files { .. } => {
+                        let sql = format!("SELECT count(*) AS n FROM {}", quote_ident(&self.table));
+                        let counted = self.collect(&format!("{}-{n}-count", self.id), tables.clone(), sql).await?;
+                        read_count(&counted)?
+                    }
+                };
                 let (rows, printed) = self.emit(n, tables, String::new()).await?;
                 commit.output_rows = rows;
                 printed
@@ -696,6 +704,14 @@ fn rfc3339(us: i64) -> Option<String> {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The one integer a `SELECT count(*)` job returned.
+fn read_count(batches: &[RecordBatch]) -> Result<u64> {
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(0) };
+    let a = cast(batch.column(0), &DataType::Int64)?;
+    let a = a.as_any().downcast_ref::<Int64Array>().expect("Int64");
+    Ok(a.value(0).max(0) as u64)
 }
 
 /// (rows, rows on time, latest event time in microseconds) from the stats query.
