@@ -425,3 +425,62 @@ bootstrap_servers = "{kafka}"
     consumer.close()
     want = sorted((f"k{i % 10}", f"WORD-{i} @{i // 2}") for i in range(500) if not str(i).endswith("7"))
     assert sorted(got) == want
+
+
+def test_a_stream_on_executor_hosts_survives_a_host_killed_mid_stream(kafka, moto, s3, ignis, workdir):
+    """Batches run as tasks on three executor hosts; one is killed (-9) while
+    the stream runs: its tasks re-run on the others, and every window still
+    comes out once with its full count."""
+    tenants = workdir / "host-tenants.toml"
+    tenants.write_text('[tenants.alice]\nkeys = ["alice-hosts-key"]\nprefixes = ["s3://streams/hosts/"]\n')
+    port = free_port()
+    env = dict(ignis.env, RUST_LOG="warn")
+    driver = f"http://127.0.0.1:{port}"
+    procs = [subprocess.Popen(
+        [ignis.bin, "serve", "--listen", f"127.0.0.1:{port}", "--executor-secret", "host-secret",
+         "--default-backend", "hosts", "--executor-timeout", "2", "--heartbeat-interval", "0.5",
+         "--api-keys-file", str(tenants), "--allow-kafka-brokers", kafka,
+         "--shuffle-root", "s3://streams/_shuffle-hosts/", "--udf-root", "s3://streams/_udfs/"],
+        stdout=open(workdir / "hosts-serve.log", "w"), stderr=subprocess.STDOUT, env=env,
+    )]
+    cli = lambda *args: subprocess.run(  # noqa: E731
+        [ignis.bin, *args, "--driver", driver, "--api-key", "alice-hosts-key"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    try:
+        wait_for(lambda: port_open(port), "ignis serve")
+        hosts = [subprocess.Popen(
+            [ignis.bin, "executor", "--driver", driver, "--executor-secret", "host-secret", "--slots", "1",
+             "--name", f"host-{i}"],
+            stdout=open(workdir / f"host-{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
+        ) for i in range(3)]
+        procs += hosts
+        create_topic(kafka, "host-events", 3)
+        rows = events(0, 12_000, step_ms=250)
+        produce(kafka, "host-events", rows, 3)
+        job = stream_job(workdir / "hosts-stream.toml", kafka, "host-events", "s3://streams/hosts/ck",
+                         "s3://streams/hosts/windows", 1_000, delay="2 minutes")
+        job.write_text(job.read_text().replace('trigger = "available_now"', 'trigger = "0s"'))
+        submitted = cli("submit", str(job))
+        assert submitted.returncode == 0, submitted.stderr
+        stream_id = submitted.stdout.strip()
+
+        def batches_done():
+            out = cli("status", stream_id).stdout
+            return int(out.split("stream: ")[1].split(" batches")[0]) if "stream: " in out else 0
+
+        wait_for(lambda: batches_done() >= 3, "three batches", timeout=120)
+        hosts[0].kill()
+        wait_for(lambda: "12000 input rows" in cli("status", stream_id).stdout, "all events", timeout=180)
+        shown = cli("status", stream_id).stdout
+        assert "running" in shown, shown
+        assert cli("stop", stream_id).returncode == 0
+        wait_for(lambda: "succeeded" in cli("status", stream_id).stdout, "the stream to stop", timeout=60)
+
+        watermark = datetime.fromisoformat(rows[-1]["ts"]) - timedelta(minutes=2)
+        assert got_windows(read_s3_parquet(s3, "streams", "hosts/windows")) == expected_windows(rows, watermark)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
