@@ -39,6 +39,12 @@ pub struct StreamSpec {
     /// The query, when it is not given as the job's top-level `sql`.
     #[serde(default)]
     pub sql: Option<String>,
+    /// Drop a row of the streaming table whose values of these columns were
+    /// seen before, in this batch or an earlier one (Spark's
+    /// `dropDuplicatesWithinWatermark`): a key is remembered until the
+    /// watermark passes its first event time plus the delay (forever without a watermark).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deduplicate: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +174,7 @@ mod tests {
             output_mode: OutputMode::Append,
             watermark: None,
             sql: None,
+            deduplicate: Vec::new(),
         };
         assert_eq!(spec("available_now").trigger(), Ok(Trigger::AvailableNow));
         assert_eq!(spec("once").trigger(), Ok(Trigger::Once));

@@ -484,3 +484,45 @@ def test_a_stream_on_executor_hosts_survives_a_host_killed_mid_stream(kafka, mot
             p.terminate()
         for p in procs:
             p.wait(30)
+
+
+def test_duplicates_within_the_watermark_are_dropped_across_batches(kafka, ignis, workdir):
+    """A producer that re-sends: every fifth event comes again 5 s (50 events)
+    later, often in the next batch. With `deduplicate = ["id"]` each id is
+    written once."""
+    create_topic(kafka, "resent-events", 2)
+    base = events(0, 3_000, step_ms=100)
+    for i, e in enumerate(base):
+        e["id"] = i
+    sent = []
+    for i, e in enumerate(base):
+        sent.append(e)
+        if i >= 50 and (i - 50) % 5 == 0:
+            sent.append(base[i - 50])
+    producer = Producer({"bootstrap.servers": kafka})
+    for e in sent:
+        producer.produce("resent-events", value=json.dumps(e), partition=0)
+    assert producer.flush(30) == 0
+    job = workdir / "dedup.toml"
+    job.write_text(f"""
+[tables.events]
+format = "kafka"
+options = {{ bootstrap_servers = "{kafka}", topic = "resent-events", starting_offsets = "earliest", max_offsets_per_trigger = 400, schema = "id BIGINT, ts TIMESTAMP, country STRING, amount BIGINT" }}
+
+[stream]
+trigger = "available_now"
+checkpoint = "{workdir / 'dedup-ck'}"
+watermark = {{ column = "ts", delay = "1 minute" }}
+deduplicate = ["id"]
+sql = "SELECT id, country FROM events"
+
+[output.write]
+format = "parquet"
+location = "{workdir / 'dedup-out'}"
+""")
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    line = summary(run.stderr)
+    assert f"{len(sent)} input rows (0 late, dropped), 3000 output rows" in line, line
+    ids = sorted(read_local_parquet(workdir / "dedup-out").column("id").to_pylist())
+    assert ids == list(range(3000))

@@ -26,6 +26,9 @@ pub struct BatchOffsets {
     pub watermark_us: Option<i64>,
     /// The batch whose state this one reads.
     pub state_from: Option<u64>,
+    /// The batch whose deduplication keys this one reads.
+    #[serde(default)]
+    pub seen_from: Option<u64>,
     pub sources: BTreeMap<String, SourceRange>,
 }
 
@@ -62,6 +65,9 @@ pub struct BatchCommit {
     pub watermark_us: Option<i64>,
     /// Rows kept in the state after the batch (0: no state to read).
     pub state_rows: u64,
+    /// Deduplication keys remembered after the batch (0: none to read).
+    #[serde(default)]
+    pub seen_rows: u64,
     pub input_rows: u64,
     pub late_rows: u64,
     pub output_rows: u64,

@@ -265,6 +265,7 @@ impl<'a> Stream<'a> {
             batch,
             watermark_us: last_commit.as_ref().and_then(|c| c.watermark_us),
             state_from: last_commit.as_ref().filter(|c| c.state_rows > 0).map(|c| c.batch),
+            seen_from: last_commit.as_ref().filter(|c| c.seen_rows > 0).map(|c| c.batch),
             sources: BTreeMap::from([(self.table.clone(), range)]),
         };
         crash_point("before-offsets", batch);
@@ -365,54 +366,11 @@ impl<'a> Stream<'a> {
             .await?
             .clone();
         let mut commit = BatchCommit { batch: n, watermark_us: planned.watermark_us, ..BatchCommit::default() };
-        let printed = match shape {
-            Shape::Stateless => {
-                let mut tables = self.job.tables.clone();
-                tables.insert(self.table.clone(), new_table);
-                commit.input_rows = match range {
-                    SourceRange::Kafka { partitions, .. } => partitions.iter().map(|p| (p.end - p.start) as u64).sum(),
-                    SourceRange::Files { .. } => {
-                        let sql = format!("SELECT count(*) AS n FROM {}", quote_ident(&self.table));
-                        let counted = self.collect(&format!("{}-{n}-count", self.id), tables.clone(), sql).await?;
-                        read_count(&counted)?
-                    }
-                };
-                let (rows, printed) = self.emit(n, tables, String::new()).await?;
-                commit.output_rows = rows;
-                printed
-            }
-            Shape::Aggregate { window } => self.run_aggregate(planned, new_table, window, &mut commit).await?,
-        };
-        commit.duration_ms = started.elapsed().as_millis() as u64;
-        crash_point("after-sink", n);
-        self.checkpoint.put(&format!("commits/{n}"), &commit).await?;
-        crash_point("after-commit", n);
-        // What only this batch needed.
-        self.checkpoint.remove(&format!("sources/{n}/")).await?;
-        if let Some(old) = planned.state_from {
-            self.checkpoint.remove(&format!("state/{old}/")).await?;
-        }
-        Ok((commit, printed))
-    }
-
-    async fn run_aggregate(
-        &self,
-        planned: &BatchOffsets,
-        new_table: TableSpec,
-        window: Option<i64>,
-        commit: &mut BatchCommit,
-    ) -> Result<Option<Vec<RecordBatch>>> {
-        let n = planned.batch;
         let t = &self.table;
         let new_name = format!("__ignis_new_{t}");
-        let state_name = format!("__ignis_state_{t}");
         let mut tables = self.job.tables.clone();
         tables.remove(t);
         tables.insert(new_name.clone(), new_table);
-        if let Some(from) = planned.state_from {
-            let location = self.checkpoint.url_of(&format!("state/{from}/"));
-            tables.insert(state_name.clone(), TableSpec::files_at(Format::Parquet, location, TableOptions::default()));
-        }
         let column = self.spec.watermark.as_ref().map(|w| quote_ident(&w.column));
         let after = |wm: Option<i64>| match (&column, wm) {
             (Some(c), Some(wm)) => format!("{c} > to_timestamp_micros({wm})"),
@@ -433,14 +391,130 @@ impl<'a> Stream<'a> {
         let (rows, kept, max_us) = read_stats(&stats)?;
         crash_point("after-stats", n);
         commit.input_rows = rows;
-        commit.late_rows = rows - kept;
         let watermark = match (self.delay_us, max_us) {
             (Some(delay), Some(max)) => Some(planned.watermark_us.map_or(max - delay, |w| w.max(max - delay))),
             _ => planned.watermark_us,
         };
         commit.watermark_us = watermark;
 
-        let mut all = format!("SELECT * FROM {} WHERE {late_filter}", quote_ident(&new_name));
+        // The batch's rows as the query sees them: late ones dropped when the
+        // query keeps state or deduplicates (a stateless query takes them all,
+        // as in Spark), and a key seen before dropped when deduplicating.
+        let mut fresh = if matches!(shape, Shape::Aggregate { .. }) || !self.spec.deduplicate.is_empty() {
+            commit.late_rows = rows - kept;
+            format!("SELECT * FROM {} WHERE {late_filter}", quote_ident(&new_name))
+        } else {
+            format!("SELECT * FROM {}", quote_ident(&new_name))
+        };
+        if !self.spec.deduplicate.is_empty() {
+            fresh = self.deduplicate(planned, &mut tables, &fresh, watermark, &mut commit).await?;
+        }
+
+        let printed = match shape {
+            Shape::Stateless => {
+                let view = format!("CREATE VIEW {} AS {fresh}", quote_ident(t));
+                let (rows, printed) = self.emit(n, tables, view).await?;
+                commit.output_rows = rows;
+                printed
+            }
+            Shape::Aggregate { window } => {
+                self.run_aggregate(planned, tables, &fresh, window, watermark, &mut commit).await?
+            }
+        };
+        commit.duration_ms = started.elapsed().as_millis() as u64;
+        crash_point("after-sink", n);
+        self.checkpoint.put(&format!("commits/{n}"), &commit).await?;
+        crash_point("after-commit", n);
+        // What only this batch needed.
+        self.checkpoint.remove(&format!("sources/{n}/")).await?;
+        if let Some(old) = planned.state_from {
+            self.checkpoint.remove(&format!("state/{old}/")).await?;
+        }
+        if let Some(old) = planned.seen_from {
+            self.checkpoint.remove(&format!("seen/{old}/")).await?;
+        }
+        Ok((commit, printed))
+    }
+
+    /// Spark's `dropDuplicatesWithinWatermark`: of the rows `fresh` selects,
+    /// keep the first of each key (`stream.deduplicate` columns) not seen in
+    /// an earlier batch; remember the keys (in the checkpoint, `seen/N`) until
+    /// the watermark passes their first event time plus the delay. Returns
+    /// the query of the kept rows.
+    async fn deduplicate(
+        &self,
+        planned: &BatchOffsets,
+        tables: &mut BTreeMap<String, TableSpec>,
+        fresh: &str,
+        watermark: Option<i64>,
+        commit: &mut BatchCommit,
+    ) -> Result<String> {
+        let n = planned.batch;
+        let seen_name = format!("__ignis_seen_{}", self.table);
+        if let Some(from) = planned.seen_from {
+            let location = self.checkpoint.url_of(&format!("seen/{from}/"));
+            tables.insert(seen_name.clone(), TableSpec::files_at(Format::Parquet, location, TableOptions::default()));
+        }
+        let keys: Vec<String> = self.spec.deduplicate.iter().map(|k| quote_ident(k)).collect();
+        let key_list = keys.join(", ");
+        let column = self.spec.watermark.as_ref().map(|w| quote_ident(&w.column));
+        let order = column.as_ref().map(|c| format!(" ORDER BY {c}")).unwrap_or_default();
+        let mut kept = format!(
+            "SELECT * EXCLUDE (__ignis_rn) FROM (SELECT *, row_number() OVER (PARTITION BY {key_list}{order}) AS \
+             __ignis_rn FROM ({fresh}) AS f) AS r WHERE __ignis_rn = 1"
+        );
+        if planned.seen_from.is_some() {
+            let same = keys.iter().map(|k| format!("s.{k} = r.{k}")).collect::<Vec<_>>().join(" AND ");
+            kept.push_str(&format!(" AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {same})", quote_ident(&seen_name)));
+        }
+        // The keys to remember: earlier ones still inside the watermark, and this batch's.
+        let first = column.as_ref().map(|c| format!(", {c} AS __ignis_first")).unwrap_or_default();
+        let mut remembered = format!("SELECT {key_list}{first} FROM ({fresh}) AS f");
+        if planned.seen_from.is_some() {
+            let first = if column.is_some() { ", __ignis_first" } else { "" };
+            remembered.push_str(&format!(" UNION ALL SELECT {key_list}{first} FROM {}", quote_ident(&seen_name)));
+        }
+        let seen_sql = match (&column, watermark, self.delay_us) {
+            (Some(_), Some(wm), Some(delay)) => format!(
+                "SELECT {key_list}, min(__ignis_first) AS __ignis_first FROM ({remembered}) AS m GROUP BY {key_list} \
+                 HAVING min(__ignis_first) >= to_timestamp_micros({})",
+                wm - delay
+            ),
+            (Some(_), _, _) => format!(
+                "SELECT {key_list}, min(__ignis_first) AS __ignis_first FROM ({remembered}) AS m GROUP BY {key_list}"
+            ),
+            (None, _, _) => format!("SELECT DISTINCT {key_list} FROM ({remembered}) AS m"),
+        };
+        let location = self.checkpoint.url_of(&format!("seen/{n}/"));
+        let job = JobSpec {
+            tables: tables.clone(),
+            sql: Some(seen_sql),
+            output: OutputSpec::Write(WriteSpec::to_files(Format::Parquet, location, WriteMode::Overwrite, Vec::new())),
+            ..self.batch_job()
+        };
+        let id = JobId::from(format!("{}-{n}-seen", self.id).as_str());
+        commit.seen_rows = self.driver.run_job(id, &job, &|_| {}, std::future::pending()).await?.output_rows;
+        Ok(kept)
+    }
+
+    async fn run_aggregate(
+        &self,
+        planned: &BatchOffsets,
+        mut tables: BTreeMap<String, TableSpec>,
+        fresh: &str,
+        window: Option<i64>,
+        watermark: Option<i64>,
+        commit: &mut BatchCommit,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let n = planned.batch;
+        let t = &self.table;
+        let state_name = format!("__ignis_state_{t}");
+        if let Some(from) = planned.state_from {
+            let location = self.checkpoint.url_of(&format!("state/{from}/"));
+            tables.insert(state_name.clone(), TableSpec::files_at(Format::Parquet, location, TableOptions::default()));
+        }
+        let column = self.spec.watermark.as_ref().map(|w| quote_ident(&w.column));
+        let mut all = fresh.to_string();
         if planned.state_from.is_some() {
             all.push_str(&format!(" UNION ALL SELECT * FROM {}", quote_ident(&state_name)));
         }
@@ -482,9 +556,7 @@ impl<'a> Stream<'a> {
                 Some(wm) => format!("{start} <= to_timestamp_micros({})", wm - size),
                 None => "false".to_string(),
             },
-            (OutputMode::Update, Some((start, _))) => {
-                format!("{start} IN (SELECT {start} FROM {} WHERE {late_filter})", quote_ident(&new_name))
-            }
+            (OutputMode::Update, Some((start, _))) => format!("{start} IN (SELECT {start} FROM ({fresh}) AS f)"),
             _ => "true".to_string(),
         };
         let view = format!(
@@ -704,14 +776,6 @@ fn rfc3339(us: i64) -> Option<String> {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The one integer a `SELECT count(*)` job returned.
-fn read_count(batches: &[RecordBatch]) -> Result<u64> {
-    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(0) };
-    let a = cast(batch.column(0), &DataType::Int64)?;
-    let a = a.as_any().downcast_ref::<Int64Array>().expect("Int64");
-    Ok(a.value(0).max(0) as u64)
 }
 
 /// (rows, rows on time, latest event time in microseconds) from the stats query.
