@@ -45,6 +45,10 @@ pub struct StreamSpec {
     /// watermark passes its first event time plus the delay (forever without a watermark).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deduplicate: Vec<String>,
+    /// Batches whose offsets and commits the checkpoint keeps (default 100,
+    /// like Spark's `minBatchesToRetain`); older ones are folded into one list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_batches: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +179,7 @@ mod tests {
             watermark: None,
             sql: None,
             deduplicate: Vec::new(),
+            retained_batches: None,
         };
         assert_eq!(spec("available_now").trigger(), Ok(Trigger::AvailableNow));
         assert_eq!(spec("once").trigger(), Ok(Trigger::Once));

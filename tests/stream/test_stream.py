@@ -526,3 +526,39 @@ location = "{workdir / 'dedup-out'}"
     assert f"{len(sent)} input rows (0 late, dropped), 3000 output rows" in line, line
     ids = sorted(read_local_parquet(workdir / "dedup-out").column("id").to_pylist())
     assert ids == list(range(3000))
+
+
+def test_a_long_file_stream_keeps_a_bounded_checkpoint_and_still_reads_each_file_once(ignis, workdir):
+    src = workdir / "many"
+    src.mkdir()
+    for i in range(10):
+        (src / f"f-{i:02d}.csv").write_text(f"id\n{i}\n")
+    ck = workdir / "many-ck"
+    job = workdir / "many.toml"
+    job.write_text(f"""
+[tables.t]
+format = "csv"
+location = "{src}/"
+stream = true
+options = {{ schema = "id BIGINT", max_files_per_trigger = 1 }}
+[stream]
+trigger = "available_now"
+checkpoint = "{ck}"
+retained_batches = 3
+sql = "SELECT id FROM t"
+[output.write]
+format = "parquet"
+location = "{workdir / 'many-out'}"
+""")
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    assert "10 batches, 10 input rows" in summary(run.stderr)
+    # Batches 0..9, compacted after 2, 5 and 8: the logs of 6..9 and one list remain.
+    assert sorted(p.name for p in (ck / "offsets").iterdir()) == ["6", "7", "8", "9"]
+    assert sorted(p.name for p in (ck / "commits").iterdir()) == ["6", "7", "8", "9"]
+    assert [p.name for p in (ck / "compact").iterdir()] == ["8"]
+    (src / "f-10.csv").write_text("id\n10\n")
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    assert "1 batches, 1 input rows" in summary(run.stderr)
+    assert sorted(read_local_parquet(workdir / "many-out").column("id").to_pylist()) == list(range(11))

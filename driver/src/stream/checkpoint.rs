@@ -121,6 +121,16 @@ impl Checkpoint {
         Ok(out)
     }
 
+    /// Delete one object (absent is fine).
+    pub async fn delete(&self, relative: &str) -> Result<()> {
+        let (store, path) = store::resolve(&self.env, &self.url_of(relative))?;
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Delete everything under the directory `relative`.
     pub async fn remove(&self, relative: &str) -> Result<()> {
         let url = self.url_of(relative);
         let (store, prefix) = store::resolve(&self.env, &url)?;

@@ -16,7 +16,7 @@
 pub mod checkpoint;
 pub mod kafka;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,19 @@ struct Stream<'a> {
     source: Source,
     delay_us: Option<i64>,
     shape: tokio::sync::OnceCell<Shape>,
+    /// Files a file source has read, once loaded from the checkpoint.
+    seen: tokio::sync::Mutex<Option<HashSet<String>>>,
+}
+
+/// Batches of offsets and commits kept in the checkpoint by default (Spark's
+/// `minBatchesToRetain`, `stream.retained_batches`); every this many batches, the files a file source
+/// has read are written as one list (`compact/N`) and older logs removed.
+pub const RETAINED_BATCHES: u64 = 100;
+
+/// The files a file source had read by `compact/N`.
+#[derive(Serialize, serde::Deserialize)]
+struct Compact {
+    files: Vec<String>,
 }
 
 enum Source {
@@ -228,6 +241,7 @@ impl<'a> Stream<'a> {
             source,
             delay_us,
             shape: tokio::sync::OnceCell::new(),
+            seen: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -309,14 +323,7 @@ impl<'a> Stream<'a> {
                 SourceRange::Kafka { topic: topic.name.clone(), partitions }
             }
             Source::Files { table, extension, max_per_batch } => {
-                let mut seen = std::collections::HashSet::new();
-                for n in batches {
-                    if let Some(BatchOffsets { sources, .. }) = self.checkpoint.get(&format!("offsets/{n}")).await?
-                        && let Some(SourceRange::Files { files }) = sources.get(&self.table)
-                    {
-                        seen.extend(files.iter().cloned());
-                    }
-                }
+                let seen = self.seen_files(batches).await?;
                 let env = ignis_core::store::runtime_env();
                 let (store, root) = store::resolve(&env, &table.location)?;
                 let mut new: Vec<String> = store::list_all(store.as_ref(), &root)
@@ -339,6 +346,67 @@ impl<'a> Stream<'a> {
             }
         };
         Ok((!range.is_empty()).then_some((range, prefetched)))
+    }
+
+    /// The files a file source has read: the last compacted list and the
+    /// ranges logged after it (loaded once), plus every batch planned since.
+    async fn seen_files(&self, batches: &[u64]) -> Result<HashSet<String>> {
+        let mut guard = self.seen.lock().await;
+        if guard.is_none() {
+            let mut seen = HashSet::new();
+            let compacted = self.checkpoint.batches("compact").await?;
+            let after = match compacted.last() {
+                Some(&m) => {
+                    if let Some(c) = self.checkpoint.get::<Compact>(&format!("compact/{m}")).await? {
+                        seen.extend(c.files);
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
+            for n in batches.iter().filter(|n| after.is_none_or(|m| **n > m)) {
+                if let Some(offsets) = self.checkpoint.get::<BatchOffsets>(&format!("offsets/{n}")).await?
+                    && let Some(SourceRange::Files { files }) = offsets.sources.get(&self.table)
+                {
+                    seen.extend(files.iter().cloned());
+                }
+            }
+            *guard = Some(seen);
+        }
+        let seen = guard.as_mut().expect("loaded above");
+        // Ranges planned since loading (this run's batches).
+        if let Some(&n) = batches.last()
+            && let Some(offsets) = self.checkpoint.get::<BatchOffsets>(&format!("offsets/{n}")).await?
+            && let Some(SourceRange::Files { files }) = offsets.sources.get(&self.table)
+        {
+            seen.extend(files.iter().cloned());
+        }
+        Ok(seen.clone())
+    }
+
+    /// Every [`RETAINED_BATCHES`] batches: the read files as one list, and
+    /// the logs of batches older than the retained ones removed.
+    async fn compact(&self, n: u64) -> Result<()> {
+        let retained = self.spec.retained_batches.unwrap_or(RETAINED_BATCHES).max(2);
+        if !(n + 1).is_multiple_of(retained) {
+            return Ok(());
+        }
+        if matches!(self.source, Source::Files { .. }) {
+            let files = self.seen_files(&[n]).await?;
+            let mut files: Vec<String> = files.into_iter().collect();
+            files.sort();
+            self.checkpoint.put(&format!("compact/{n}"), &Compact { files }).await?;
+        }
+        let keep_from = (n + 1).saturating_sub(retained);
+        for dir in ["offsets", "commits", "compact"] {
+            for old in self.checkpoint.batches(dir).await? {
+                let older = if dir == "compact" { old < n } else { old < keep_from };
+                if older {
+                    self.checkpoint.delete(&format!("{dir}/{old}")).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn run_batch(
@@ -433,6 +501,7 @@ impl<'a> Stream<'a> {
         if let Some(old) = planned.seen_from {
             self.checkpoint.remove(&format!("seen/{old}/")).await?;
         }
+        self.compact(n).await?;
         Ok((commit, printed))
     }
 
