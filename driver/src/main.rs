@@ -347,11 +347,21 @@ async fn run_stream(driver: &Driver, spec: &JobSpec, name: &str, show: usize) ->
     use ignis_driver::stream::{self, StreamStatus};
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let status = std::sync::Mutex::new(StreamStatus::default());
-    let printer = move |batch: u64, rows: &[datafusion::arrow::array::RecordBatch]| {
-        println!("batch {batch}:");
-        let n = rows.iter().map(|b| b.num_rows() as u64).sum();
-        if let Err(e) = print_rows(rows, show, n) {
-            eprintln!("cannot print batch {batch}: {e}");
+    let printer = move |c: &stream::BatchCommit, rows: Option<&[datafusion::arrow::array::RecordBatch]>| {
+        let late = if c.late_rows > 0 { format!(" ({} late, dropped)", c.late_rows) } else { String::new() };
+        let watermark = c.watermark_us.map(|w| format!(", watermark {}", stream::rfc3339(w).unwrap_or_default()));
+        eprintln!(
+            "batch {}: {} rows in{late}, {} rows out{}, {:.2} s",
+            c.batch,
+            c.input_rows,
+            c.output_rows,
+            watermark.unwrap_or_default(),
+            c.duration_ms as f64 / 1e3
+        );
+        if let Some(rows) = rows
+            && let Err(e) = print_rows(rows, show, c.output_rows)
+        {
+            eprintln!("cannot print batch {}: {e}", c.batch);
         }
     };
     let signal = async {

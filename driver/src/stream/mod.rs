@@ -35,7 +35,8 @@ use object_store::PutPayload;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use self::checkpoint::{BatchCommit, BatchOffsets, Checkpoint, PartitionRange, SourceRange};
+pub use self::checkpoint::BatchCommit;
+use self::checkpoint::{BatchOffsets, Checkpoint, PartitionRange, SourceRange};
 use self::kafka::{Topic, ValueColumns};
 use crate::{Driver, JobResult};
 
@@ -63,8 +64,9 @@ pub struct StreamStatus {
     pub last_error: Option<String>,
 }
 
-/// Rows a batch sends to the console (a stream whose output is `collect`).
-pub type Printer = dyn Fn(u64, &[RecordBatch]) + Send + Sync;
+/// Hears of every committed batch, with its rows when the stream's output is
+/// `collect` (the console).
+pub type Printer = dyn Fn(&BatchCommit, Option<&[RecordBatch]>) + Send + Sync;
 
 /// What the stream's query needs between batches.
 #[derive(Clone, Debug)]
@@ -101,9 +103,7 @@ pub async fn run(
             Ok(Some(commit)) => {
                 failures = 0;
                 stream.report(status, &commit);
-                if let Some(rows) = &commit.1 {
-                    printer(commit.0.batch, rows);
-                }
+                printer(&commit.0, commit.1.as_deref());
                 true
             }
             Ok(None) => false,
@@ -837,7 +837,8 @@ fn crash_point(point: &str, batch: u64) {
     }
 }
 
-fn rfc3339(us: i64) -> Option<String> {
+/// Microseconds since the epoch as RFC 3339.
+pub fn rfc3339(us: i64) -> Option<String> {
     let secs = us.div_euclid(1_000_000);
     let nanos = (us.rem_euclid(1_000_000) * 1000) as u32;
     rskafka::chrono::DateTime::from_timestamp(secs, nanos).map(|t| t.to_rfc3339())
