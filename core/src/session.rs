@@ -51,6 +51,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionC
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()
         .with_physical_optimizer_rules(rules)
+        .with_analyzer_rule(Arc::new(crate::functions::SlidingWindows))
         .with_runtime_env(crate::store::runtime_env())
         .build();
     let ctx = SessionContext::new_with_state(state);

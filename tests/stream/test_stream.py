@@ -562,3 +562,33 @@ location = "{workdir / 'many-out'}"
     assert run.returncode == 0, run.stderr
     assert "1 batches, 1 input rows" in summary(run.stderr)
     assert sorted(read_local_parquet(workdir / "many-out").column("id").to_pylist()) == list(range(11))
+
+
+def test_sliding_windows_from_kafka_each_emitted_once_when_closed(kafka, ignis, workdir):
+    """window(ts, '2 minutes', '30 seconds'): every event counts in four
+    windows; each window is written once, in the batch whose watermark passes
+    its end, with its full count."""
+    create_topic(kafka, "sliding-events", 2)
+    rows = events(0, 6_000, step_ms=100)
+    produce(kafka, "sliding-events", rows, 2)
+    query = ("SELECT window(ts, '2 minutes', '30 seconds') AS w, country, count(*) AS n, sum(amount) AS amount "
+             "FROM events GROUP BY 1, 2")
+    job = stream_job(workdir / "sliding.toml", kafka, "sliding-events", workdir / "sliding-ck",
+                     workdir / "sliding-out", 1_000, delay="30 seconds", query=query)
+    run = ignis.run(job)
+    assert run.returncode == 0, run.stderr
+    line = summary(run.stderr)
+    assert "6 batches, 6000 input rows (0 late, dropped)" in line, line
+    watermark = reported_watermark(line).replace(tzinfo=None)
+    produced = pa.Table.from_pylist(rows)
+    want = duckdb.sql(
+        """WITH t AS (SELECT CAST(ts AS TIMESTAMP) AS ts, country, amount FROM produced),
+                w AS (SELECT time_bucket(INTERVAL 30 second, ts) - INTERVAL (30 * k) second AS start, country, amount
+                      FROM t, range(4) AS r(k))
+           SELECT start, country, count(*), sum(amount) FROM w
+           GROUP BY 1, 2 HAVING start + INTERVAL 2 minute <= CAST(? AS TIMESTAMP) ORDER BY 1, 2""",
+        params=[watermark],
+    ).fetchall()
+    got = got_windows(read_local_parquet(workdir / "sliding-out"))
+    assert len(want) > 40
+    assert got == want

@@ -74,8 +74,17 @@ enum Shape {
     /// Filters and projections: each batch on its own new rows.
     Stateless,
     /// An aggregation; `window` is the event-time window on the watermark
-    /// column (its size in microseconds), when there is one.
-    Aggregate { window: Option<i64> },
+    /// column, when there is one.
+    Aggregate { window: Option<EventWindow> },
+}
+
+/// A `window(ts, size[, slide])` the query groups by, in microseconds, and
+/// the output column that holds it (a struct of start and end), if any.
+#[derive(Clone, Debug)]
+struct EventWindow {
+    size: i64,
+    slide: i64,
+    column: Option<String>,
 }
 
 /// Run a streaming job until its trigger says it is done (`once`,
@@ -481,7 +490,7 @@ impl<'a> Stream<'a> {
         let printed = match shape {
             Shape::Stateless => {
                 let view = format!("CREATE VIEW {} AS {fresh}", quote_ident(t));
-                let (rows, printed) = self.emit(n, tables, view).await?;
+                let (rows, printed) = self.emit(n, tables, view, None).await?;
                 commit.output_rows = rows;
                 printed
             }
@@ -571,7 +580,7 @@ impl<'a> Stream<'a> {
         planned: &BatchOffsets,
         mut tables: BTreeMap<String, TableSpec>,
         fresh: &str,
-        window: Option<i64>,
+        window: Option<EventWindow>,
         watermark: Option<i64>,
         commit: &mut BatchCommit,
     ) -> Result<Option<Vec<RecordBatch>>> {
@@ -587,17 +596,18 @@ impl<'a> Stream<'a> {
         if planned.state_from.is_some() {
             all.push_str(&format!(" UNION ALL SELECT * FROM {}", quote_ident(&state_name)));
         }
-        // The start of a row's window (Spark's windows are aligned to the epoch,
-        // as date_bin's are); a window is open while start + size > watermark.
-        let window_start = match (&column, window) {
-            (Some(c), Some(size)) => Some((format!("date_bin(INTERVAL '{size} microseconds', {c})"), size)),
+        // The start of a row's last window (Spark's windows are aligned to the
+        // epoch, as date_bin's are): the row is needed while that window is
+        // open, start + size > watermark.
+        let last_start = match (&column, &window) {
+            (Some(c), Some(w)) => Some((format!("date_bin(INTERVAL '{} microseconds', {c})", w.slide), w)),
             _ => None,
         };
         // The state after this batch: rows of windows still open (every row when
         // nothing ever closes: complete mode, or no event-time window).
-        let keep = match (self.spec.output_mode, &window_start, watermark) {
+        let keep = match (self.spec.output_mode, &last_start, watermark) {
             (OutputMode::Complete, _, _) | (_, None, _) | (_, _, None) => "true".to_string(),
-            (_, Some((start, size)), Some(wm)) => format!("{start} > to_timestamp_micros({})", wm - size),
+            (_, Some((start, w)), Some(wm)) => format!("{start} > to_timestamp_micros({})", wm - w.size),
         };
         let state_sql = format!("WITH all_rows AS ({all}) SELECT * FROM all_rows WHERE {keep}");
         let state_location = self.checkpoint.url_of(&format!("state/{n}/"));
@@ -619,22 +629,61 @@ impl<'a> Stream<'a> {
         commit.state_rows = outcome.output_rows;
         crash_point("after-state", n);
 
-        // What this batch emits.
-        let emit_filter = match (self.spec.output_mode, &window_start) {
-            (OutputMode::Append, Some((start, size))) => match watermark {
-                Some(wm) => format!("{start} <= to_timestamp_micros({})", wm - size),
-                None => "false".to_string(),
+        // What this batch emits. A tumbling window's rows are all in it or all
+        // out, so rows are chosen; a row of sliding windows is in closed and
+        // open ones, so the windows in the result are.
+        let closed_in_batch = |w: &str| match (watermark, planned.watermark_us) {
+            (Some(wm), Some(before)) => format!(
+                "get_field({w}, 'end') <= to_timestamp_micros({wm}) AND get_field({w}, 'end') > to_timestamp_micros({before})"
+            ),
+            (Some(wm), None) => format!("get_field({w}, 'end') <= to_timestamp_micros({wm})"),
+            (None, _) => "false".to_string(),
+        };
+        let still_open = |w: &str| match planned.watermark_us {
+            Some(before) => format!("get_field({w}, 'end') > to_timestamp_micros({before})"),
+            None => "true".to_string(),
+        };
+        let (emit_filter, result_filter) = match (self.spec.output_mode, &last_start) {
+            (OutputMode::Append, Some((_, w))) if w.slide != w.size => {
+                ("true".to_string(), Some(closed_in_batch(&window_column(w))))
+            }
+            (OutputMode::Update, Some((_, w))) if w.slide != w.size => {
+                ("true".to_string(), Some(still_open(&window_column(w))))
+            }
+            (OutputMode::Append, Some((start, w))) => match watermark {
+                Some(wm) => (format!("{start} <= to_timestamp_micros({})", wm - w.size), None),
+                None => ("false".to_string(), None),
             },
-            (OutputMode::Update, Some((start, _))) => format!("{start} IN (SELECT {start} FROM ({fresh}) AS f)"),
-            _ => "true".to_string(),
+            (OutputMode::Update, Some((start, _))) => {
+                (format!("{start} IN (SELECT {start} FROM ({fresh}) AS f)"), None)
+            }
+            _ => ("true".to_string(), None),
         };
         let view = format!(
             "CREATE VIEW {} AS WITH all_rows AS ({all}) SELECT * FROM all_rows WHERE {emit_filter}",
             quote_ident(t)
         );
-        let (rows, printed) = self.emit(n, tables, view).await?;
+        let (rows, printed) = self.emit_filtered(n, tables, view, result_filter).await?;
         commit.output_rows = rows;
         Ok(printed)
+    }
+
+    /// [`Self::emit`], keeping only the query's result rows that pass `filter`.
+    async fn emit_filtered(
+        &self,
+        n: u64,
+        tables: BTreeMap<String, TableSpec>,
+        prelude: String,
+        filter: Option<String>,
+    ) -> Result<(u64, Option<Vec<RecordBatch>>)> {
+        let Some(filter) = filter else { return self.emit(n, tables, prelude, None).await };
+        let query = self.job.sql.clone().unwrap_or_default();
+        let mut statements = crate::planner::parse_sql(&query)?;
+        let last = statements.pop_back().ok_or_else(|| IgnisError::Plan("sql: no statement found".into()))?;
+        let mut text: Vec<String> = vec![prelude];
+        text.extend(statements.iter().map(|s| s.to_string()));
+        let wrapped = format!("SELECT * FROM ({last}) AS {RESULT} WHERE {filter}");
+        self.emit(n, tables, text.join(";\n"), Some(wrapped)).await
     }
 
     /// Run the query (after `prelude` statements) over `tables` into the
@@ -644,8 +693,9 @@ impl<'a> Stream<'a> {
         n: u64,
         tables: BTreeMap<String, TableSpec>,
         prelude: String,
+        query: Option<String>,
     ) -> Result<(u64, Option<Vec<RecordBatch>>)> {
-        let query = self.job.sql.clone().unwrap_or_default();
+        let query = query.unwrap_or_else(|| self.job.sql.clone().unwrap_or_default());
         let sql = if prelude.is_empty() { query } else { format!("{prelude};\n{query}") };
         let job_id = JobId::from(format!("{}-{n}", self.id).as_str());
         match &self.job.output {
@@ -773,7 +823,9 @@ impl<'a> Stream<'a> {
                             _ => false,
                         };
                         match ignis_core::functions::window_size_micros(literal(1).as_ref(), literal(2).as_ref()) {
-                            Ok(size) if on_watermark => window = Some(size),
+                            Ok((size, slide)) if on_watermark => {
+                                window = Some(EventWindow { size, slide, column: None })
+                            }
                             Ok(_) => {}
                             Err(e) => window_error = Some(e.to_string()),
                         }
@@ -786,16 +838,32 @@ impl<'a> Stream<'a> {
         if let Some(e) = window_error {
             return Err(IgnisError::Plan(format!("sql: {e}")));
         }
+        if let Some(w) = &mut window {
+            // The output column holding the window: a struct of a start and an end.
+            w.column = plan.schema().fields().iter().find_map(|f| match f.data_type() {
+                DataType::Struct(fields)
+                    if fields.len() == 2 && fields[0].name() == "start" && fields[1].name() == "end" =>
+                {
+                    Some(f.name().clone())
+                }
+                _ => None,
+            });
+            if w.slide != w.size && w.column.is_none() {
+                return Err(IgnisError::Job(
+                    "sql: a stream grouped by a sliding window must select the window (e.g. SELECT window(ts, \
+                     '10 minutes', '5 minutes') AS w, ...), so each window is emitted when it closes"
+                        .into(),
+                ));
+            }
+        }
         let mode = self.spec.output_mode;
         if !aggregate {
             if mode != OutputMode::Append {
-                return Err(IgnisError::Job(
-                    format!(
-                        "stream.output_mode: {mode:?} needs an aggregation in the query; a query without one runs in \
+                let mode = format!("{mode:?}").to_lowercase();
+                return Err(IgnisError::Job(format!(
+                    "stream.output_mode: {mode} needs an aggregation in the query; a query without one runs in \
                      append mode (as in Spark)"
-                    )
-                    .to_lowercase(),
-                ));
+                )));
             }
             return Ok(Shape::Stateless);
         }
@@ -842,6 +910,13 @@ pub fn rfc3339(us: i64) -> Option<String> {
     let secs = us.div_euclid(1_000_000);
     let nanos = (us.rem_euclid(1_000_000) * 1000) as u32;
     rskafka::chrono::DateTime::from_timestamp(secs, nanos).map(|t| t.to_rfc3339())
+}
+
+/// The alias of the query's result when a stream filters it.
+const RESULT: &str = "__ignis_result";
+
+fn window_column(w: &EventWindow) -> String {
+    format!("{RESULT}.{}", quote_ident(w.column.as_deref().unwrap_or("w")))
 }
 
 fn quote_ident(name: &str) -> String {
