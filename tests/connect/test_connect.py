@@ -81,6 +81,12 @@ def test_unknown_function_names_it(spark, data):
     assert "no_such_fn" in str(e.value)
 
 
+def test_read_stream_says_where_streams_run(spark, data):
+    with pytest.raises(SparkConnectGrpcException) as e:
+        spark.readStream.schema("name STRING").json(data["customers"]).columns
+    assert "streams run as job files with a [stream] section" in str(e.value)
+
+
 def test_refused_location(spark, data):
     with pytest.raises(SparkConnectGrpcException) as e:
         spark.read.parquet(data["bob_root"]).collect()

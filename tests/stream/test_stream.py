@@ -417,14 +417,28 @@ bootstrap_servers = "{kafka}"
     consumer = Consumer({"bootstrap.servers": kafka, "group.id": "words-check", "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition("words-out", p, 0) for p in range(3)])
     got = []
+    partitions = {}
     deadline = time.time() + 30
     while len(got) < 450 and time.time() < deadline:
         m = consumer.poll(1)
         if m is not None and m.error() is None:
             got.append((m.key().decode(), m.value().decode()))
+            partitions.setdefault(m.key().decode(), set()).add(m.partition())
     consumer.close()
     want = sorted((f"k{i % 10}", f"WORD-{i} @{i // 2}") for i in range(500) if not str(i).endswith("7"))
     assert sorted(got) == want
+
+    # Each key in the partition the Java client's default partitioner picks
+    # (librdkafka's murmur2_random is the same hash).
+    create_topic(kafka, "words-probe", 3)
+    probe = Producer({"bootstrap.servers": kafka, "partitioner": "murmur2_random"})
+    java_partition = {}
+    for k in range(10):
+        probe.produce("words-probe", key=f"k{k}", value=b"",
+                      on_delivery=lambda err, m: java_partition.__setitem__(m.key().decode(), m.partition()))
+    assert probe.flush(30) == 0
+    # (k7's rows are all filtered out: every word ending in 7 has key k7.)
+    assert partitions == {k: {p} for k, p in java_partition.items() if k != "k7"}
 
 
 def test_a_stream_on_executor_hosts_survives_a_host_killed_mid_stream(kafka, moto, s3, ignis, workdir):

@@ -286,7 +286,10 @@ impl<'a> RelationPlanner<'a> {
     async fn read(&self, read: &sc::Read) -> Result<DataFrame> {
         use sc::read::ReadType;
         if read.is_streaming {
-            return Err(unsupported("readStream (streaming queries are not served yet)"));
+            return Err(unsupported(
+                "readStream (Structured Streaming over Spark Connect; streams run as job files with a [stream] \
+                 section: `ignis run` or `ignis submit`)",
+            ));
         }
         match &read.read_type {
             Some(ReadType::NamedTable(t)) => self.named(&t.unparsed_identifier).await,

@@ -148,8 +148,9 @@ impl Topic {
     }
 
     /// Send `batch`'s rows (a `value` column, string or binary, and an
-    /// optional `key`) to the topic; rows with a key go to the partition its
-    /// hash picks, the others spread round-robin. Returns the records sent.
+    /// optional `key`) to the topic; a row with a key goes to the partition
+    /// Kafka's default partitioner picks (murmur2 of the key, as the Java and
+    /// librdkafka clients do), the others spread round-robin. Returns the records sent.
     pub async fn produce(&self, batch: &RecordBatch) -> Result<u64> {
         let column = |name: &str| -> Result<Option<BinaryArray>> {
             let Ok(i) = batch.schema().index_of(name) else { return Ok(None) };
@@ -170,7 +171,7 @@ impl Topic {
         for row in 0..batch.num_rows() {
             let key = keys.as_ref().filter(|k| k.is_valid(row)).map(|k| k.value(row).to_vec());
             let slot = match &key {
-                Some(k) => (fnv1a(k) % partitions.len() as u64) as usize,
+                Some(k) => ((murmur2::murmur2(k, murmur2::KAFKA_SEED) & 0x7fff_ffff) as usize) % partitions.len(),
                 None => row % partitions.len(),
             };
             let value = values.is_valid(row).then(|| values.value(row).to_vec());
@@ -197,10 +198,6 @@ impl Topic {
     fn error(&self, what: &str, e: rskafka::client::error::Error) -> IgnisError {
         IgnisError::Input(format!("Kafka topic '{}' at {}: {what}: {e}", self.name, self.servers))
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Records of one partition as a batch of `columns`' schema.
