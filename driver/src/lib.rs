@@ -221,6 +221,13 @@ impl Driver {
 
     /// Plan and cut a job without running it.
     pub async fn explain(&self, job: &JobSpec) -> Result<StageGraph> {
+        if job.stream.is_some() {
+            return Err(IgnisError::Job(
+                "stream: a stream's batches are planned as they run, each over its new data; run it (`ignis run`) \
+                 to see each batch"
+                    .into(),
+            ));
+        }
         let (_, components) = self.job_udfs(job).await?;
         let planned = planner::plan_job(job, &components).await?;
         planner::distribute(planned.physical, job.config.runtime_filters())
