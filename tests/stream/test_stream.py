@@ -606,3 +606,67 @@ def test_sliding_windows_from_kafka_each_emitted_once_when_closed(kafka, ignis, 
     got = got_windows(read_local_parquet(workdir / "sliding-out"))
     assert len(want) > 40
     assert got == want
+
+
+def test_pyspark_read_stream_and_write_stream_through_spark_connect(kafka, moto, s3, ignis, workdir):
+    """spark.readStream.format("kafka")...writeStream...start() runs as an
+    Ignis stream on the driver, under the tenant's rules; query.status,
+    lastProgress, awaitTermination and stop answer as pyspark expects."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    tenants = workdir / "connect-tenants.toml"
+    tenants.write_text('[tenants.alice]\nkeys = ["alice-connect-stream"]\nprefixes = ["s3://streams/pyspark/"]\n')
+    http, grpc = free_port(), free_port()
+    env = dict(ignis.env, RUST_LOG="warn")
+    serve = subprocess.Popen(
+        [ignis.bin, "serve", "--listen", f"127.0.0.1:{http}", "--spark-connect", f"127.0.0.1:{grpc}",
+         "--local-executors", "2", "--api-keys-file", str(tenants), "--allow-kafka-brokers", kafka,
+         "--shuffle-root", "s3://streams/_shuffle-connect/", "--udf-root", "s3://streams/_udfs/"],
+        stdout=open(workdir / "connect-serve.log", "w"), stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        wait_for(lambda: port_open(grpc), "ignis serve --spark-connect")
+        create_topic(kafka, "py-events", 2)
+        producer = Producer({"bootstrap.servers": kafka})
+        for i in range(3000):
+            producer.produce("py-events", key=f"k{i % 4}", value=f"event-{i}", partition=i % 2)
+        assert producer.flush(30) == 0
+        spark = SparkSession.builder.remote(f"sc://127.0.0.1:{grpc}/;x-api-key=alice-connect-stream").getOrCreate()
+        source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", kafka)
+                  .option("subscribe", "py-events").option("startingOffsets", "earliest")
+                  .option("maxOffsetsPerTrigger", 1000).load())
+        shaped = (source.select(F.col("key").cast("string").alias("k"), F.upper(F.col("value").cast("string")).alias("v"))
+                  .where(F.col("k") != "k3"))
+        query = (shaped.writeStream.format("parquet").option("checkpointLocation", "s3://streams/pyspark/ck")
+                 .trigger(availableNow=True).start("s3://streams/pyspark/out"))
+        query.awaitTermination()
+        assert not query.isActive
+        progress = query.lastProgress
+        assert (progress["batchId"], progress["numInputRows"]) == (2, 1000), progress
+        got = sorted(tuple(r.values()) for r in read_s3_parquet(s3, "streams", "pyspark/out").to_pylist())
+        assert got == sorted((f"k{i % 4}", f"EVENT-{i}") for i in range(3000) if i % 4 != 3)
+
+        # A running query: status while it runs, stop() ends it.
+        running = (shaped.writeStream.format("parquet").option("checkpointLocation", "s3://streams/pyspark/ck2")
+                   .trigger(processingTime="1 second").start("s3://streams/pyspark/out2"))
+        wait_for(lambda: (running.lastProgress or {}).get("batchId") == 2, "the running query's batches")
+        assert running.isActive and running.status["isTriggerActive"]
+        running.stop()
+        assert not running.isActive
+
+        # The tenant's rules: a checkpoint outside its prefix, a broker the driver does not allow.
+        with pytest.raises(Exception) as e:
+            shaped.writeStream.format("parquet").option("checkpointLocation", "s3://streams/other/ck").start(
+                "s3://streams/pyspark/out3")
+        assert "stream.checkpoint" in str(e.value)
+        elsewhere = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", "127.0.0.1:1")
+                     .option("subscribe", "py-events").load())
+        with pytest.raises(Exception) as e:
+            elsewhere.writeStream.format("parquet").option("checkpointLocation", "s3://streams/pyspark/ck4").start(
+                "s3://streams/pyspark/out4")
+        assert "broker 127.0.0.1:1" in str(e.value)
+        spark.stop()
+    finally:
+        serve.terminate()
+        serve.wait(30)

@@ -37,6 +37,7 @@ use datafusion::prelude::SessionContext;
 use ignis_core::error::IgnisError;
 use ignis_core::job::{Access, Format, JobConfig, JobLocation, JobSpec, OutputSpec, WriteMode, WriteSpec};
 use ignis_core::location::Location;
+use ignis_core::stream::{OutputMode, StreamSpec, WatermarkSpec};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -81,8 +82,13 @@ pub async fn serve(
     config: ConnectConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let inner =
-        Arc::new(Inner { app, sessions: Sessions::default(), config: config.clone(), caches: AtomicUsize::new(0) });
+    let inner = Arc::new(Inner {
+        app,
+        sessions: Sessions::default(),
+        config: config.clone(),
+        caches: AtomicUsize::new(0),
+        queries: std::sync::Mutex::default(),
+    });
     let sweeper = tokio::spawn(sweep_idle(inner.clone()));
     let service = SparkConnectServiceServer::new(ConnectService { inner })
         .max_decoding_message_size(config.max_message_bytes)
@@ -117,6 +123,8 @@ struct Inner {
     config: ConnectConfig,
     /// Numbers cached DataFrames' directories.
     caches: AtomicUsize,
+    /// Streaming queries: pyspark's query id (a UUID) -> (tenant, Ignis job id).
+    queries: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 #[derive(Clone)]
@@ -386,6 +394,8 @@ impl Inner {
                 }
             }
             Some(CommandType::SqlCommand(sql)) => self.sql_command(session, op, sql).await,
+            Some(CommandType::WriteStreamOperationStart(w)) => self.start_stream(session, op, w).await,
+            Some(CommandType::StreamingQueryCommand(c)) => self.stream_command(session, op, c).await,
             Some(CommandType::RegisterFunction(f)) => Err(error::from_ignis(&IgnisError::Plan(format!(
                 "[UNSUPPORTED_FEATURE] the Python UDF '{}' cannot be registered: Ignis runs WebAssembly UDFs (udf-sdk); \
                  upload one and call it with F.call_function",
@@ -439,6 +449,213 @@ impl Inner {
         let output =
             OutputSpec::Write(WriteSpec::to_files(format, location.url(), mode, w.partitioning_columns.clone()));
         self.run_job(session, op, input, output, "write").await.map(|_| ())
+    }
+
+    /// `df.writeStream...start()`: the query becomes an Ignis stream job (its
+    /// plan unparsed to SQL over the stream's table, planned again for each
+    /// batch), run by the job registry like `POST /v1/jobs` with the same
+    /// tenant rules. The query id is the job id.
+    async fn start_stream(
+        &self,
+        session: &Session,
+        op: &Operation,
+        w: sc::WriteStreamOperationStart,
+    ) -> Result<(), Status> {
+        use sc::write_stream_operation_start::{SinkDestination, Trigger};
+        let fail = |e: IgnisError| error::from_ignis(&e);
+        let input = w.input.as_ref().ok_or_else(|| error::invalid("writeStream of nothing"))?;
+        let policy = self.policy(&session.tenant);
+        let (planner, df, udfs) = self.plan(session, &policy, input).await?;
+        if !udfs.is_empty() {
+            return Err(fail(IgnisError::Plan("[UNSUPPORTED_FEATURE] UDFs in a stream over Spark Connect".into())));
+        }
+        let Some(source) = lock_take(&planner.stream) else {
+            return Err(fail(IgnisError::Plan(
+                "writeStream needs a streaming DataFrame (spark.readStream...load()); use df.write for a batch one"
+                    .into(),
+            )));
+        };
+        // Optimised first: a filter over a projection then reads the columns
+        // below it, which unparses to SQL that plans again.
+        let optimized = df.into_optimized_plan().map_err(|e| fail(plan_error("writeStream", e)))?;
+        let sql = datafusion::sql::unparser::plan_to_sql(&optimized)
+            .map_err(|e| fail(IgnisError::Plan(format!("[UNSUPPORTED_FEATURE] this streaming query: {e}"))))?
+            .to_string();
+        tracing::info!(tenant = %session.tenant, %sql, "a Spark Connect stream's query");
+        let mut tables = planner.tables.lock().map(|t| t.clone()).unwrap_or_default();
+        tables.insert(relation::STREAM_TABLE.to_string(), source);
+        let option = |key: &str| w.options.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone());
+        let checkpoint = option("checkpointLocation")
+            .ok_or_else(|| fail(IgnisError::Plan("writeStream needs option(\"checkpointLocation\", ...)".into())))?;
+        let trigger = match &w.trigger {
+            Some(Trigger::ProcessingTimeInterval(t)) => Some(t.clone()),
+            Some(Trigger::AvailableNow(true)) => Some("available_now".to_string()),
+            Some(Trigger::Once(true)) => Some("once".to_string()),
+            Some(Trigger::ContinuousCheckpointInterval(_)) => {
+                return Err(fail(IgnisError::Plan("[UNSUPPORTED_FEATURE] continuous triggers".into())));
+            }
+            _ => None,
+        };
+        let output_mode = match w.output_mode.to_ascii_lowercase().as_str() {
+            "" | "append" => OutputMode::Append,
+            "update" => OutputMode::Update,
+            "complete" => OutputMode::Complete,
+            other => {
+                return Err(fail(IgnisError::Plan(format!("outputMode {other:?}: use append, update or complete"))));
+            }
+        };
+        let output = match w.format.to_ascii_lowercase().as_str() {
+            "kafka" => OutputSpec::Write(WriteSpec {
+                topic: option("topic"),
+                bootstrap_servers: option("kafka.bootstrap.servers"),
+                ..WriteSpec::to_files(Format::Kafka, String::new(), WriteMode::Append, Vec::new())
+            }),
+            format @ ("" | "parquet" | "csv" | "json") => {
+                let format = match format {
+                    "csv" => Format::Csv,
+                    "json" => Format::Json,
+                    _ => Format::Parquet,
+                };
+                let path = match &w.sink_destination {
+                    Some(SinkDestination::Path(p)) => p.clone(),
+                    _ => option("path")
+                        .ok_or_else(|| fail(IgnisError::Plan("writeStream.start() needs a path".into())))?,
+                };
+                OutputSpec::Write(WriteSpec::to_files(
+                    format,
+                    path,
+                    WriteMode::Append,
+                    w.partitioning_column_names.clone(),
+                ))
+            }
+            other => {
+                return Err(fail(IgnisError::Plan(format!(
+                    "[UNSUPPORTED_DATASOURCE] writeStream.format(\"{other}\"): Ignis streams to parquet, csv, json and kafka"
+                ))));
+            }
+        };
+        let watermark = lock_take(&planner.watermark).map(|(column, delay)| WatermarkSpec { column, delay });
+        let mut job = JobSpec {
+            name: Some(if w.query_name.is_empty() { "spark connect: stream".into() } else { w.query_name.clone() }),
+            tables,
+            sql: Some(sql),
+            output,
+            config: JobConfig { shuffle_partitions: session.shuffle_partitions(), ..Default::default() },
+            stream: Some(StreamSpec {
+                trigger,
+                checkpoint,
+                output_mode,
+                watermark,
+                sql: None,
+                deduplicate: Vec::new(),
+                retained_batches: None,
+            }),
+            ..Default::default()
+        };
+        job.validate().map_err(|e| fail(IgnisError::Job(e)))?;
+        self.app.job_limits().check(&job).map_err(fail)?;
+        let locations = job.resolve_locations(None).map_err(fail)?;
+        self.app.check_locations(&session.tenant, &locations).map_err(|e| error::from_api(&e))?;
+        self.app.check_stream(&job).map_err(|e| error::from_api(&e))?;
+        let (entry, _ended) =
+            self.app.submit(&session.tenant, Submission::new(job)).map_err(|e| error::from_api(&e))?;
+        // pyspark reads a query id as a UUID: the job id's 128 random bits.
+        let job_id = entry.id.to_string();
+        let hex = job_id.rsplit('-').next().unwrap_or_default();
+        let id = if hex.len() == 32 {
+            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+        } else {
+            job_id.clone()
+        };
+        lock(&self.queries).insert(id.clone(), (session.tenant.clone(), job_id));
+        op.push(epr::ResponseType::WriteStreamOperationStartResult(sc::WriteStreamOperationStartResult {
+            query_id: Some(sc::StreamingQueryInstanceId { id: id.clone(), run_id: id }),
+            name: w.query_name,
+        }));
+        Ok(())
+    }
+
+    /// A streaming query's status, progress, stop, awaitTermination and exception.
+    async fn stream_command(
+        &self,
+        session: &Session,
+        op: &Operation,
+        c: sc::StreamingQueryCommand,
+    ) -> Result<(), Status> {
+        use sc::streaming_query_command::Command as C;
+        use sc::streaming_query_command_result::{self as res, ResultType};
+        let query_id = c.query_id.clone().unwrap_or_default();
+        let job_id = match lock(&self.queries).get(&query_id.id) {
+            Some((tenant, job)) if *tenant == session.tenant => job.clone(),
+            _ => return Err(error::status(tonic::Code::NotFound, &[], &format!("no streaming query {}", query_id.id))),
+        };
+        let job = self.app.job(&session.tenant, &job_id).map_err(|e| error::from_api(&e))?;
+        let wait = |deadline: Option<std::time::Instant>| {
+            let job = job.clone();
+            async move {
+                while !job.state().is_finished() {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return false;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                true
+            }
+        };
+        let status = job.status();
+        let failure = status.error.as_ref().filter(|_| status.state == JobState::Failed).map(|e| e.message.clone());
+        let result = match c.command {
+            Some(C::Status(_)) => ResultType::Status(res::StatusResult {
+                status_message: if job.state().is_finished() { "Stopped" } else { "Waiting for next trigger" }.into(),
+                is_data_available: false,
+                is_trigger_active: !job.state().is_finished(),
+                is_active: !job.state().is_finished(),
+            }),
+            Some(C::LastProgress(_) | C::RecentProgress(_)) => ResultType::RecentProgress(res::RecentProgressResult {
+                recent_progress_json: status
+                    .stream
+                    .iter()
+                    .filter(|s| s.batches_done > 0)
+                    .map(|s| progress_json(&query_id.id, status.name.as_deref().unwrap_or_default(), s))
+                    .collect(),
+            }),
+            Some(C::Stop(_)) => {
+                job.stop();
+                wait(Some(std::time::Instant::now() + std::time::Duration::from_secs(300))).await;
+                op.push(epr::ResponseType::StreamingQueryCommandResult(sc::StreamingQueryCommandResult {
+                    query_id: Some(query_id),
+                    result_type: None,
+                }));
+                return Ok(());
+            }
+            Some(C::AwaitTermination(a)) => {
+                let deadline = a
+                    .timeout_ms
+                    .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms.max(0) as u64));
+                let terminated = wait(deadline).await;
+                if terminated && let Some(e) = job.status().error.filter(|_| job.state() == JobState::Failed) {
+                    return Err(error::from_job(&e));
+                }
+                ResultType::AwaitTermination(res::AwaitTerminationResult { terminated })
+            }
+            Some(C::Exception(_)) => ResultType::Exception(res::ExceptionResult {
+                exception_message: failure,
+                error_class: None,
+                stack_trace: None,
+            }),
+            Some(C::ProcessAllAvailable(_)) => {
+                return Err(error::from_ignis(&IgnisError::Plan(
+                    "[UNSUPPORTED_FEATURE] processAllAvailable (use trigger(availableNow=True) and awaitTermination)"
+                        .into(),
+                )));
+            }
+            None => return Err(error::invalid("a streaming query command of nothing")),
+        };
+        op.push(epr::ResponseType::StreamingQueryCommandResult(sc::StreamingQueryCommandResult {
+            query_id: Some(query_id),
+            result_type: Some(result),
+        }));
+        Ok(())
     }
 
     /// `spark.sql(...)`: a query comes back as a relation the client runs
@@ -722,4 +939,59 @@ impl SparkConnectService for ConnectService {
             server_side_session_id: session.server_id.clone(),
         }))
     }
+}
+
+fn lock_take<T>(m: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    lock(m).take()
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stream's last batch in the shape of Spark's `StreamingQueryProgress` JSON.
+fn progress_json(id: &str, name: &str, s: &crate::stream::StreamStatus) -> String {
+    let seconds = s.last_batch_ms.max(1) as f64 / 1000.0;
+    let per_second = s.last_input_rows as f64 / seconds;
+    serde_json::json!({
+        "id": id,
+        "runId": id,
+        "name": name,
+        "timestamp": crate::stream::rfc3339(now_micros()),
+        "batchId": s.last_batch,
+        "batchDuration": s.last_batch_ms,
+        "durationMs": {"triggerExecution": s.last_batch_ms},
+        "eventTime": s.watermark.as_ref().map(|w| serde_json::json!({"watermark": w})).unwrap_or(serde_json::json!({})),
+        "stateOperators": [{
+            "operatorName": "ignisStateRows",
+            "numRowsTotal": s.state_rows,
+            "numRowsUpdated": 0,
+            "numRowsRemoved": 0,
+            "allUpdatesTimeMs": 0,
+            "allRemovalsTimeMs": 0,
+            "commitTimeMs": 0,
+            "memoryUsedBytes": 0,
+            "numRowsDroppedByWatermark": s.late_rows,
+            "numShufflePartitions": 0,
+            "numStateStoreInstances": 0,
+        }],
+        "sources": [{
+            "description": "ignis stream source",
+            "startOffset": null,
+            "endOffset": null,
+            "latestOffset": null,
+            "numInputRows": s.last_input_rows,
+            "inputRowsPerSecond": per_second,
+            "processedRowsPerSecond": per_second,
+        }],
+        "sink": {"description": "ignis stream sink", "numOutputRows": s.last_output_rows},
+        "numInputRows": s.last_input_rows,
+        "inputRowsPerSecond": per_second,
+        "processedRowsPerSecond": per_second,
+    })
+    .to_string()
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
 }

@@ -44,10 +44,17 @@ pub struct RelationPlanner<'a> {
     pub cache_reads: Mutex<Vec<String>>,
     /// `repartition(n)` asked for this many partitions.
     pub partitions: Mutex<Option<usize>>,
+    /// `spark.readStream...load()`: the streaming table (registered as
+    /// [`STREAM_TABLE`], empty, for planning), and `withWatermark`'s column and delay.
+    pub stream: Mutex<Option<TableSpec>>,
+    pub watermark: Mutex<Option<(String, String)>>,
     next_table: AtomicUsize,
     /// Views being expanded, to refuse a view that reads itself.
     depth: AtomicUsize,
 }
+
+/// The name a streaming query's source has in its plan and its batches.
+pub const STREAM_TABLE: &str = "ignis_stream";
 
 /// How deep views may nest.
 const MAX_VIEW_DEPTH: usize = 32;
@@ -62,6 +69,8 @@ impl<'a> RelationPlanner<'a> {
             tables: Mutex::default(),
             cache_reads: Mutex::default(),
             partitions: Mutex::default(),
+            stream: Mutex::default(),
+            watermark: Mutex::default(),
             next_table: AtomicUsize::new(0),
             depth: AtomicUsize::new(0),
         }
@@ -237,7 +246,10 @@ impl<'a> RelationPlanner<'a> {
                 Ok(df)
             }
             RelType::Hint(h) => self.input(&h.input).await,
-            RelType::WithWatermark(_) => Err(unsupported("withWatermark (streaming queries are not served yet)")),
+            RelType::WithWatermark(w) => {
+                *lock(&self.watermark) = Some((w.event_time.clone(), w.delay_threshold.clone()));
+                self.input(&w.input).await
+            }
             RelType::CachedLocalRelation(_) => Err(unsupported(
                 "local data larger than spark.sql.session.localRelationCacheThreshold (write it to a file and read it)",
             )),
@@ -286,10 +298,10 @@ impl<'a> RelationPlanner<'a> {
     async fn read(&self, read: &sc::Read) -> Result<DataFrame> {
         use sc::read::ReadType;
         if read.is_streaming {
-            return Err(unsupported(
-                "readStream (Structured Streaming over Spark Connect; streams run as job files with a [stream] \
-                 section: `ignis run` or `ignis submit`)",
-            ));
+            return match &read.read_type {
+                Some(ReadType::DataSource(ds)) => self.stream_source(ds).await,
+                _ => Err(unsupported("readStream.table(name) (read a format with load())")),
+            };
         }
         match &read.read_type {
             Some(ReadType::NamedTable(t)) => self.named(&t.unparsed_identifier).await,
@@ -345,6 +357,76 @@ impl<'a> RelationPlanner<'a> {
         let mut frames = frames.into_iter();
         let first = frames.next().ok_or_else(|| IgnisError::Plan("spark.read: no path given (load(path))".into()))?;
         frames.try_fold(first, |acc, df| acc.union(df).map_err(|e| plan_error("read", e)))
+    }
+
+    /// `spark.readStream.format(...)...load()`: the stream's table, planned
+    /// as an empty table of its schema; each batch of the stream reads its new data.
+    async fn stream_source(&self, ds: &sc::read::DataSource) -> Result<DataFrame> {
+        if lock(&self.stream).is_some() {
+            return Err(unsupported("a query of two streams (stream-stream joins)"));
+        }
+        let format = ds.format.as_deref().unwrap_or("parquet").to_ascii_lowercase();
+        let (spec, schema) = if format == "kafka" {
+            let get = |key: &str| option(&ds.options, key).cloned();
+            let servers = get("kafka.bootstrap.servers")
+                .ok_or_else(|| IgnisError::Plan("readStream.format(\"kafka\") needs kafka.bootstrap.servers".into()))?;
+            let topic = get("subscribe").ok_or_else(|| {
+                IgnisError::Plan("readStream.format(\"kafka\") needs subscribe (one topic; assign and subscribePattern are not supported)".into())
+            })?;
+            if topic.contains(',') {
+                return Err(unsupported("subscribing to several topics"));
+            }
+            let max = get("maxoffsetspertrigger")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| IgnisError::Plan(format!("maxOffsetsPerTrigger: {v:?} is not a number")))
+                })
+                .transpose()?;
+            let options = TableOptions {
+                bootstrap_servers: Some(servers),
+                topic: Some(topic),
+                starting_offsets: get("startingoffsets"),
+                max_offsets_per_trigger: max,
+                ..TableOptions::default()
+            };
+            let spec =
+                TableSpec { format: Format::Kafka, location: String::new(), options, stream: true, files: Vec::new() };
+            (spec, crate::stream::kafka::ValueColumns::Raw.schema())
+        } else {
+            let format = match format.as_str() {
+                "csv" => Format::Csv,
+                "parquet" => Format::Parquet,
+                "json" => Format::Json,
+                other => {
+                    return Err(IgnisError::Plan(format!(
+                        "[UNSUPPORTED_DATASOURCE] readStream.format(\"{other}\"): Ignis streams kafka, csv, parquet and json"
+                    )));
+                }
+            };
+            let [path] = ds.paths.as_slice() else {
+                return Err(IgnisError::Plan("readStream: give one directory (load(path))".into()));
+            };
+            let location = Location::parse(path, None, "readStream path")?;
+            (self.policy)(&JobLocation {
+                field: "readStream path".into(),
+                location: location.clone(),
+                access: Access::Read,
+            })?;
+            let options = table_options(format, &ds.options, ds.schema.as_deref())?;
+            let Some(ddl) = options.schema.clone() else {
+                return Err(IgnisError::Plan(
+                    "readStream of files needs a schema (readStream.schema(...)), as in Spark".into(),
+                ));
+            };
+            let schema = crate::planner::parse_schema(&self.ctx, &ddl).await.map_err(IgnisError::Plan)?;
+            let mut spec = TableSpec::files_at(format, location.url(), options);
+            spec.stream = true;
+            (spec, Arc::new(schema))
+        };
+        let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])?;
+        self.ctx.register_table(STREAM_TABLE, Arc::new(empty))?;
+        *lock(&self.stream) = Some(spec);
+        self.ctx.table(STREAM_TABLE).await.map_err(|e| plan_error("readStream", e))
     }
 
     async fn read_path(&self, format: Format, path: &str, ds: &sc::read::DataSource) -> Result<DataFrame> {

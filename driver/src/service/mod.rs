@@ -280,7 +280,7 @@ impl AppState {
     /// What a stream may do beyond a batch job's rules: reach only the Kafka
     /// brokers this driver allows, and write its rows somewhere (a stream
     /// over the API has no console).
-    fn check_stream(&self, job: &JobSpec) -> ApiResult<()> {
+    pub fn check_stream(&self, job: &JobSpec) -> ApiResult<()> {
         if matches!(job.output, ignis_core::job::OutputSpec::Collect) {
             return Err(ApiError::bad_request(
                 "invalid_job",
@@ -350,7 +350,7 @@ impl AppState {
         tracing::info!(job = %job.id, state = ?status.state, elapsed_ms = status.elapsed_ms, "job finished");
     }
 
-    fn job(&self, tenant: &str, id: &str) -> ApiResult<Arc<JobEntry>> {
+    pub fn job(&self, tenant: &str, id: &str) -> ApiResult<Arc<JobEntry>> {
         self.jobs.get(tenant, id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))
     }
 }

@@ -55,6 +55,11 @@ pub struct StreamStatus {
     pub input_rows: u64,
     pub late_rows: u64,
     pub output_rows: u64,
+    /// Rows the last batch read and wrote.
+    #[serde(default)]
+    pub last_input_rows: u64,
+    #[serde(default)]
+    pub last_output_rows: u64,
     /// Input rows per second of the last batch's duration.
     pub processed_rows_per_s: f64,
     pub last_batch_ms: u64,
@@ -886,6 +891,8 @@ impl<'a> Stream<'a> {
         s.input_rows += commit.input_rows;
         s.late_rows += commit.late_rows;
         s.output_rows += commit.output_rows;
+        s.last_input_rows = commit.input_rows;
+        s.last_output_rows = commit.output_rows;
         s.last_batch_ms = commit.duration_ms;
         s.processed_rows_per_s = commit.input_rows as f64 / (commit.duration_ms.max(1) as f64 / 1000.0);
         s.watermark = commit.watermark_us.and_then(rfc3339);
