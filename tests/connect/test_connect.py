@@ -81,10 +81,12 @@ def test_unknown_function_names_it(spark, data):
     assert "no_such_fn" in str(e.value)
 
 
-def test_read_stream_says_where_streams_run(spark, data):
-    with pytest.raises(SparkConnectGrpcException) as e:
-        spark.readStream.schema("name STRING").json(data["customers"]).columns
-    assert "streams run as job files with a [stream] section" in str(e.value)
+def test_read_stream_is_analysed_and_write_stream_needs_a_checkpoint(spark, data):
+    stream = spark.readStream.schema("name STRING, n BIGINT").json(data["customers"])
+    assert stream.columns == ["name", "n"]
+    with pytest.raises(Exception) as e:
+        stream.writeStream.format("parquet").start("s3://sales-data/stream-out/")
+    assert "checkpointLocation" in str(e.value)
 
 
 def test_refused_location(spark, data):
