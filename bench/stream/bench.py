@@ -57,6 +57,12 @@ def latencies(out_dir):
     return lat
 
 
+def rows_written(out_dir):
+    """Rows in the files a committed Ignis output lists in its _SUCCESS manifest."""
+    manifest = json.loads((Path(out_dir) / "_SUCCESS").read_text())
+    return sum(pq.read_metadata(Path(out_dir) / f).num_rows for f in manifest["files"])
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
@@ -159,6 +165,7 @@ def main():
                  f'starting_offsets = "earliest", max_offsets_per_trigger = 250000, schema = "{SCHEMA}" }}')
         job = ignis_job(work / "k1.toml", table % "catchup", "", work / "k1-ck", work / "k1-out", "available_now")
         secs = ignis.run(job)
+        assert rows_written(work / "k1-out") == args.events, "Kafka catch-up: not every event written"
         rows.append(("Ignis", "Kafka -> Parquet", "catch-up", f"{args.events / secs:,.0f} events/s",
                      f"{args.events:,} events in {secs:.1f} s", ""))
 
@@ -195,6 +202,7 @@ def main():
         table = f'format = "json"\nlocation = "{src}/"\nstream = true\noptions = {{ schema = "{SCHEMA}" }}'
         job = ignis_job(work / "f1.toml", table, "", work / "f1-ck", work / "f1-out", "available_now")
         secs = ignis.run(job)
+        assert rows_written(work / "f1-out") == args.events, "files catch-up: not every event written"
         rows.append(("Ignis", "JSON files -> Parquet", "catch-up", f"{args.events / secs:,.0f} events/s",
                      f"{args.events:,} events in {secs:.1f} s", ""))
 
