@@ -406,12 +406,7 @@ impl<'a> RelationPlanner<'a> {
             let [path] = ds.paths.as_slice() else {
                 return Err(IgnisError::Plan("readStream: give one directory (load(path))".into()));
             };
-            let location = Location::parse(path, None, "readStream path")?;
-            (self.policy)(&JobLocation {
-                field: "readStream path".into(),
-                location: location.clone(),
-                access: Access::Read,
-            })?;
+            let location = self.readable(path, "readStream path")?;
             let options = table_options(format, &ds.options, ds.schema.as_deref())?;
             let Some(ddl) = options.schema.clone() else {
                 return Err(IgnisError::Plan(
@@ -429,13 +424,15 @@ impl<'a> RelationPlanner<'a> {
         self.ctx.table(STREAM_TABLE).await.map_err(|e| plan_error("readStream", e))
     }
 
+    /// `path` parsed, if the tenant may read it; `field` names it in errors.
+    fn readable(&self, path: &str, field: &str) -> Result<Location> {
+        let location = Location::parse(path, None, field)?;
+        (self.policy)(&JobLocation { field: field.into(), location: location.clone(), access: Access::Read })?;
+        Ok(location)
+    }
+
     async fn read_path(&self, format: Format, path: &str, ds: &sc::read::DataSource) -> Result<DataFrame> {
-        let location = Location::parse(path, None, "spark.read path")?;
-        (self.policy)(&JobLocation {
-            field: "spark.read path".into(),
-            location: location.clone(),
-            access: Access::Read,
-        })?;
+        let location = self.readable(path, "spark.read path")?;
         let options = table_options(format, &ds.options, ds.schema.as_deref())?;
         let spec = TableSpec::files_at(format, directory_or_file(&self.ctx, location.url()).await, options);
         let infer = option(&ds.options, "inferschema").is_some_and(|v| v.eq_ignore_ascii_case("true"));
