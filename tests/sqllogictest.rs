@@ -8,9 +8,16 @@
 //! - The stage DAG of a few TPC-H queries is compared with the approved text in
 //!   `plans/`, so planner changes show up in review.
 //!
+//! - DataFusion's own corpus (`datafusion-sqllogictest`, see `src/corpus/`):
+//!   every file not in `corpus/skip.toml` runs on single-node DataFusion and,
+//!   query by query, as Ignis jobs; a file whose Ignis passes fall below the
+//!   count recorded in `corpus/RESULTS.md` fails.
+//!
 //! `-- --complete` rewrites the `.slt` expected results from single-node
-//! DataFusion and the plan snapshots from the current planner. Any other
-//! argument filters files and queries by name.
+//! DataFusion and the plan snapshots from the current planner;
+//! `-- --record` rewrites `corpus/RESULTS.md` (`scripts/conformance`). Any
+//! other argument filters files and queries by name (corpus files as
+//! `corpus/<file>`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,9 +45,11 @@ struct Suite {
 }
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--") || a == "--complete").collect();
+    let ours = |a: &String| !a.starts_with("--") || a == "--complete" || a == "--record";
+    let args: Vec<String> = std::env::args().skip(1).filter(ours).collect();
     let complete = args.iter().any(|a| a == "--complete");
-    let filter = args.into_iter().find(|a| a != "--complete");
+    let record = args.iter().any(|a| a == "--record");
+    let filter = args.into_iter().find(|a| !a.starts_with("--"));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -48,7 +57,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(complete, filter)) {
+    match runtime.block_on(run(complete, record, filter)) {
         Ok(suite) => {
             for f in &suite.failed {
                 eprintln!("FAILED: {f}");
@@ -63,7 +72,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(complete: bool, filter: Option<String>) -> anyhow::Result<Suite> {
+async fn run(complete: bool, record: bool, filter: Option<String>) -> anyhow::Result<Suite> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let data = std::env::temp_dir().join(format!("ignis-tpch-sf{SCALE}-{FILES_PER_TABLE}"));
     let tables = ignis_tests::tpch::generate(&data, SCALE, FILES_PER_TABLE)?;
@@ -71,6 +80,7 @@ async fn run(complete: bool, filter: Option<String>) -> anyhow::Result<Suite> {
     suite.slt_files().await?;
     suite.tpch_queries_match().await?;
     suite.plan_snapshots().await?;
+    suite.corpus(record).await?;
     Ok(suite)
 }
 
@@ -199,6 +209,84 @@ impl Suite {
                 Err(format!("stage plan changed; review and run with --complete to approve:\n{text}"))
             };
             self.record(format!("plan {name}"), result);
+        }
+        Ok(())
+    }
+}
+
+impl Suite {
+    /// DataFusion's corpus, file by file; with `record`, the results file is
+    /// written instead of checked.
+    async fn corpus(&mut self, record: bool) -> anyhow::Result<()> {
+        use ignis_tests::corpus;
+        let corpus_dir = corpus::locate(&self.root)?;
+        let skip = corpus::SkipList::load(&self.root.join("corpus/skip.toml"))?;
+        let results_path = self.root.join("corpus/RESULTS.md");
+        let recorded = corpus::recorded_passes(&std::fs::read_to_string(&results_path).unwrap_or_default());
+        // The corpus's paths are relative to its package directory (`data/...`,
+        // `test_files/scratch/...`): run in a scratch copy of that layout.
+        let work = tempfile::tempdir()?;
+        std::os::unix::fs::symlink(corpus_dir.join("data"), work.path().join("data"))?;
+        std::fs::create_dir_all(work.path().join("test_files/scratch"))?;
+        std::env::set_current_dir(work.path())?;
+        let shuffle = self.shuffle_dir()?;
+        let driver = corpus::local_driver(shuffle.path())?;
+        let mut reports = Vec::new();
+        for file in corpus::files(&corpus_dir)? {
+            let name = format!("corpus/{file}");
+            if !self.selected(&name) {
+                continue;
+            }
+            if let Some(reason) = skip.reason(&file) {
+                reports.push(corpus::FileReport {
+                    file,
+                    file_skipped: Some(reason.to_string()),
+                    ..corpus::FileReport::default()
+                });
+                continue;
+            }
+            // A panic in either engine fails this file, not the suite.
+            let task = tokio::spawn({
+                let (corpus_dir, file, scratch, driver) =
+                    (corpus_dir.clone(), file.clone(), work.path().to_path_buf(), driver.clone());
+                async move { corpus::run_file(&corpus_dir, &file, &scratch, driver).await }
+            });
+            let report = match task.await {
+                Ok(Ok(report)) => report,
+                Ok(Err(e)) => {
+                    self.record(name, Err(format!("{e:#}")));
+                    continue;
+                }
+                Err(e) => {
+                    self.record(name, Err(format!("panicked: {e}")));
+                    continue;
+                }
+            };
+            let was = recorded.get(&file).copied().unwrap_or(0);
+            let result = if record || report.ignis_passed >= was {
+                Ok(())
+            } else {
+                let failed: Vec<String> = report
+                    .ignis_failed
+                    .iter()
+                    .map(|(line, d, m)| format!("  {file}:{line} {}: {m}", d.label()))
+                    .collect();
+                Err(format!(
+                    "Ignis passes {} queries, {was} recorded in corpus/RESULTS.md:\n{}",
+                    report.ignis_passed,
+                    failed.join("\n")
+                ))
+            };
+            self.record(
+                format!("{name} [ignis {}/{} queries, recorded {was}]", report.ignis_passed, report.ignis_run),
+                result,
+            );
+            reports.push(report);
+        }
+        std::env::set_current_dir(&self.root)?;
+        if record {
+            std::fs::write(&results_path, corpus::results_markdown(&reports))?;
+            println!("wrote {}", results_path.display());
         }
         Ok(())
     }

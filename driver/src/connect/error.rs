@@ -109,5 +109,5 @@ fn internal(e: &IgnisError) -> Status {
 }
 
 fn is_syntax_error(message: &str) -> bool {
-    message.contains("SQL syntax error")
+    message.contains("SQL error: ParserError")
 }

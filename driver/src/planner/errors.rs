@@ -1,5 +1,5 @@
-//! Planning errors as user errors: DataFusion's message, without its
-//! wrapper noise, prefixed with where in the job it happened.
+//! Planning errors as user errors: where in the job it happened, then
+//! DataFusion's message as DataFusion words it.
 
 use datafusion::error::DataFusionError;
 use ignis_core::error::IgnisError;
@@ -13,25 +13,8 @@ pub(crate) fn plan_error(place: &str, e: DataFusionError) -> IgnisError {
     }
 }
 
-/// DataFusion's message without the wrapper noise ("Error during planning: ...").
+/// DataFusion's own message (as DataFusion prints it, backtrace aside), so a
+/// user searching for it finds DataFusion's documentation and issues.
 pub(crate) fn describe(e: &DataFusionError) -> String {
-    let text = describe_inner(e);
-    // A function signature mismatch arrives wrapped as an "internal" error whose
-    // useful part is the list of candidate signatures.
-    match text.find(NO_FUNCTION_MATCHES) {
-        Some(i) => text[i..].to_string(),
-        None => text,
-    }
+    e.strip_backtrace()
 }
-
-fn describe_inner(e: &DataFusionError) -> String {
-    match e {
-        DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) => describe_inner(inner),
-        DataFusionError::SQL(err, _) => format!("SQL syntax error: {err}"),
-        DataFusionError::Plan(m) => m.clone(),
-        DataFusionError::SchemaError(err, _) => err.to_string(),
-        other => other.to_string(),
-    }
-}
-
-const NO_FUNCTION_MATCHES: &str = "No function matches";

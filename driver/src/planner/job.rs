@@ -79,7 +79,7 @@ pub(crate) fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
     let statements = DFParser::parse_sql(sql).map_err(|e| {
         let mut err = plan_error("sql", e);
         if let IgnisError::Plan(msg) = &mut err
-            && msg.ends_with("found: EOF")
+            && msg.ends_with("found: EOF\")")
         {
             msg.push_str(&format!(" at the end of the SQL text ({})", end_position(sql)));
         }

@@ -58,7 +58,7 @@ fn only_the_tables_the_sql_reads_are_opened() {
 fn bad_sql_reports_the_position() {
     let ws = orders_workspace();
     let err = fails(ws.path(), &format!("sql = \"SELECT product FROM orders WHER country = 'US'\"\n{TABLE}{WRITE}"));
-    assert!(err.contains("sql: SQL syntax error"), "{err}");
+    assert!(err.contains("sql: SQL error: ParserError"), "{err}");
     assert!(err.contains("found: country at Line: 1, Column: 33"), "{err}");
 
     let err = fails(ws.path(), &format!("sql = 'SELECT product FROM orders WHERE'\n{TABLE}{WRITE}"));
@@ -77,7 +77,7 @@ fn unknown_column_names_the_column_and_the_valid_ones() {
 fn wrong_type_in_sql_names_the_types() {
     let ws = orders_workspace();
     let err = fails(ws.path(), &format!("sql = 'SELECT product FROM orders WHERE country + 1 > 2'\n{TABLE}{WRITE}"));
-    assert!(err.contains("sql: Cannot coerce arithmetic expression Utf8 + Int64"), "{err}");
+    assert!(err.contains("sql: Error during planning: Cannot coerce arithmetic expression Utf8 + Int64"), "{err}");
 }
 
 #[test]

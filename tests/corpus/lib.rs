@@ -1,0 +1,1 @@
+//! Nothing to build: this package only pins the corpus crate (see Cargo.toml).

@@ -1,0 +1,429 @@
+//! DataFusion's own SQL test corpus (`datafusion-sqllogictest`, the version
+//! Ignis locks) run through Ignis distributed.
+//!
+//! The `.slt` files come from the cargo registry: `corpus/Cargo.toml` depends
+//! on the crate, `cargo fetch` downloads it and `cargo metadata` says where it
+//! is; nothing is compiled and nothing is copied into this repository.
+//!
+//! Each record runs on single-node DataFusion set up as the corpus's own
+//! runner sets it up (the reference), and every query the reference passes
+//! runs again as an Ignis job. Statements (`CREATE TABLE`, `INSERT`, CTAS,
+//! external tables, views, `SET`) change the file's catalog, which is the
+//! reference's session; its tables are materialised as split Parquet files
+//! and given to the Ignis jobs as tables (see [`engines`]). The counts per
+//! file are kept in `corpus/RESULTS.md`; a file whose Ignis passes fall below
+//! the recorded count fails the suite.
+
+pub mod engines;
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast;
+use ignis_driver::{Driver, DriverConfig};
+use sqllogictest::{Condition, Record, Runner, TestErrorKind};
+
+use engines::{Catalog, OnIgnis, Reference};
+use render::Kind;
+
+/// The label the corpus's own runner gives DataFusion (`onlyif`/`skipif`).
+const LABEL: &str = "Datafusion";
+const CRATE: &str = "datafusion-sqllogictest";
+
+/// The corpus's package directory in the cargo registry, fetched if needed.
+pub fn locate(manifest_dir: &Path) -> anyhow::Result<PathBuf> {
+    let manifest = manifest_dir.join("corpus/Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let fetch = std::process::Command::new(&cargo)
+        .args(["fetch", "--locked", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .status()?;
+    anyhow::ensure!(fetch.success(), "cargo fetch --manifest-path {} failed", manifest.display());
+    let out = std::process::Command::new(&cargo)
+        .args(["metadata", "--locked", "--offline", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let package = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == CRATE))
+        .ok_or_else(|| anyhow::anyhow!("{CRATE} is not among {}'s packages", manifest.display()))?;
+    let path = package["manifest_path"].as_str().map(PathBuf::from).unwrap_or_default();
+    path.parent().map(Path::to_path_buf).ok_or_else(|| anyhow::anyhow!("no directory for {CRATE}"))
+}
+
+/// Every `.slt` file under the corpus's `test_files/`, relative to it.
+pub fn files(corpus: &Path) -> anyhow::Result<Vec<String>> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, base, out)?;
+            } else if path.extension().is_some_and(|e| e == "slt")
+                && let Ok(rel) = path.strip_prefix(base)
+            {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+        Ok(())
+    }
+    let base = corpus.join("test_files");
+    let mut out = Vec::new();
+    walk(&base, &base, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Files and records left out, each with its reason (`corpus/skip.toml`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SkipList {
+    /// A file name or a directory prefix ending in `/`, and why.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+impl SkipList {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Ok(toml::from_str(&std::fs::read_to_string(path)?)?)
+    }
+
+    pub fn reason(&self, file: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(k, _)| if k.ends_with('/') { file.starts_with(k.as_str()) } else { file == k.as_str() })
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why an Ignis query did not pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Difference {
+    /// The same rows in another order, for a query without a total order.
+    RowOrder,
+    /// Column types differ (the `query` line's letters).
+    ColumnTypes,
+    /// Both failed, with another message.
+    ErrorText,
+    /// The reference failed as the file expects; Ignis answered.
+    NoError,
+    /// Ignis failed where the reference answered.
+    Error,
+    /// Other rows.
+    WrongAnswer,
+}
+
+impl Difference {
+    pub fn label(self) -> &'static str {
+        match self {
+            Difference::RowOrder => "row order",
+            Difference::ColumnTypes => "column types",
+            Difference::ErrorText => "error text",
+            Difference::NoError => "no error",
+            Difference::Error => "ignis error",
+            Difference::WrongAnswer => "wrong answer",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FileReport {
+    pub file: String,
+    /// Statement and query records the file runs (conditions applied).
+    pub records: usize,
+    /// Records single-node DataFusion passes.
+    pub reference_passed: usize,
+    /// Statements the reference passed and the catalog applied (not Ignis jobs).
+    pub catalog: usize,
+    /// Queries the reference passed that ran as Ignis jobs.
+    pub ignis_run: usize,
+    pub ignis_passed: usize,
+    /// `file:line`, what differs, and the first lines of the runner's message.
+    pub ignis_failed: Vec<(u32, Difference, String)>,
+    /// Records the reference fails, with its message: not judged on Ignis.
+    pub reference_failed: Vec<(u32, String)>,
+    /// Records left out by design, with the reason.
+    pub skipped: Vec<(u32, String)>,
+    /// The whole file left out, and why.
+    pub file_skipped: Option<String>,
+}
+
+/// What a record's SQL is to the runner.
+enum Class {
+    /// Runs as an Ignis job (and on the reference).
+    Query,
+    /// Changes the catalog; runs on the reference only.
+    Catalog,
+    /// Left out on Ignis, with the reason.
+    Skip(&'static str),
+}
+
+const EXPLAIN: &str = "EXPLAIN shows the plan, and Ignis's plan has stages by design; Ignis jobs refuse EXPLAIN (`ignis explain` shows the stage plan)";
+
+fn classify(sql: &str) -> Class {
+    let Ok(statements) = DFParser::parse_sql(sql) else {
+        // Both sides must report the same syntax error.
+        return Class::Query;
+    };
+    match statements.front() {
+        Some(Statement::Statement(s)) => match s.as_ref() {
+            ast::Statement::Query(q) if selects_into(q) => Class::Catalog,
+            ast::Statement::Query(_) => Class::Query,
+            ast::Statement::Explain { .. } | ast::Statement::ExplainTable { .. } => Class::Skip(EXPLAIN),
+            _ => Class::Catalog,
+        },
+        Some(Statement::Explain(_)) => Class::Skip(EXPLAIN),
+        Some(_) => Class::Catalog,
+        None => Class::Query,
+    }
+}
+
+fn selects_into(q: &ast::Query) -> bool {
+    matches!(q.body.as_ref(), ast::SetExpr::Select(s) if s.into.is_some())
+}
+
+fn skipped_by_condition(conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| match c {
+        Condition::OnlyIf { label } => label != LABEL,
+        Condition::SkipIf { label } => label == LABEL,
+    })
+}
+
+/// Run one corpus file (`rel` under `test_files/`) on both sides.
+pub async fn run_file(corpus: &Path, rel: &str, scratch: &Path, driver: Arc<Driver>) -> anyhow::Result<FileReport> {
+    let path = corpus.join("test_files").join(rel);
+    let records = sqllogictest::parse_file::<Kind>(&path).map_err(|e| anyhow::anyhow!("parsing {rel}: {e}"))?;
+    let ctx = engines::reference_session();
+    let stem = rel.trim_end_matches(".slt").replace('/', "_");
+    let catalog = Catalog::new(scratch.join("tables").join(&stem));
+    // The corpus writes under `test_files/scratch/<file>/` relative to the working directory.
+    let _ = std::fs::create_dir_all(Path::new("test_files/scratch").join(Path::new(rel).with_extension("")));
+
+    let reference_ctx = ctx.clone();
+    let mut reference = Runner::new(move || {
+        let ctx = reference_ctx.clone();
+        async move { Ok(Reference { ctx }) }
+    });
+    let (ignis_driver, ignis_catalog) = (driver.clone(), catalog.clone());
+    let mut ignis = Runner::new(move || {
+        let (driver, catalog) = (ignis_driver.clone(), ignis_catalog.clone());
+        async move { Ok(OnIgnis { driver, catalog }) }
+    });
+    configure(&mut reference);
+    configure(&mut ignis);
+
+    let mut report = FileReport { file: rel.to_string(), ..FileReport::default() };
+    for record in records {
+        let (sql, conditions, line) = match &record {
+            Record::Halt { .. } => break,
+            Record::Statement { sql, conditions, loc, .. } | Record::Query { sql, conditions, loc, .. } => {
+                (sql.clone(), conditions.clone(), loc.line())
+            }
+            _ => {
+                // Controls (sort mode, hash threshold...) apply to both sides.
+                let _ = reference.run_async(record.clone()).await;
+                let _ = ignis.run_async(record).await;
+                continue;
+            }
+        };
+        if skipped_by_condition(&conditions) {
+            continue;
+        }
+        report.records += 1;
+        let class = classify(&sql);
+        let on_reference = reference.run_async(record.clone()).await;
+        if matches!(class, Class::Catalog) {
+            catalog.sync(&ctx, &sql).await;
+        }
+        if let Err(e) = on_reference {
+            report.reference_failed.push((line, first_lines(&e.to_string(), 2)));
+            continue;
+        }
+        report.reference_passed += 1;
+        match class {
+            Class::Catalog => report.catalog += 1,
+            Class::Skip(reason) => report.skipped.push((line, reason.to_string())),
+            Class::Query => {
+                report.ignis_run += 1;
+                match ignis.run_async(record).await {
+                    Ok(_) => report.ignis_passed += 1,
+                    Err(e) => {
+                        let mut message = first_lines(&e.to_string(), 6);
+                        let unmaterialised = catalog.unmaterialised();
+                        for (table, why) in unmaterialised.iter().filter(|(t, _)| sql.contains(t.as_str())) {
+                            let _ = write!(message, " [table {table} not materialised: {why}]");
+                        }
+                        report.ignis_failed.push((line, difference(&e.kind()), message));
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The corpus runner's checks: its label, strict column types, its row comparison.
+fn configure<D: sqllogictest::AsyncDB<ColumnType = Kind>, M: sqllogictest::MakeConnection<Conn = D>>(
+    runner: &mut Runner<D, M>,
+) {
+    runner.add_label(LABEL);
+    runner.with_column_validator(sqllogictest::strict_column_validator);
+    runner.with_normalizer(render::normalize);
+    runner.with_validator(render::validate);
+}
+
+fn difference(kind: &TestErrorKind) -> Difference {
+    match kind {
+        TestErrorKind::ErrorMismatch { .. } => Difference::ErrorText,
+        TestErrorKind::Ok { .. } => Difference::NoError,
+        TestErrorKind::Fail { .. } => Difference::Error,
+        TestErrorKind::QueryResultColumnsMismatch { .. } => Difference::ColumnTypes,
+        TestErrorKind::QueryResultMismatch { expected, actual, .. } => {
+            let sorted = |s: &str| {
+                let mut lines: Vec<String> =
+                    s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+                lines.sort();
+                lines
+            };
+            if sorted(expected) == sorted(actual) { Difference::RowOrder } else { Difference::WrongAnswer }
+        }
+        _ => Difference::Error,
+    }
+}
+
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(n).collect();
+    lines.join(" / ").replace('|', "\\|")
+}
+
+/// A local driver whose jobs shuffle through files under `shuffle_root`.
+pub fn local_driver(shuffle_root: &Path) -> anyhow::Result<Arc<Driver>> {
+    let shuffle_root = url::Url::from_directory_path(shuffle_root)
+        .map_err(|()| anyhow::anyhow!("shuffle root must be absolute"))?
+        .to_string();
+    Ok(Arc::new(Driver::local(2, DriverConfig { shuffle_root, ..DriverConfig::default() })))
+}
+
+/// The results file: a summary, one row per file, and every record Ignis did
+/// not pass with what differs.
+pub fn results_markdown(reports: &[FileReport]) -> String {
+    let sum = |f: fn(&FileReport) -> usize| reports.iter().map(f).sum::<usize>();
+    let (run, passed) = (sum(|r| r.ignis_run), sum(|r| r.ignis_passed));
+    let reference = sum(|r| r.reference_passed);
+    let judged = reference - sum(|r| r.skipped.len());
+    let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+    let mut by_difference: BTreeMap<Difference, usize> = BTreeMap::new();
+    for r in reports {
+        for (_, d, _) in &r.ignis_failed {
+            *by_difference.entry(*d).or_default() += 1;
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "# DataFusion's sqllogictest corpus on Ignis distributed\n");
+    let _ = writeln!(
+        out,
+        "Generated by `scripts/conformance --record` from `{CRATE}` (the version in `tests/corpus/Cargo.toml`).\n\
+         Every query single-node DataFusion passes runs as an Ignis job in local mode ({} shuffle partitions, every table \
+         split over {} Parquet files); statements build the file's catalog (see `tests/src/corpus/`).\n",
+        engines::SHUFFLE_PARTITIONS,
+        engines::FILES_PER_TABLE
+    );
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(
+        out,
+        "- files: {} ({} skipped whole, reasons below)",
+        reports.len(),
+        reports.iter().filter(|r| r.file_skipped.is_some()).count()
+    );
+    let _ = writeln!(out, "- records: {}; single-node DataFusion passes {reference}", sum(|r| r.records));
+    let _ = writeln!(
+        out,
+        "- of those: {} statements applied by the catalog, {} left out by design (EXPLAIN), {run} queries run as Ignis jobs",
+        sum(|r| r.catalog),
+        sum(|r| r.skipped.len())
+    );
+    let _ = writeln!(out, "- Ignis passes {passed} of {run} queries ({:.2}%)", pct(passed, run));
+    let _ = writeln!(
+        out,
+        "- of the {judged} records single-node passes and Ignis does not leave out by design, Ignis passes {} ({:.2}%)",
+        passed + sum(|r| r.catalog),
+        pct(passed + sum(|r| r.catalog), judged)
+    );
+    for (d, n) in &by_difference {
+        let _ = writeln!(out, "- {}: {n}", d.label());
+    }
+    let _ = writeln!(out, "\n## Per file\n");
+    let _ = writeln!(
+        out,
+        "| file | records | single-node passes | catalog | Ignis run | Ignis passes | Ignis fails | left out | note |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in reports {
+        let note = r.file_skipped.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.file,
+            r.records,
+            r.reference_passed,
+            r.catalog,
+            r.ignis_run,
+            r.ignis_passed,
+            r.ignis_failed.len(),
+            r.skipped.len(),
+            note.replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(out, "\n## Queries Ignis does not pass\n");
+    for r in reports {
+        for (line, d, message) in &r.ignis_failed {
+            let _ = writeln!(out, "- `{}:{line}` {}: {message}", r.file, d.label());
+        }
+    }
+    let _ = writeln!(out, "\n## Records single-node DataFusion fails (not judged)\n");
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in reports {
+        for (_, message) in &r.reference_failed {
+            *reasons.entry(reference_reason(message)).or_default() += 1;
+        }
+    }
+    for (reason, n) in reasons {
+        let _ = writeln!(out, "- {n}: {reason}");
+    }
+    out
+}
+
+/// Why the reference failed a record, in a few words.
+fn reference_reason(message: &str) -> String {
+    let m = message.to_lowercase();
+    if m.contains("testing/data")
+        || m.contains("core/tests/data")
+        || m.contains("no such file")
+        || m.contains("not found: ../")
+    {
+        "reads a file of DataFusion's repository that the crate does not ship".into()
+    } else if m.contains("invalid function") || m.contains("not found in registry") {
+        "calls a function of a DataFusion feature Ignis does not build".into()
+    } else if m.contains("table") && m.contains("not found") {
+        "reads a table the corpus's runner registers in Rust code, or one an earlier failed statement should have made"
+            .into()
+    } else {
+        format!("other: {}", message.chars().take(160).collect::<String>())
+    }
+}
+
+/// Ignis passes per file as recorded in a results file.
+pub fn recorded_passes(markdown: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in markdown.lines().filter(|l| l.starts_with("| ") && l.contains(".slt")) {
+        let cells: Vec<&str> = line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+        if let (Some(file), Some(passes)) = (cells.first(), cells.get(5).and_then(|c| c.parse().ok())) {
+            out.insert(file.to_string(), passes);
+        }
+    }
+    out
+}
