@@ -62,7 +62,43 @@ enum IgnisNode {
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
+    refuse_lossy_windows(&plan)?;
     Ok(physical_plan_to_bytes_with_extension_codec(plan, &IgnisCodec::default())?.to_vec())
+}
+
+/// datafusion-proto 55 drops two parts of a window expression: `IGNORE NULLS`
+/// of window functions (`lag`, `lead`, `first_value`, `last_value`,
+/// `nth_value`) and the `FILTER` of aggregates used as window functions. An
+/// executor would compute another answer, so such a plan is refused.
+fn refuse_lossy_windows(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr};
+    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+    plan.apply(|node| {
+        let exprs = match (node.downcast_ref::<BoundedWindowAggExec>(), node.downcast_ref::<WindowAggExec>()) {
+            (Some(w), _) => w.window_expr(),
+            (None, Some(w)) => w.window_expr(),
+            (None, None) => return Ok(TreeNodeRecursion::Continue),
+        };
+        for expr in exprs {
+            // The expression's name is DataFusion's rendering of the SQL, clauses included.
+            let any = expr.as_any();
+            let aggregate = any.is::<PlainAggregateWindowExpr>() || any.is::<SlidingAggregateWindowExpr>();
+            let filtered = aggregate && expr.name().contains(" FILTER (WHERE ");
+            let ignores_nulls = any.is::<StandardWindowExpr>() && expr.name().contains(" IGNORE NULLS");
+            let lost = match (filtered, ignores_nulls) {
+                (true, _) => "its FILTER clause",
+                (_, true) => "IGNORE NULLS",
+                _ => continue,
+            };
+            return Err(DataFusionError::NotImplemented(format!(
+                "window expression {}: {lost} cannot be sent to an executor (datafusion-proto 55 drops it), so Ignis does not run it",
+                expr.name()
+            )));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
 }
 
 /// Deserialise a plan, attaching `inputs` to its shuffle readers.

@@ -114,6 +114,7 @@ pub mod protocol;
 pub mod runtime_filter;
 pub mod session;
 pub mod shuffle;
+pub mod statistics;
 pub mod store;
 pub mod stream;
 

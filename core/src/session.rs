@@ -47,6 +47,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize) -> SessionC
     let after_join_selection = rules.iter().position(|r| r.name() == "join_selection").map_or(0, |i| i + 1);
     rules.insert(after_join_selection, Arc::new(DistributeJoins));
     rules.push(Arc::new(SplitScans));
+    rules.insert(0, Arc::new(crate::statistics::NanSafeStatistics));
     let state = SessionStateBuilder::new()
         .with_config(session_config(shuffle_partitions, batch_size))
         .with_default_features()

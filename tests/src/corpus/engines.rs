@@ -130,6 +130,17 @@ impl Catalog {
                 changed.push((name.clone(), table));
             }
         }
+        // COPY may write files under an external table's location: read them all again.
+        if words.first().is_some_and(|w| w == "copy") {
+            for name in &names {
+                if let Ok(Some(table)) = schema.table(name).await
+                    && table.table_type() != TableType::View
+                    && !changed.iter().any(|(n, _)| n == name)
+                {
+                    changed.push((name.clone(), table));
+                }
+            }
+        }
         let any_change = !changed.is_empty() || names.len() != known.len();
         if any_change {
             changed.extend(views);
