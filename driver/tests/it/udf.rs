@@ -285,7 +285,8 @@ async fn map_batches_runs_the_example_transform_distributed_like_the_same_logic_
     let read = "{ op = \"read\", table = \"orders\" }, ";
     let e = err(&format!("{read}{{ op = \"map_batches\", function = \"normalize\" }}")).await;
     assert!(
-        e.contains("steps[1] (map_batches): no transform named 'normalize'") && e.contains("offered: order_bands"),
+        e.contains("steps[1] (map_batches): Error during planning: no transform named 'normalize'")
+            && e.contains("offered: order_bands"),
         "{e}"
     );
     let evil = component(EVIL_UDFS);
