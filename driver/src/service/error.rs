@@ -84,6 +84,14 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
+        // A body refused for its size was not read: the connection cannot carry
+        // another request, and a client that pooled it would send one into a
+        // closing connection.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
         response
     }
 }
