@@ -81,6 +81,19 @@ impl Format {
     pub fn is_files(self) -> bool {
         self != Format::Kafka
     }
+
+    /// The format a name stands for, in any case (`"csv"`, `"PARQUET"`):
+    /// Spark's `format(...)` strings.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Format::Csv, Format::Parquet, Format::Json, Format::Kafka]
+            .into_iter()
+            .find(|f| name.eq_ignore_ascii_case(f.extension()))
+    }
+
+    /// [`Format::from_name`] for a file format (not Kafka).
+    pub fn files_from_name(name: &str) -> Option<Self> {
+        Self::from_name(name).filter(|f| f.is_files())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

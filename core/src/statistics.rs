@@ -63,11 +63,10 @@ impl PhysicalOptimizerRule for NanSafeStatistics {
                             file
                         })
                         .collect();
-                    let mut loosened = group.clone();
-                    let stats = loosened.statistics_mut().map(|s| Arc::new(loosen(s)));
                     let fresh = FileGroup::new(files);
-                    match stats {
-                        Some(s) => fresh.with_statistics(s),
+                    // `None`: the group's own statistics.
+                    match group.file_statistics(None) {
+                        Some(s) => fresh.with_statistics(Arc::new(loosen(s))),
                         None => fresh,
                     }
                 })

@@ -134,6 +134,24 @@ pub struct JobOutcome {
     pub result: JobResult,
 }
 
+impl JobOutcome {
+    /// An outcome without stages or tasks: the output location was kept as
+    /// it was (`mode = ignore`), or a stream whose figures are in its status.
+    pub fn without_tasks(job_id: JobId, elapsed: Duration, result: JobResult) -> Self {
+        Self {
+            job_id,
+            stages: 0,
+            tasks: 0,
+            task_attempts: 0,
+            output_rows: 0,
+            shuffle_bytes: 0,
+            malformed_rows_dropped: 0,
+            elapsed,
+            result,
+        }
+    }
+}
+
 impl Driver {
     /// Local mode: `executors` in-process workers.
     pub fn local(executors: usize, config: DriverConfig) -> Self {
@@ -276,17 +294,11 @@ impl Driver {
             OutputSpec::Write(spec) => match commit::prepare(&env, spec, &job_id).await? {
                 Some(p) => Some(p),
                 None => {
-                    return Ok(JobOutcome {
+                    return Ok(JobOutcome::without_tasks(
                         job_id,
-                        stages: 0,
-                        tasks: 0,
-                        task_attempts: 0,
-                        output_rows: 0,
-                        shuffle_bytes: 0,
-                        malformed_rows_dropped: 0,
-                        elapsed: start.elapsed(),
-                        result: JobResult::Skipped { location: spec.location.clone() },
-                    });
+                        start.elapsed(),
+                        JobResult::Skipped { location: spec.location.clone() },
+                    ));
                 }
             },
         };

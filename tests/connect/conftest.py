@@ -5,11 +5,8 @@ S3, and pyspark sessions of two tenants."""
 import json
 import os
 import random
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
+import sys
 import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,61 +15,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from procs import free_port, moto_server, port_open, s3_client, scratch_dir, wait_for  # noqa: E402
+
 ALICE_KEY = "alice-connect-key"
 BOB_KEY = "bob-connect-key"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, what, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="session")
 def workdir():
-    d = Path(tempfile.mkdtemp(prefix="ignis-connect-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from scratch_dir("ignis-connect-")
 
 
 @pytest.fixture(scope="session")
 def moto(workdir):
-    server = os.environ.get("IGNIS_MOTO_SERVER", "moto_server")
-    port = free_port()
-    log = open(workdir / "moto.log", "w")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: port_open(port), "moto")
-    for bucket in ["sales-data", "bob-data", "ignis"]:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")).read()
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
-
-
-def s3_client(endpoint):
-    import boto3
-
-    return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    )
+    yield from moto_server(workdir, ["sales-data", "bob-data", "ignis"])
 
 
 def make_orders(n=600, seed=7):

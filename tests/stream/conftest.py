@@ -3,45 +3,20 @@ moto as S3, both on loopback, and a runner for `ignis run` (the binary in
 $IGNIS_BIN) with the environment that reaches them."""
 
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, what, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from procs import free_port, moto_server, port_open, s3_client, scratch_dir, wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def workdir():
-    d = Path(tempfile.mkdtemp(prefix="ignis-stream-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from scratch_dir("ignis-stream-")
 
 
 @pytest.fixture(scope="session")
@@ -66,25 +41,12 @@ def kafka(workdir):
 
 @pytest.fixture(scope="session")
 def moto(workdir):
-    server = os.environ.get("IGNIS_MOTO_SERVER", "moto_server")
-    port = free_port()
-    log = open(workdir / "moto.log", "w")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: port_open(port), "moto")
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/streams", method="PUT")).read()
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
+    yield from moto_server(workdir, ["streams"])
 
 
 @pytest.fixture(scope="session")
 def s3(moto):
-    import boto3
-
-    return boto3.client(
-        "s3", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    )
+    return s3_client(moto)
 
 
 class Ignis:

@@ -412,15 +412,12 @@ impl Inner {
     async fn write(&self, session: &Session, op: &Operation, w: sc::WriteOperation) -> Result<(), Status> {
         use sc::write_operation::{SaveMode, SaveType};
         let input = w.input.as_ref().ok_or_else(|| error::invalid("a write of nothing"))?;
-        let format = match w.source.as_deref().unwrap_or("parquet").to_ascii_lowercase().as_str() {
-            "parquet" => Format::Parquet,
-            "csv" => Format::Csv,
-            "json" => Format::Json,
-            other => {
-                return Err(error::from_ignis(&IgnisError::Plan(format!(
-                    "[UNSUPPORTED_DATASOURCE] df.write.format(\"{other}\"): Ignis writes parquet, csv and json"
-                ))));
-            }
+        let source = w.source.as_deref().unwrap_or("parquet");
+        let Some(format) = Format::files_from_name(source) else {
+            return Err(error::from_ignis(&IgnisError::Plan(format!(
+                "[UNSUPPORTED_DATASOURCE] df.write.format(\"{}\"): Ignis writes parquet, csv and json",
+                source.to_ascii_lowercase()
+            ))));
         };
         let path = match &w.save_type {
             Some(SaveType::Path(p)) => p.clone(),
@@ -504,18 +501,14 @@ impl Inner {
                 return Err(fail(IgnisError::Plan(format!("outputMode {other:?}: use append, update or complete"))));
             }
         };
-        let output = match w.format.to_ascii_lowercase().as_str() {
-            "kafka" => OutputSpec::Write(WriteSpec {
+        let name = if w.format.is_empty() { "parquet" } else { w.format.as_str() };
+        let output = match Format::from_name(name) {
+            Some(Format::Kafka) => OutputSpec::Write(WriteSpec {
                 topic: option("topic"),
                 bootstrap_servers: option("kafka.bootstrap.servers"),
                 ..WriteSpec::to_files(Format::Kafka, String::new(), WriteMode::Append, Vec::new())
             }),
-            format @ ("" | "parquet" | "csv" | "json") => {
-                let format = match format {
-                    "csv" => Format::Csv,
-                    "json" => Format::Json,
-                    _ => Format::Parquet,
-                };
+            Some(format) => {
                 let path = match &w.sink_destination {
                     Some(SinkDestination::Path(p)) => p.clone(),
                     _ => option("path")
@@ -528,9 +521,10 @@ impl Inner {
                     w.partitioning_column_names.clone(),
                 ))
             }
-            other => {
+            None => {
                 return Err(fail(IgnisError::Plan(format!(
-                    "[UNSUPPORTED_DATASOURCE] writeStream.format(\"{other}\"): Ignis streams to parquet, csv, json and kafka"
+                    "[UNSUPPORTED_DATASOURCE] writeStream.format(\"{}\"): Ignis streams to parquet, csv, json and kafka",
+                    w.format.to_ascii_lowercase()
                 ))));
             }
         };

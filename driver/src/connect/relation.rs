@@ -337,15 +337,10 @@ impl<'a> RelationPlanner<'a> {
 
     async fn data_source(&self, ds: &sc::read::DataSource) -> Result<DataFrame> {
         let format = ds.format.as_deref().unwrap_or("parquet").to_ascii_lowercase();
-        let format = match format.as_str() {
-            "csv" => Format::Csv,
-            "parquet" => Format::Parquet,
-            "json" => Format::Json,
-            other => {
-                return Err(IgnisError::Plan(format!(
-                    "[UNSUPPORTED_DATASOURCE] spark.read.format(\"{other}\"): Ignis reads csv, parquet and json"
-                )));
-            }
+        let Some(format) = Format::files_from_name(&format) else {
+            return Err(IgnisError::Plan(format!(
+                "[UNSUPPORTED_DATASOURCE] spark.read.format(\"{format}\"): Ignis reads csv, parquet and json"
+            )));
         };
         if !ds.predicates.is_empty() {
             return Err(unsupported("JDBC predicates"));
@@ -393,15 +388,10 @@ impl<'a> RelationPlanner<'a> {
                 TableSpec { format: Format::Kafka, location: String::new(), options, stream: true, files: Vec::new() };
             (spec, crate::stream::kafka::ValueColumns::Raw.schema())
         } else {
-            let format = match format.as_str() {
-                "csv" => Format::Csv,
-                "parquet" => Format::Parquet,
-                "json" => Format::Json,
-                other => {
-                    return Err(IgnisError::Plan(format!(
-                        "[UNSUPPORTED_DATASOURCE] readStream.format(\"{other}\"): Ignis streams kafka, csv, parquet and json"
-                    )));
-                }
+            let Some(format) = Format::files_from_name(&format) else {
+                return Err(IgnisError::Plan(format!(
+                    "[UNSUPPORTED_DATASOURCE] readStream.format(\"{format}\"): Ignis streams kafka, csv, parquet and json"
+                )));
             };
             let [path] = ds.paths.as_slice() else {
                 return Err(IgnisError::Plan("readStream: give one directory (load(path))".into()));

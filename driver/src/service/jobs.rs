@@ -280,20 +280,9 @@ impl JobEntry {
 
 /// A stream that stopped (asked to, or its trigger done): its figures are in its stream status.
 fn stream_outcome(id: &JobId) -> JobOutcome {
-    JobOutcome {
-        job_id: id.clone(),
-        stages: 0,
-        tasks: 0,
-        task_attempts: 0,
-        output_rows: 0,
-        shuffle_bytes: 0,
-        malformed_rows_dropped: 0,
-        elapsed: std::time::Duration::ZERO,
-        result: JobResult::Rows {
-            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-            batches: Vec::new(),
-        },
-    }
+    let nothing =
+        JobResult::Rows { schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()), batches: Vec::new() };
+    JobOutcome::without_tasks(id.clone(), std::time::Duration::ZERO, nothing)
 }
 
 /// A failed job's error as its owner sees it: user errors in full, our own

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,7 +91,7 @@ pub struct Catalog {
     tables: Arc<Mutex<BTreeMap<String, TableSpec>>>,
     /// Why a table could not be materialised, for the failures it causes.
     unmaterialised: Arc<Mutex<BTreeMap<String, String>>>,
-    generation: Arc<Mutex<usize>>,
+    generation: Arc<AtomicUsize>,
 }
 
 impl Catalog {
@@ -154,13 +155,7 @@ impl Catalog {
     }
 
     async fn materialise(&self, ctx: &SessionContext, name: &str, table: Arc<dyn TableProvider>) {
-        let generation = match self.generation.lock() {
-            Ok(mut g) => {
-                *g += 1;
-                *g
-            }
-            Err(_) => return,
-        };
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let dir = self.dir.join(format!("{generation:05}-{}", sanitise(name)));
         let result = async {
             let df = ctx.read_table(table)?;
