@@ -62,19 +62,30 @@ enum IgnisNode {
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
-    refuse_lossy_windows(&plan)?;
+    refuse_lossy_plans(&plan)?;
     Ok(physical_plan_to_bytes_with_extension_codec(plan, &IgnisCodec::default())?.to_vec())
 }
 
-/// datafusion-proto 55 drops two parts of a window expression: `IGNORE NULLS`
-/// of window functions (`lag`, `lead`, `first_value`, `last_value`,
-/// `nth_value`) and the `FILTER` of aggregates used as window functions. An
+/// datafusion-proto 55 drops parts of some plans: `IGNORE NULLS` of window
+/// functions (`lag`, `lead`, `first_value`, `last_value`, `nth_value`), the
+/// `FILTER` of aggregates used as window functions, and an empty grouping
+/// set (`GROUPING SETS (())`: its groups encode as no bits at all). An
 /// executor would compute another answer, so such a plan is refused.
-fn refuse_lossy_windows(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr};
     use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
     plan.apply(|node| {
+        if let Some(aggregate) = node.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>() {
+            let group_by = aggregate.group_expr();
+            if group_by.has_grouping_set() && group_by.expr().is_empty() && !group_by.groups().is_empty() {
+                return Err(DataFusionError::NotImplemented(
+                    "GROUPING SETS (()) with no grouping column cannot be sent to an executor (datafusion-proto 55 \
+                     drops the empty grouping set), so Ignis does not run it; use the aggregate without GROUP BY"
+                        .into(),
+                ));
+            }
+        }
         let exprs = match (node.downcast_ref::<BoundedWindowAggExec>(), node.downcast_ref::<WindowAggExec>()) {
             (Some(w), _) => w.window_expr(),
             (None, Some(w)) => w.window_expr(),
