@@ -69,13 +69,29 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
 /// datafusion-proto 55 drops parts of some plans: `IGNORE NULLS` of window
 /// functions (`lag`, `lead`, `first_value`, `last_value`, `nth_value`), the
 /// `FILTER` of aggregates used as window functions, and an empty grouping
-/// set (`GROUPING SETS (())`: its groups encode as no bits at all). An
-/// executor would compute another answer, so such a plan is refused.
+/// set (`GROUPING SETS (())`: its groups encode as no bits at all); and it
+/// decodes a Float16 literal as a Float32 one (an executor then fails on the
+/// type, or panics in a kernel). An executor would compute another answer
+/// or none, so such a plan is refused.
 fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr};
     use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
     plan.apply(|node| {
+        node.apply_expressions(&mut |expr| {
+            expr.apply(|e| {
+                let half = e
+                    .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
+                    .is_some_and(|l| matches!(l.value(), datafusion::common::ScalarValue::Float16(Some(_))));
+                if half {
+                    return Err(DataFusionError::NotImplemented(format!(
+                        "the Float16 literal {e} cannot be sent to an executor (datafusion-proto 55 turns it into a \
+                         Float32), so Ignis does not run it; cast a column, or use Float32"
+                    )));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
         if let Some(aggregate) = node.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>() {
             let group_by = aggregate.group_expr();
             if group_by.has_grouping_set() && group_by.expr().is_empty() && !group_by.groups().is_empty() {
