@@ -297,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn sliding_windows_count_a_row_in_each_of_its_windows() {
-        let ctx = crate::session::session_context(2, 8192);
+        let ctx = crate::session::session_context(2, 8192, &Default::default());
         let batches = ctx
             .sql(
                 "SELECT window(ts, '10 minutes', '5 minutes') AS w, count(*) AS n FROM (VALUES \

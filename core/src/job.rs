@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IgnisError, Result};
 use crate::location::Location;
+use crate::session::SessionOptions;
 use crate::stream::StreamSpec;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -397,6 +398,11 @@ pub struct JobConfig {
     /// sooner.
     #[serde(default)]
     pub runtime_filters: Option<bool>,
+    /// DataFusion session options by their `SET` names, for the SQL dialect,
+    /// its parsing options and the session time zone (see
+    /// [`SessionOptions`](crate::session::SessionOptions) for which).
+    #[serde(default, skip_serializing_if = "SessionOptions::is_empty")]
+    pub options: SessionOptions,
 }
 
 // Measured on TPC-H SF1 (bench --shuffle-compression): none and lz4 give the

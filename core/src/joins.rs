@@ -237,7 +237,7 @@ mod tests {
     }
 
     async fn join_modes(sql: &str) -> Vec<String> {
-        let ctx = session_context(3, 8192);
+        let ctx = session_context(3, 8192, &Default::default());
         // 3.2 MB: above DataFusion's 1 MiB, below the 10 MiB broadcast threshold.
         ctx.register_table("small", table(200_000)).unwrap();
         // 32 MB: above both.
@@ -263,7 +263,7 @@ mod tests {
             writer.write(&batch).unwrap();
             writer.close().unwrap();
         }
-        let ctx = session_context(3, 8192);
+        let ctx = session_context(3, 8192, &Default::default());
         ctx.state_ref().write().config_mut().options_mut().optimizer.repartition_file_min_size = min_bytes;
         let location = format!("{}/", dir.path().display());
         ctx.register_parquet("t", &location, Default::default()).await.unwrap();

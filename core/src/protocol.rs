@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorKind, IgnisError};
 use crate::ids::{JobId, StageId};
 use crate::job::{Format, ShuffleCompression};
+use crate::session::SessionOptions;
 
 /// Bumped on any incompatible change to these types or to the plan codec.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -38,6 +39,9 @@ pub struct TaskRequest {
     pub inputs: Vec<StageInput>,
     pub output: TaskOutput,
     pub batch_size: usize,
+    /// The job's DataFusion session options (time zone, SQL parsing).
+    #[serde(default, skip_serializing_if = "SessionOptions::is_empty")]
+    pub options: SessionOptions,
     /// Wasm components whose functions the plan calls (by name).
     #[serde(default)]
     pub udfs: Vec<UdfRef>,
@@ -313,6 +317,7 @@ mod tests {
             inputs: vec![],
             output: TaskOutput::Shuffle { root: root.into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,
+            options: SessionOptions::default(),
             udfs: Vec::new(),
         }
     }

@@ -380,6 +380,7 @@ mod tests {
             inputs: vec![],
             output: TaskOutput::Shuffle { root: "file:///tmp/unused".into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,
+            options: Default::default(),
             udfs: Vec::new(),
         }
     }

@@ -315,6 +315,7 @@ impl Driver {
             shuffle_root: self.config.shuffle_root.clone(),
             compression: job.config.shuffle_compression.unwrap_or_default(),
             batch_size: job.config.batch_size(),
+            options: job.config.options.clone(),
             max_task_attempts: job.config.max_task_attempts(),
             target,
             udfs: udf_refs,

@@ -16,6 +16,7 @@ use ignis_core::protocol::{
     PROTOCOL_VERSION, PieceLocation, StageInput, TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult,
     TaskResultOutput, UdfRef,
 };
+use ignis_core::session::SessionOptions;
 use ignis_core::store;
 
 use crate::backend::TaskBackend;
@@ -69,6 +70,7 @@ pub struct RunSettings {
     pub shuffle_root: String,
     pub compression: ShuffleCompression,
     pub batch_size: usize,
+    pub options: SessionOptions,
     pub max_task_attempts: u32,
     pub target: ResultTarget,
     /// Wasm components the plans call.
@@ -226,6 +228,7 @@ fn stage_request(
         inputs,
         output,
         batch_size: settings.batch_size,
+        options: settings.options.clone(),
         udfs: settings.udfs.clone(),
     })
 }

@@ -24,7 +24,7 @@ use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::map_batches::BatchFunctions;
 use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
-use ignis_core::session::session_config;
+use ignis_core::session::{SessionOptions, session_config};
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
 use udf::UdfHost;
 
@@ -33,10 +33,13 @@ use udf::UdfHost;
 #[derive(Debug, Clone)]
 pub struct Executor {
     runtime: Arc<RuntimeEnv>,
-    /// Task contexts by batch size: building one registers every built-in
-    /// function, so it is done once, not per task.
-    contexts: Arc<Mutex<HashMap<usize, Arc<TaskContext>>>>,
+    /// Task contexts by batch size and session options: building one
+    /// registers every built-in function, so it is done once, not per task.
+    contexts: Arc<Mutex<HashMap<ContextKey, Arc<TaskContext>>>>,
 }
+
+/// Rows per batch and the job's session options.
+type ContextKey = (usize, SessionOptions);
 
 impl Default for Executor {
     fn default() -> Self {
@@ -49,12 +52,13 @@ impl Executor {
         Self { runtime, contexts: Arc::default() }
     }
 
-    fn task_context(&self, batch_size: usize) -> Arc<TaskContext> {
+    fn task_context(&self, batch_size: usize, options: &SessionOptions) -> Arc<TaskContext> {
         let mut contexts = self.contexts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         contexts
-            .entry(batch_size)
+            .entry((batch_size, options.clone()))
             .or_insert_with(|| {
-                let ctx = SessionContext::new_with_config_rt(session_config(1, batch_size), self.runtime.clone());
+                let config = session_config(1, batch_size, options);
+                let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
                 ignis_core::functions::register(&ctx);
                 ctx.task_ctx()
             })
@@ -121,7 +125,7 @@ impl Executor {
     async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
         req.check_version()?;
         let start = Instant::now();
-        let mut task_ctx = self.task_context(req.batch_size);
+        let mut task_ctx = self.task_context(req.batch_size, &req.options);
         if !req.udfs.is_empty() {
             task_ctx = self.with_udfs(&task_ctx, &req.udfs).await?;
         }

@@ -159,7 +159,7 @@ impl Inner {
 
     fn context(&self, session: &Session) -> SessionContext {
         let partitions = session.shuffle_partitions().unwrap_or(ignis_core::job::DEFAULT_SHUFFLE_PARTITIONS);
-        ignis_core::session::session_context(partitions, ignis_core::job::DEFAULT_BATCH_SIZE)
+        ignis_core::session::session_context(partitions, ignis_core::job::DEFAULT_BATCH_SIZE, &Default::default())
     }
 
     /// The tenant's uploaded Wasm components whose functions `relation` may
@@ -677,7 +677,7 @@ impl Inner {
             Some(args) => params::bind(&sql.sql, &args).map_err(|e| error::from_ignis(&e))?,
             None => sql.sql.clone(),
         };
-        let statements = crate::planner::parse_sql(&bound).map_err(|e| error::from_ignis(&e))?;
+        let statements = crate::planner::parse_sql(&bound, &Default::default()).map_err(|e| error::from_ignis(&e))?;
         let view = match statements.front() {
             Some(DfStatement::Statement(s)) => match s.as_ref() {
                 Statement::CreateView(v) => Some((v.name.to_string(), v.query.to_string(), v.or_replace)),

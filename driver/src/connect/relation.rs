@@ -561,7 +561,7 @@ impl<'a> RelationPlanner<'a> {
     /// `spark.sql(query)`: the queries-only rule of every job, temp views
     /// visible by name.
     pub async fn sql(&self, query: &str) -> Result<DataFrame> {
-        let statements = plan::parse_sql(query)?;
+        let statements = plan::parse_sql(query, self.ctx.state().config().options())?;
         if statements.len() != 1 {
             return Err(analysis("spark.sql runs one statement at a time".into()));
         }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::TableReference;
+use datafusion::config::ConfigOptions;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use futures::{StreamExt, TryStreamExt};
 use ignis_core::csv::{CsvScanOptions, CsvTable};
 use ignis_core::error::{IgnisError, Result};
@@ -44,7 +46,7 @@ pub async fn plan_dataframe(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<(S
         functions.push(udf::functions(component)?);
     }
     let transforms = Arc::new(Transforms::new(functions.iter_mut().flat_map(|f| f.transforms.drain(..)).collect()));
-    let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size());
+    let ctx = session_context(job.config.shuffle_partitions(), job.config.batch_size(), &job.config.options);
     let ctx = map_batches::with_planner(ctx, transforms.clone());
     for f in functions {
         f.scalars.into_iter().for_each(|f| ctx.register_udf(f));
@@ -52,7 +54,7 @@ pub async fn plan_dataframe(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<(S
     }
     let df = match (&job.sql, &job.steps) {
         (Some(sql), _) => {
-            let statements = parse_sql(sql)?;
+            let statements = parse_sql(sql, ctx.state().config().options())?;
             let used = used_tables(&ctx, &statements);
             register_tables(
                 &ctx,
@@ -74,9 +76,18 @@ pub async fn plan_dataframe(job: &JobSpec, udfs: &[Arc<Component>]) -> Result<(S
     Ok((ctx, df))
 }
 
-/// SQL text as statements; a syntax error says where.
-pub(crate) fn parse_sql(sql: &str) -> Result<VecDeque<Statement>> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| {
+/// SQL text as statements, in the dialect and with the parser options of
+/// `options`; a syntax error says where.
+pub(crate) fn parse_sql(sql: &str, options: &ConfigOptions) -> Result<VecDeque<Statement>> {
+    let dialect = options.sql_parser.dialect;
+    let dialect = dialect_from_str(dialect).ok_or_else(|| {
+        IgnisError::Job(format!("config.options: the SQL dialect '{dialect}' has no parser in this build"))
+    })?;
+    let parser = DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(options.sql_parser.recursion_limit.get())
+        .build();
+    let statements = parser.and_then(|mut p| p.parse_statements()).map_err(|e| {
         let mut err = plan_error("sql", e);
         if let IgnisError::Plan(msg) = &mut err
             && msg.ends_with("found: EOF\")")

@@ -39,12 +39,17 @@ pub fn check(statements: &VecDeque<Statement>) -> Result<()> {
             ast::Statement::Explain { .. } | ast::Statement::ExplainTable { .. } => {
                 return Err(refused("EXPLAIN is not run as a job; use `ignis explain` or POST /v1/explain".into()));
             }
+            ast::Statement::Set(_) => return Err(refused(SET_IS_CONFIG.into())),
             _ => return Err(refused(NOT_A_QUERY.into())),
         }
     }
     Ok(())
 }
 
+const SET_IS_CONFIG: &str = "a job's SQL does not change its session; set the SQL dialect, parser options and time \
+                             zone under `config.options` (e.g. \"datafusion.sql_parser.dialect\" = \"postgresql\"), \
+                             rows per batch with `config.batch_size`, partitions with `config.shuffle_partitions`; \
+                             other inputs are declared under `tables`";
 const NOT_A_QUERY: &str = "a job's SQL may hold queries, WITH, CREATE [TEMP] VIEW and CREATE TABLE name AS VALUES \
                            (...) only; declare inputs under `tables` and write results with `output` (\
                            [output.write])";
@@ -128,5 +133,7 @@ mod tests {
         }
         let err = verdict("SELECT 1; COPY (SELECT 1) TO '/tmp/x.csv'").unwrap_err();
         assert!(err.contains("statement 2") && err.contains("output"), "{err}");
+        let err = verdict("SET datafusion.sql_parser.dialect = 'postgresql'; SELECT 1").unwrap_err();
+        assert!(err.contains("`config.options`"), "points to the job setting: {err}");
     }
 }

@@ -219,7 +219,7 @@ impl<'a> Stream<'a> {
                 let topic = Topic::connect(servers, opts.topic.as_deref().unwrap_or_default(), &field).await?;
                 let columns = match &opts.schema {
                     Some(ddl) => {
-                        let ctx = ignis_core::session::session_context(1, 8192);
+                        let ctx = ignis_core::session::session_context(1, 8192, &Default::default());
                         let schema = crate::planner::parse_schema(&ctx, ddl)
                             .await
                             .map_err(|e| IgnisError::Job(format!("tables.{name}.options.schema: {e}")))?;
@@ -683,7 +683,7 @@ impl<'a> Stream<'a> {
     ) -> Result<(u64, Option<Vec<RecordBatch>>)> {
         let Some(filter) = filter else { return self.emit(n, tables, prelude, None).await };
         let query = self.job.sql.clone().unwrap_or_default();
-        let mut statements = crate::planner::parse_sql(&query)?;
+        let mut statements = crate::planner::parse_sql(&query, &self.job.config.options.config())?;
         let last = statements.pop_back().ok_or_else(|| IgnisError::Plan("sql: no statement found".into()))?;
         let mut text: Vec<String> = vec![prelude];
         text.extend(statements.iter().map(|s| s.to_string()));

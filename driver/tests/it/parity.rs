@@ -48,8 +48,16 @@ async fn ignis_run(ws: &Path, job: &JobSpec) -> (Vec<RecordBatch>, u64) {
 
 /// A plain single-process DataFusion session over the same files.
 async fn single_node_rows(ws: &Path, sql: &str) -> Vec<RecordBatch> {
+    single_node_rows_after(ws, &[], sql).await
+}
+
+/// Rows of `sql` on single-node DataFusion after `SET key = value` of each option.
+async fn single_node_rows_after(ws: &Path, options: &[(&str, &str)], sql: &str) -> Vec<RecordBatch> {
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let ctx = datafusion::prelude::SessionContext::new();
+    for (key, value) in options {
+        ctx.sql(&format!("SET {key} = '{value}'")).await.unwrap();
+    }
     let schema = Schema::new(vec![
         Field::new("order_id", DataType::Int64, true),
         Field::new("country", DataType::Utf8, true),
@@ -175,6 +183,41 @@ async fn runtime_filters_narrow_a_join_side_and_can_be_turned_off() {
     }
     // Only the laptop groups reach the shuffle.
     assert!(shuffled[0] < shuffled[1], "shuffled bytes with and without runtime filters: {shuffled:?}");
+}
+
+#[tokio::test]
+async fn session_options_reach_the_planner_and_every_executor() {
+    let ws = workspace();
+    // `#` is PostgreSQL's bitwise xor (a syntax error in DataFusion's default
+    // dialect); `1.5` is a decimal; `to_timestamp` runs in map tasks and
+    // answers in the session's time zone, which the reduce side must agree on.
+    let sql = "SELECT country, count(*) # 1 AS x, max(to_timestamp(order_id)) AS latest, \
+               arrow_typeof(max(to_timestamp(order_id))) AS ty, arrow_typeof(1.5) AS dec \
+               FROM orders GROUP BY country";
+    let options = [
+        ("datafusion.sql_parser.dialect", "PostgreSQL"),
+        ("datafusion.sql_parser.parse_float_as_decimal", "true"),
+        ("datafusion.execution.time_zone", "America/New_York"),
+    ];
+    let theirs = single_node_rows_after(ws.path(), &options, sql).await;
+    let set: String = options.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
+    let mut job =
+        JobSpec::parse(&format!("sql = \"{sql}\"\n{}[config.options]\n{set}", tables_toml()), "toml", "options")
+            .unwrap();
+    job.resolve_paths(ws.path()).unwrap();
+    let (ours, shuffled) = ignis_run(ws.path(), &job).await;
+    assert!(shuffled > 0, "the aggregate is split by a shuffle");
+    let ours = lines(&ours, false);
+    assert_eq!(ours, lines(&theirs, false));
+    assert!(
+        ours.iter().all(|row| row.contains("Timestamp(ns, \"America/New_York\")") && row.contains("Decimal128(2, 1)")),
+        "{ours:?}"
+    );
+
+    // Without the dialect, `#` does not parse.
+    let plain = JobSpec::parse(&format!("sql = \"{sql}\"\n{}", tables_toml()), "toml", "options").unwrap();
+    let err = Driver::local(2, DriverConfig::default()).run(&plain, &|_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("sql: SQL error: ParserError"), "{err}");
 }
 
 #[tokio::test]

@@ -379,6 +379,21 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         assert_eq!(status, 400, "{field}: {message}");
         assert!(message.contains(field) && message.contains("limit"), "{message}");
     }
+    // Session options: what SQL means is the tenant's; the driver's bounds and
+    // how Ignis distributes a job are not.
+    for (key, value, why) in [
+        ("datafusion.sql_parser.recursion_limit", json!(1_000_000), "is a bound of the driver"),
+        ("datafusion.optimizer.enable_dynamic_filter_pushdown", json!(true), "is not an option a job may set"),
+        ("datafusion.runtime.memory_limit", json!("1T"), "is not an option a job may set"),
+        ("datafusion.catalog.information_schema", json!(true), "is not an option a job may set"),
+        ("datafusion.execution.target_partitions", json!(100_000), "config.shuffle_partitions"),
+    ] {
+        let mut job = count_job("alice");
+        job["config"] = json!({"options": {key: value}});
+        let (status, message) = as_alice(&api, job).await;
+        assert_eq!(status, 400, "{key}: {message}");
+        assert!(message.contains("config.options") && message.contains(key) && message.contains(why), "{message}");
+    }
     let mut long = count_job("alice");
     long["name"] = json!("n".repeat(300));
     let (status, message) = as_alice(&api, long).await;

@@ -22,6 +22,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::{collect, execution_plan::ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ignis_core::job::{Format, JobConfig, JobSpec, OutputSpec, TableOptions, TableSpec};
+use ignis_core::session::SessionOptions;
 use ignis_driver::{Driver, JobResult};
 use parquet::arrow::ArrowWriter;
 use sqllogictest::{AsyncDB, DBOutput};
@@ -92,11 +93,34 @@ pub struct Catalog {
     /// Why a table could not be materialised, for the failures it causes.
     unmaterialised: Arc<Mutex<BTreeMap<String, String>>>,
     generation: Arc<AtomicUsize>,
+    /// The file's `SET`s that an Ignis job carries: rows per batch and the
+    /// session options a job may set.
+    settings: Arc<Mutex<(Option<usize>, SessionOptions)>>,
 }
 
 impl Catalog {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, tables: Arc::default(), unmaterialised: Arc::default(), generation: Arc::default() }
+        Self {
+            dir,
+            tables: Arc::default(),
+            unmaterialised: Arc::default(),
+            generation: Arc::default(),
+            settings: Arc::default(),
+        }
+    }
+
+    /// Carry the options the file changed from the defaults into later jobs,
+    /// where a job setting exists.
+    pub fn follow(&self, changed: &[(String, String)]) {
+        let (batch_size, options, _) = carried(changed);
+        if let Ok(mut settings) = self.settings.lock() {
+            *settings = (batch_size, options);
+        }
+    }
+
+    fn job_config(&self) -> JobConfig {
+        let (batch_size, options) = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        JobConfig { shuffle_partitions: Some(SHUFFLE_PARTITIONS), batch_size, options, ..JobConfig::default() }
     }
 
     pub fn tables(&self) -> BTreeMap<String, TableSpec> {
@@ -189,6 +213,27 @@ impl Catalog {
     }
 }
 
+/// Of the options a file changed, those a job carries (rows per batch, session
+/// options), and the others as `key = value`.
+pub fn carried(changed: &[(String, String)]) -> (Option<usize>, SessionOptions, Vec<String>) {
+    let mut batch_size = None;
+    let mut options = Vec::new();
+    let mut left = Vec::new();
+    for (key, value) in changed {
+        if key == "datafusion.execution.batch_size"
+            && let Ok(n) = value.parse()
+        {
+            batch_size = Some(n);
+        } else if SessionOptions::new([(key.clone(), value.clone())]).is_ok() {
+            options.push((key.clone(), value.clone()));
+        } else {
+            left.push(format!("{key} = {value}"));
+        }
+    }
+    // Each option was accepted alone, and none depends on another.
+    (batch_size, SessionOptions::new(options).unwrap_or_default(), left)
+}
+
 fn sanitise(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
@@ -223,7 +268,7 @@ impl OnIgnis {
             sql: Some(sql.to_string()),
             steps: None,
             output: OutputSpec::Collect,
-            config: JobConfig { shuffle_partitions: Some(SHUFFLE_PARTITIONS), ..JobConfig::default() },
+            config: self.catalog.job_config(),
             stream: None,
         }
     }

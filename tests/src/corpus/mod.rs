@@ -22,8 +22,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use ignis_driver::{Driver, DriverConfig};
 use sqllogictest::{Condition, Record, Runner, TestErrorKind};
 
@@ -188,11 +189,16 @@ enum Class {
 const INTROSPECTION: &str = "reads information_schema or SHOW: the file's catalog and session as DataFusion sees them; an Ignis job sees only its own tables and Ignis's session settings";
 const EXPLAIN: &str = "EXPLAIN shows the plan, and Ignis's plan has stages by design; Ignis jobs refuse EXPLAIN (`ignis explain` shows the stage plan)";
 
-fn classify(sql: &str) -> Class {
+fn classify(sql: &str, ctx: &datafusion::prelude::SessionContext) -> Class {
     if sql.to_lowercase().contains("information_schema") {
         return Class::Skip(INTROSPECTION);
     }
-    let Ok(statements) = DFParser::parse_sql(sql) else {
+    // In the dialect the file set, as the reference parses it.
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let Some(dialect) = dialect_from_str(dialect) else { return Class::Query };
+    let parsed = DFParserBuilder::new(sql).with_dialect(dialect.as_ref()).build();
+    let Ok(statements) = parsed.and_then(|mut p| p.parse_statements()) else {
         // Both sides must report the same syntax error.
         return Class::Query;
     };
@@ -267,10 +273,11 @@ pub async fn run_file(corpus: &Path, rel: &str, scratch: &Path, driver: Arc<Driv
             continue;
         }
         report.records += 1;
-        let class = classify(&sql);
+        let class = classify(&sql, &ctx);
         let on_reference = reference.run_async(record.clone()).await;
         if matches!(class, Class::Catalog) {
             catalog.sync(&ctx, &sql).await;
+            catalog.follow(&changed_settings(&ctx, &defaults));
         }
         if let Err(e) = on_reference {
             report.reference_failed.push((line, first_lines(&e.to_string(), 2)));
@@ -290,7 +297,7 @@ pub async fn run_file(corpus: &Path, rel: &str, scratch: &Path, driver: Arc<Driv
                         for (table, why) in unmaterialised.iter().filter(|(t, _)| sql.contains(t.as_str())) {
                             let _ = write!(message, " [table {table} not materialised: {why}]");
                         }
-                        let settings = changed_settings(&ctx, &defaults);
+                        let (_, _, settings) = engines::carried(&changed_settings(&ctx, &defaults));
                         if !settings.is_empty() {
                             let _ = write!(message, " [{SET_MARK} {}]", settings.join(", "));
                         }
@@ -311,15 +318,15 @@ fn settings(ctx: &datafusion::prelude::SessionContext) -> BTreeMap<String, Optio
     ctx.state().config().options().entries().into_iter().map(|e| (e.key, e.value)).collect()
 }
 
-/// The options a file's `SET`s changed from the defaults, as `key = value`.
+/// The options a file's `SET`s changed from the defaults.
 fn changed_settings(
     ctx: &datafusion::prelude::SessionContext,
     defaults: &BTreeMap<String, Option<String>>,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     settings(ctx)
         .into_iter()
         .filter(|(k, v)| defaults.get(k) != Some(v))
-        .map(|(k, v)| format!("{k} = {}", v.unwrap_or_default()))
+        .map(|(k, v)| (k, v.unwrap_or_default()))
         .collect()
 }
 
