@@ -35,6 +35,7 @@ use crate::map_batches::{BatchFunctions, MapBatchesExec};
 use crate::protocol::{PieceLocation, StageInput};
 use crate::runtime_filter::RuntimeFilterExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
+use crate::window_flags::{self, WindowFlags, WindowFlagsExec};
 
 /// Encodes and decodes Ignis operators inside datafusion-proto plans.
 #[derive(Debug, Default)]
@@ -58,11 +59,13 @@ enum IgnisNode {
     MapBatches { function: String, schema: String },
     Broadcast { partitions: usize },
     RuntimeFilter { on: Vec<(usize, usize)> },
+    WindowFlags { flags: Vec<WindowFlags> },
 }
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     refuse_lossy_plans(&plan)?;
+    let plan = window_flags::wrap(plan)?;
     Ok(physical_plan_to_bytes_with_extension_codec(plan, &IgnisCodec::default())?.to_vec())
 }
 
@@ -71,14 +74,11 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
 /// its groups encode as no bits at all); and it decodes a Float16 literal as
 /// a Float32 one (an executor then fails on the type, or panics in a
 /// kernel). An executor would compute another answer or none, so such a plan
-/// is refused. It also drops `IGNORE NULLS` of window functions (`lag`,
-/// `lead`, `first_value`, `last_value`, `nth_value`), but keeps the
-/// expression's name, which says it: [`restore_ignore_nulls`] sets the flag
-/// again on the executor, and here the name is checked to say it exactly
-/// when the flag is set.
+/// is refused. (The flags it drops from window functions travel beside
+/// them: see [`window_flags`].)
 fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr};
+    use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr};
     use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
     plan.apply(|node| {
         node.apply_expressions(&mut |expr| {
@@ -115,18 +115,11 @@ fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
             let any = expr.as_any();
             let aggregate = any.is::<PlainAggregateWindowExpr>() || any.is::<SlidingAggregateWindowExpr>();
             let filtered = aggregate && expr.name().contains(" FILTER (WHERE ");
-            // The flag has no getter; the expression's derived Debug shows it.
-            let flagged = any.downcast_ref::<StandardWindowExpr>().is_some_and(|e| {
-                format!("{:?}", e.get_standard_func_expr()).contains("ignore_nulls: true")
-            });
-            let named = any.is::<StandardWindowExpr>() && expr.name().contains(IGNORE_NULLS);
-            let lost = match (filtered, flagged != named) {
-                (true, _) => "its FILTER clause",
-                (_, true) => "IGNORE NULLS (its name does not say whether it is set)",
-                _ => continue,
-            };
+            if !filtered {
+                continue;
+            }
             return Err(DataFusionError::NotImplemented(format!(
-                "window expression {}: {lost} cannot be sent to an executor (datafusion-proto 55 drops it), so Ignis does not run it",
+                "window expression {}: its FILTER clause cannot be sent to an executor (datafusion-proto 55 drops it), so Ignis does not run it",
                 expr.name()
             )));
         }
@@ -138,82 +131,7 @@ fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
 /// Deserialise a plan, attaching `inputs` to its shuffle readers.
 pub fn decode_plan(bytes: &[u8], ctx: &TaskContext, inputs: &[StageInput]) -> Result<Arc<dyn ExecutionPlan>> {
     let codec = IgnisCodec::with_inputs(inputs);
-    let plan =
-        physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec).map_err(IgnisError::from_datafusion)?;
-    restore_ignore_nulls(plan).map_err(IgnisError::from_datafusion)
-}
-
-/// How DataFusion names a window function with `IGNORE NULLS`.
-const IGNORE_NULLS: &str = " IGNORE NULLS";
-
-/// Set `IGNORE NULLS` again on the window functions whose name says it
-/// (datafusion-proto 55 decodes every window function without it; the
-/// encoder checked that names say it exactly when it is set).
-fn restore_ignore_nulls(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
-    plan.transform_up(|node| {
-        let rebuilt: Option<Arc<dyn ExecutionPlan>> = if let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() {
-            match ignoring_nulls(w.window_expr(), &w.input().schema())? {
-                Some(exprs) => Some(Arc::new(BoundedWindowAggExec::try_new(
-                    exprs,
-                    w.input().clone(),
-                    w.input_order_mode.clone(),
-                    !w.partition_keys().is_empty(),
-                )?)),
-                None => None,
-            }
-        } else if let Some(w) = node.downcast_ref::<WindowAggExec>() {
-            match ignoring_nulls(w.window_expr(), &w.input().schema())? {
-                Some(exprs) => {
-                    Some(Arc::new(WindowAggExec::try_new(exprs, w.input().clone(), !w.partition_keys().is_empty())?))
-                }
-                None => None,
-            }
-        } else {
-            None
-        };
-        Ok(rebuilt.map_or_else(|| Transformed::no(node), Transformed::yes))
-    })
-    .map(|t| t.data)
-}
-
-/// The window expressions with `IGNORE NULLS` set where their names say it,
-/// or `None` when no name does.
-fn ignoring_nulls(
-    exprs: &[Arc<dyn datafusion::physical_plan::WindowExpr>],
-    input_schema: &SchemaRef,
-) -> DfResult<Option<Vec<Arc<dyn datafusion::physical_plan::WindowExpr>>>> {
-    use datafusion::logical_expr::WindowFunctionDefinition;
-    use datafusion::physical_expr::window::StandardWindowExpr;
-    use datafusion::physical_plan::windows::{WindowUDFExpr, create_window_expr};
-    let mut changed = false;
-    let mut out = Vec::with_capacity(exprs.len());
-    for expr in exprs {
-        let udwf = expr
-            .as_any()
-            .downcast_ref::<StandardWindowExpr>()
-            .and_then(|e| e.get_standard_func_expr().as_any().downcast_ref::<WindowUDFExpr>().cloned());
-        match udwf {
-            Some(udwf) if expr.name().contains(IGNORE_NULLS) => {
-                changed = true;
-                out.push(create_window_expr(
-                    &WindowFunctionDefinition::WindowUDF(udwf.fun().clone()),
-                    expr.name().to_string(),
-                    udwf.args(),
-                    expr.partition_by(),
-                    expr.order_by(),
-                    expr.get_window_frame().clone(),
-                    input_schema.clone(),
-                    true,
-                    false,
-                    None,
-                )?);
-            }
-            _ => out.push(expr.clone()),
-        }
-    }
-    Ok(changed.then_some(out))
+    physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec).map_err(IgnisError::from_datafusion)
 }
 
 fn schema_to_b64(schema: &Schema) -> DfResult<String> {
@@ -291,6 +209,12 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 };
                 Ok(Arc::new(RuntimeFilterExec::try_new(input.clone(), keys.clone(), on)?))
             }
+            IgnisNode::WindowFlags { flags } => {
+                let [window] = inputs else {
+                    return Err(DataFusionError::Internal("WindowFlagsExec takes one input".into()));
+                };
+                window_flags::unwrap(window, &flags)
+            }
         }
     }
 
@@ -325,6 +249,8 @@ impl PhysicalExtensionCodec for IgnisCodec {
             IgnisNode::Broadcast { partitions: broadcast.partitions() }
         } else if let Some(filter) = node.downcast_ref::<RuntimeFilterExec>() {
             IgnisNode::RuntimeFilter { on: filter.on().to_vec() }
+        } else if let Some(flagged) = node.downcast_ref::<WindowFlagsExec>() {
+            IgnisNode::WindowFlags { flags: flagged.flags().to_vec() }
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

@@ -117,5 +117,6 @@ pub mod shuffle;
 pub mod statistics;
 pub mod store;
 pub mod stream;
+pub mod window_flags;
 
 pub use error::{ErrorKind, IgnisError, Result};

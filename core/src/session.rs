@@ -69,8 +69,10 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize, options: &S
 ///
 /// Only options that change what SQL means, not how Ignis distributes or
 /// bounds a job, are open to jobs: every `datafusion.sql_parser.*` option but
-/// `recursion_limit` (a bound that protects the driver's stack), and
-/// `datafusion.execution.time_zone`. Rows per batch and partitions have job
+/// `recursion_limit` (a bound that protects the driver's stack),
+/// `datafusion.execution.time_zone`, and the types Parquet columns are read
+/// as (`datafusion.execution.parquet.schema_force_view_types`,
+/// `binary_as_string`). Rows per batch and partitions have job
 /// settings of their own. The driver plans with these options and every
 /// executor runs the job's tasks with them, so a time-zone-aware function
 /// answers the same everywhere.
@@ -101,14 +103,17 @@ impl std::fmt::Display for OptionValue {
 
 /// Why a job may not set `key`, or `None` when it may.
 fn refusal(key: &str) -> Option<String> {
-    const OPEN: &str = "datafusion.sql_parser.* (but recursion_limit) and datafusion.execution.time_zone";
+    const OPEN: &str = "datafusion.sql_parser.* (but recursion_limit), datafusion.execution.time_zone and \
+                        datafusion.execution.parquet.{schema_force_view_types, binary_as_string}";
     match key {
         "datafusion.execution.batch_size" => Some(format!("'{key}' is set by config.batch_size")),
         "datafusion.execution.target_partitions" => Some(format!("'{key}' is set by config.shuffle_partitions")),
         "datafusion.sql_parser.recursion_limit" => {
             Some(format!("'{key}' is a bound of the driver, not a job setting (a job may set {OPEN})"))
         }
-        "datafusion.execution.time_zone" => None,
+        "datafusion.execution.time_zone"
+        | "datafusion.execution.parquet.schema_force_view_types"
+        | "datafusion.execution.parquet.binary_as_string" => None,
         _ if key.starts_with("datafusion.sql_parser.") => None,
         _ => Some(format!("'{key}' is not an option a job may set (a job may set {OPEN})")),
     }

@@ -119,7 +119,19 @@ impl Catalog {
     }
 
     fn job_config(&self) -> JobConfig {
-        let (batch_size, options) = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        let (batch_size, mut options) = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        // The tables are Parquet files written from the file's own tables: read
+        // their columns with the types they were written with (the Arrow schema
+        // in the file), not as views of strings, unless the file set otherwise.
+        if !options.iter().any(|(k, _)| k == FORCE_VIEW_TYPES) {
+            options = SessionOptions::new(
+                options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .chain([(FORCE_VIEW_TYPES.into(), "false".into())]),
+            )
+            .unwrap_or(options);
+        }
         JobConfig { shuffle_partitions: Some(SHUFFLE_PARTITIONS), batch_size, options, ..JobConfig::default() }
     }
 
@@ -155,8 +167,9 @@ impl Catalog {
                 changed.push((name.clone(), table));
             }
         }
-        // COPY may write files under an external table's location: read them all again.
-        if words.first().is_some_and(|w| w == "copy") {
+        // COPY may write files under an external table's location, and a SET
+        // may change how a table's files are listed or read: read them all again.
+        if words.first().is_some_and(|w| ["copy", "set", "reset"].contains(&w.as_str())) {
             for name in &names {
                 if let Ok(Some(table)) = schema.table(name).await
                     && table.table_type() != TableType::View
@@ -253,6 +266,8 @@ fn write_split(dir: &Path, all: &RecordBatch) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+const FORCE_VIEW_TYPES: &str = "datafusion.execution.parquet.schema_force_view_types";
 
 pub struct OnIgnis {
     pub driver: Arc<Driver>,
