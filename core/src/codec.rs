@@ -15,6 +15,8 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
+use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
@@ -41,13 +43,54 @@ use crate::window_flags::{self, WindowFlags, WindowFlagsExec};
 #[derive(Debug, Default)]
 pub struct IgnisCodec {
     inputs: HashMap<StageId, Vec<Vec<PieceLocation>>>,
+    /// When encoding: the rows of each recursive query's work table (its
+    /// output schema), by the query's name.
+    work_tables: HashMap<String, SchemaRef>,
 }
 
 impl IgnisCodec {
     /// A codec that gives decoded shuffle readers these input locations.
     pub fn with_inputs(inputs: &[StageInput]) -> Self {
-        Self { inputs: inputs.iter().map(|i| (i.stage_id, i.partitions.clone())).collect() }
+        Self { inputs: inputs.iter().map(|i| (i.stage_id, i.partitions.clone())).collect(), ..Self::default() }
     }
+
+    /// A codec for encoding `plan`.
+    fn for_plan(plan: &Arc<dyn ExecutionPlan>) -> Self {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        let mut work_tables = HashMap::new();
+        let _ = plan.apply(|node| {
+            if let Some(recursive) = node.downcast_ref::<RecursiveQueryExec>() {
+                work_tables.insert(recursive.name().to_owned(), recursive.schema());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Self { work_tables, ..Self::default() }
+    }
+}
+
+/// The columns of a recursive query's rows that a work table scan reads (it
+/// has no getter for them): its columns by name among the query's; `None`
+/// when it reads them all.
+fn work_table_projection(rows: &Schema, read: &Schema) -> DfResult<Option<Vec<usize>>> {
+    if rows.fields() == read.fields() {
+        return Ok(None);
+    }
+    let projection = read
+        .fields()
+        .iter()
+        .map(|field| {
+            let mut found = rows.fields().iter().enumerate().filter(|(_, f)| f.name() == field.name());
+            match (found.next(), found.next()) {
+                (Some((i, _)), None) => Ok(i),
+                _ => Err(DataFusionError::NotImplemented(format!(
+                    "a recursive query's column '{}' cannot be told apart from its other columns on the way to an \
+                     executor; give its columns distinct names",
+                    field.name()
+                ))),
+            }
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(Some(projection))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,13 +103,16 @@ enum IgnisNode {
     Broadcast { partitions: usize },
     RuntimeFilter { on: Vec<(usize, usize)> },
     WindowFlags { flags: Vec<WindowFlags> },
+    RecursiveQuery { name: String, is_distinct: bool, schema: String },
+    WorkTable { name: String, rows: String, projection: Option<Vec<usize>> },
 }
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     refuse_lossy_plans(&plan)?;
     let plan = window_flags::wrap(plan)?;
-    Ok(physical_plan_to_bytes_with_extension_codec(plan, &IgnisCodec::default())?.to_vec())
+    let codec = IgnisCodec::for_plan(&plan);
+    Ok(physical_plan_to_bytes_with_extension_codec(plan, &codec)?.to_vec())
 }
 
 /// datafusion-proto 55 drops parts of some plans: the `FILTER` of aggregates
@@ -209,6 +255,22 @@ impl PhysicalExtensionCodec for IgnisCodec {
                 };
                 Ok(Arc::new(RuntimeFilterExec::try_new(input.clone(), keys.clone(), on)?))
             }
+            IgnisNode::RecursiveQuery { name, is_distinct, schema } => {
+                let [static_term, recursive_term] = inputs else {
+                    return Err(DataFusionError::Internal("RecursiveQueryExec takes two inputs".into()));
+                };
+                // Building it connects the recursive term's work table to it.
+                Ok(Arc::new(RecursiveQueryExec::try_new(
+                    name,
+                    schema_from_b64(&schema)?,
+                    static_term.clone(),
+                    recursive_term.clone(),
+                    is_distinct,
+                )?))
+            }
+            IgnisNode::WorkTable { name, rows, projection } => {
+                Ok(Arc::new(WorkTableExec::new(name, schema_from_b64(&rows)?, projection)?))
+            }
             IgnisNode::WindowFlags { flags } => {
                 let [window] = inputs else {
                     return Err(DataFusionError::Internal("WindowFlagsExec takes one input".into()));
@@ -249,6 +311,20 @@ impl PhysicalExtensionCodec for IgnisCodec {
             IgnisNode::Broadcast { partitions: broadcast.partitions() }
         } else if let Some(filter) = node.downcast_ref::<RuntimeFilterExec>() {
             IgnisNode::RuntimeFilter { on: filter.on().to_vec() }
+        } else if let Some(recursive) = node.downcast_ref::<RecursiveQueryExec>() {
+            IgnisNode::RecursiveQuery {
+                name: recursive.name().to_owned(),
+                is_distinct: recursive.is_distinct(),
+                schema: schema_to_b64(&recursive.schema())?,
+            }
+        } else if let Some(work_table) = node.downcast_ref::<WorkTableExec>() {
+            let name = work_table.name().to_owned();
+            let rows =
+                self.work_tables.get(&name).cloned().ok_or_else(|| {
+                    DataFusionError::Internal(format!("work table {name} outside its recursive query"))
+                })?;
+            let projection = work_table_projection(&rows, &work_table.schema())?;
+            IgnisNode::WorkTable { name, rows: schema_to_b64(&rows)?, projection }
         } else if let Some(flagged) = node.downcast_ref::<WindowFlagsExec>() {
             IgnisNode::WindowFlags { flags: flagged.flags().to_vec() }
         } else {

@@ -70,7 +70,8 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize, options: &S
 /// Only options that change what SQL means, not how Ignis distributes or
 /// bounds a job, are open to jobs: every `datafusion.sql_parser.*` option but
 /// `recursion_limit` (a bound that protects the driver's stack),
-/// `datafusion.execution.time_zone`, and the types Parquet columns are read
+/// `datafusion.execution.time_zone`, `datafusion.execution.enable_recursive_ctes`,
+/// and the types Parquet columns are read
 /// as (`datafusion.execution.parquet.schema_force_view_types`,
 /// `binary_as_string`). Rows per batch and partitions have job
 /// settings of their own. The driver plans with these options and every
@@ -103,8 +104,9 @@ impl std::fmt::Display for OptionValue {
 
 /// Why a job may not set `key`, or `None` when it may.
 fn refusal(key: &str) -> Option<String> {
-    const OPEN: &str = "datafusion.sql_parser.* (but recursion_limit), datafusion.execution.time_zone and \
-                        datafusion.execution.parquet.{schema_force_view_types, binary_as_string}";
+    const OPEN: &str = "datafusion.sql_parser.* (but recursion_limit), datafusion.execution.{time_zone, \
+                        enable_recursive_ctes} and datafusion.execution.parquet.{schema_force_view_types, \
+                        binary_as_string}";
     match key {
         "datafusion.execution.batch_size" => Some(format!("'{key}' is set by config.batch_size")),
         "datafusion.execution.target_partitions" => Some(format!("'{key}' is set by config.shuffle_partitions")),
@@ -112,6 +114,7 @@ fn refusal(key: &str) -> Option<String> {
             Some(format!("'{key}' is a bound of the driver, not a job setting (a job may set {OPEN})"))
         }
         "datafusion.execution.time_zone"
+        | "datafusion.execution.enable_recursive_ctes"
         | "datafusion.execution.parquet.schema_force_view_types"
         | "datafusion.execution.parquet.binary_as_string" => None,
         _ if key.starts_with("datafusion.sql_parser.") => None,

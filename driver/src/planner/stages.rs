@@ -20,9 +20,11 @@ use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::StageId;
@@ -121,6 +123,11 @@ impl StageGraph {
     }
 }
 
+/// Whether a plan reads a recursive query's work table.
+fn reads_work_table(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<WorkTableExec>() || plan.children().into_iter().any(reads_work_table)
+}
+
 /// Stage ids of the shuffle readers in a plan.
 pub(crate) fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
     let mut ids = vec![];
@@ -205,6 +212,11 @@ impl Cutter {
     }
 
     fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(recursive) = plan.downcast_ref::<RecursiveQueryExec>() {
+            let static_term = self.cut(recursive.static_term().clone())?;
+            let recursive_term = self.cut_around_work_table(recursive.recursive_term().clone())?;
+            return with_children(plan, vec![static_term, recursive_term]);
+        }
         let plan = distribute_build_tracking_join(plan)?;
         let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
         let plan = if children.is_empty() {
@@ -246,6 +258,23 @@ impl Cutter {
             }
         }
         Ok(plan)
+    }
+
+    /// The recursive term of a recursive query runs again on each round's
+    /// rows, which reach it through the work table in the task's memory: the
+    /// exchanges between the work table and the recursive query stay inside
+    /// the task (DataFusion's in-process repartitions and merges), and only
+    /// parts that do not read the work table become stages.
+    fn cut_around_work_table(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        if !reads_work_table(&plan) {
+            return self.cut(plan);
+        }
+        let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+        if children.is_empty() {
+            return Ok(plan);
+        }
+        let children = children.into_iter().map(|c| self.cut_around_work_table(c)).collect::<Result<Vec<_>>>()?;
+        with_children(plan, children)
     }
 
     /// Make `input` a stage that writes with `partitioning`, and return the
