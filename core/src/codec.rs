@@ -9,21 +9,25 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Literal};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion_proto::bytes::{
-    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_proto_converter,
 };
-use datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning;
-use datafusion_proto::physical_plan::to_proto::serialize_partitioning;
+use datafusion_proto::physical_plan::from_proto::{parse_physical_expr_with_converter, parse_protobuf_partitioning};
+use datafusion_proto::physical_plan::to_proto::{serialize_partitioning, serialize_physical_expr_with_converter};
 use datafusion_proto::physical_plan::{
-    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalPlanNodeExt, PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf;
 use prost::Message;
@@ -112,35 +116,68 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     refuse_lossy_plans(&plan)?;
     let plan = window_flags::wrap(plan)?;
     let codec = IgnisCodec::for_plan(&plan);
-    Ok(physical_plan_to_bytes_with_extension_codec(plan, &codec)?.to_vec())
+    Ok(physical_plan_to_bytes_with_proto_converter(plan, &codec, &IgnisConverter)?.to_vec())
+}
+
+/// Writes plans as datafusion-proto does, but a Float16 literal (which
+/// datafusion-proto 55 decodes as a Float32: an executor then fails on the
+/// type, or panics in a kernel) as a cast of the same value as a Float32
+/// literal, which is exact.
+struct IgnisConverter;
+
+impl PhysicalProtoConverterExtension for IgnisConverter {
+    fn proto_to_execution_plan(
+        &self,
+        proto: &protobuf::PhysicalPlanNode,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        proto.try_into_physical_plan_with_context(ctx, self)
+    }
+
+    fn execution_plan_to_proto(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalPlanNode> {
+        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(plan.clone(), codec, self)
+    }
+
+    fn proto_to_physical_expr(
+        &self,
+        proto: &protobuf::PhysicalExprNode,
+        input_schema: &Schema,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        parse_physical_expr_with_converter(proto, input_schema, ctx, self)
+    }
+
+    fn physical_expr_to_proto(
+        &self,
+        expr: &Arc<dyn PhysicalExpr>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalExprNode> {
+        if let Some(literal) = expr.downcast_ref::<Literal>()
+            && let ScalarValue::Float16(value) = literal.value()
+        {
+            let wide = Arc::new(Literal::new(ScalarValue::Float32(value.map(f32::from))));
+            let cast: Arc<dyn PhysicalExpr> = Arc::new(CastExpr::new(wide, DataType::Float16, None));
+            return serialize_physical_expr_with_converter(&cast, codec, self);
+        }
+        serialize_physical_expr_with_converter(expr, codec, self)
+    }
 }
 
 /// datafusion-proto 55 drops parts of some plans: the `FILTER` of aggregates
 /// used as window functions, and an empty grouping set (`GROUPING SETS (())`:
-/// its groups encode as no bits at all); and it decodes a Float16 literal as
-/// a Float32 one (an executor then fails on the type, or panics in a
-/// kernel). An executor would compute another answer or none, so such a plan
-/// is refused. (The flags it drops from window functions travel beside
-/// them: see [`window_flags`].)
+/// its groups encode as no bits at all). An executor would compute another
+/// answer, so such a plan is refused. (The flags it drops from window
+/// functions travel beside them: see [`window_flags`]; Float16 literals are
+/// written as casts: see [`IgnisConverter`].)
 fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr};
     use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
     plan.apply(|node| {
-        node.apply_expressions(&mut |expr| {
-            expr.apply(|e| {
-                let half = e
-                    .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
-                    .is_some_and(|l| matches!(l.value(), datafusion::common::ScalarValue::Float16(Some(_))));
-                if half {
-                    return Err(DataFusionError::NotImplemented(format!(
-                        "the Float16 literal {e} cannot be sent to an executor (datafusion-proto 55 turns it into a \
-                         Float32), so Ignis does not run it; cast a column, or use Float32"
-                    )));
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })?;
         if let Some(aggregate) = node.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>() {
             let group_by = aggregate.group_expr();
             if group_by.has_grouping_set() && group_by.expr().is_empty() && !group_by.groups().is_empty() {
