@@ -293,7 +293,7 @@ impl Suite {
         }
         std::env::set_current_dir(&self.root)?;
         if record {
-            std::fs::write(&results_path, corpus::results_markdown(&reports))?;
+            std::fs::write(&results_path, corpus::results_markdown(&reports, &skip))?;
             println!("wrote {}", results_path.display());
         }
         Ok(())

@@ -25,6 +25,7 @@ use crate::stream::parse_duration;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(EventWindow::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(SlidingWindowList { signature: EventWindow::new().signature }));
+    ctx.register_udf(ScalarUDF::new_from_impl(crate::scalar_subquery::ScalarSubqueryRow::default()));
 }
 
 /// `window(ts, '1 minute')`: the tumbling event-time window a timestamp falls

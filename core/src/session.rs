@@ -22,7 +22,8 @@ use crate::joins::{DistributeJoins, SplitScans};
 ///   must read exactly its own file group, never its siblings'.
 /// - Uncorrelated scalar subqueries are planned as joins, not as a
 ///   `ScalarSubqueryExec` whose results reach expressions through shared
-///   in-process state that cannot cross a stage boundary.
+///   in-process state that cannot cross a stage boundary (each checked to
+///   give at most one row: [`crate::scalar_subquery`]).
 /// - Dynamic filter pushdown is off: a filter fed by a join in one stage cannot
 ///   reach a scan that ran in an earlier stage. The stage cutter places
 ///   runtime filters across stages instead (`RuntimeFilterExec`).
@@ -57,6 +58,7 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize, options: &S
         .with_default_features()
         .with_physical_optimizer_rules(rules)
         .with_analyzer_rule(Arc::new(crate::functions::SlidingWindows))
+        .with_analyzer_rule(Arc::new(crate::scalar_subquery::SingleRowSubqueries))
         .with_runtime_env(crate::store::runtime_env())
         .build();
     let ctx = SessionContext::new_with_state(state);

@@ -88,11 +88,31 @@ pub struct SkipList {
     /// A file name or a directory prefix ending in `/`, and why.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Why queries Ignis does not pass fail: a piece of their failure text
+    /// (the longest that matches wins), and the cause. (They still run and
+    /// count as failures.)
+    #[serde(default)]
+    pub causes: BTreeMap<String, String>,
+    /// The same for one query, by `file:line`, where the text does not tell.
+    #[serde(default)]
+    pub queries: BTreeMap<String, String>,
 }
 
 impl SkipList {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         Ok(toml::from_str(&std::fs::read_to_string(path)?)?)
+    }
+
+    /// Why the query at `file:line` failed with `message`, if known.
+    pub fn cause(&self, file: &str, line: u32, message: &str) -> Option<&str> {
+        self.queries
+            .get(&format!("{file}:{line}"))
+            .or_else(|| {
+                // The most specific text that matches.
+                let matching = self.causes.iter().filter(|(text, _)| message.contains(text.as_str()));
+                matching.max_by_key(|(text, _)| text.len()).map(|(_, why)| why)
+            })
+            .map(String::as_str)
     }
 
     pub fn reason(&self, file: &str) -> Option<&str> {
@@ -409,7 +429,7 @@ pub fn local_driver(shuffle_root: &Path) -> anyhow::Result<Arc<Driver>> {
 
 /// The results file: a summary, one row per file, and every record Ignis did
 /// not pass with what differs.
-pub fn results_markdown(reports: &[FileReport]) -> String {
+pub fn results_markdown(reports: &[FileReport], skip: &SkipList) -> String {
     let sum = |f: fn(&FileReport) -> usize| reports.iter().map(f).sum::<usize>();
     let (run, passed) = (sum(|r| r.ignis_run), sum(|r| r.ignis_passed));
     let reference = sum(|r| r.reference_passed);
@@ -488,10 +508,40 @@ pub fn results_markdown(reports: &[FileReport]) -> String {
             note.replace('|', "\\|")
         );
     }
+    // Order-open answers (row order, rows picked, the same error from another
+    // row) need no cause: they are right answers.
+    let needs_cause =
+        |d: &Difference| !matches!(d, Difference::RowOrder | Difference::RowChoice | Difference::ErrorRow);
+    let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unexplained = 0;
+    for r in reports {
+        for (line, _, message) in r.ignis_failed.iter().filter(|(_, d, _)| needs_cause(d)) {
+            match skip.cause(&r.file, *line, message) {
+                Some(cause) => *causes.entry(cause).or_default() += 1,
+                None => unexplained += 1,
+            }
+        }
+    }
+    let _ = writeln!(out, "\n## Why the others fail\n");
+    let _ = writeln!(
+        out,
+        "Causes from `tests/corpus/skip.toml` (`[causes]`: by failure text, `[queries]`: by query), with the number of \
+         failing queries each explains (row order, rows picked and the same error from another row are right answers \
+         and left out). Unexplained: {unexplained}.\n"
+    );
+    let mut ranked: Vec<(&str, usize)> = causes.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (cause, n) in ranked {
+        let _ = writeln!(out, "- {n}: {cause}");
+    }
     let _ = writeln!(out, "\n## Queries Ignis does not pass\n");
     for r in reports {
         for (line, d, message) in &r.ignis_failed {
-            let _ = writeln!(out, "- `{}:{line}` {}: {message}", r.file, d.label());
+            let why = match skip.cause(&r.file, *line, message) {
+                Some(cause) if needs_cause(d) => format!(" **Cause:** {cause}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "- `{}:{line}` {}: {message}{why}", r.file, d.label());
         }
     }
     let _ = writeln!(out, "\n## Records single-node DataFusion fails (not judged)\n");
