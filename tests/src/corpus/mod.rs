@@ -466,6 +466,14 @@ pub fn results_markdown(reports: &[FileReport], skip: &SkipList) -> String {
         sum(|r| r.skipped.len())
     );
     let _ = writeln!(out, "- Ignis passes {passed} of {run} queries ({:.2}%)", pct(passed, run));
+    let right = sum(|r| r.right_answers());
+    let _ = writeln!(
+        out,
+        "- Ignis answers {right} of {run} queries right ({:.2}%): its passes, and answers whose row order, rows or \
+         failing row the query leaves open (no ORDER BY, LIMIT without ORDER BY, array_agg/string_agg/first_value \
+         without ORDER BY)",
+        pct(right, run)
+    );
     let _ = writeln!(
         out,
         "- of the {judged} records single-node passes and Ignis does not leave out by design, Ignis passes {} ({:.2}%)",
