@@ -46,7 +46,7 @@ use crate::window_flags::{self, WindowFlags, WindowFlagsExec};
 /// Encodes and decodes Ignis operators inside datafusion-proto plans.
 #[derive(Debug, Default)]
 pub struct IgnisCodec {
-    inputs: HashMap<StageId, Vec<Vec<PieceLocation>>>,
+    inputs: HashMap<StageId, Vec<Option<Vec<PieceLocation>>>>,
     /// When encoding: the rows of each recursive query's work table (its
     /// output schema), by the query's name.
     work_tables: HashMap<String, SchemaRef>,

@@ -12,7 +12,7 @@ use crate::job::{Format, ShuffleCompression};
 use crate::session::SessionOptions;
 
 /// Bumped on any incompatible change to these types or to the plan codec.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// How long the driver keeps an idle HTTP/1 keep-alive connection open (its
 /// header read timeout starts when a connection waits for the next request).
@@ -60,11 +60,13 @@ pub struct UdfRef {
 }
 
 /// Where the shuffle readers of one upstream stage find their data:
-/// `partitions[p]` lists the pieces reader partition `p` reads, in order.
+/// `partitions[p]` lists the pieces reader partition `p` reads, in order, or
+/// is `None` when the task does not read partition `p` (a task is sent only
+/// the pieces its own partition of the plan reads).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StageInput {
     pub stage_id: StageId,
-    pub partitions: Vec<Vec<PieceLocation>>,
+    pub partitions: Vec<Option<Vec<PieceLocation>>>,
 }
 
 /// A byte range of a shuffle object holding one Arrow IPC stream.

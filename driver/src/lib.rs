@@ -374,7 +374,7 @@ async fn finish(
             debug_assert_eq!(stage.exchange, Exchange::Result);
             let schema = stage.plan.schema();
             let reader = ShuffleReaderExec::new(stage.id, schema.clone(), 1)
-                .with_pieces(vec![scheduler::result_pieces(stage_results)])?;
+                .with_pieces(vec![Some(scheduler::result_pieces(stage_results))])?;
             let too_large = || {
                 IgnisError::Output(format!(
                     "the collected result is larger than this driver's limit of {} MiB (--max-result-bytes, like \

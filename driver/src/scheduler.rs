@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -125,7 +126,7 @@ pub async fn run_graph(
                 continue;
             }
             for p in 0..stage.tasks as u32 {
-                queue.push_back(task_request(&template, p, 0, settings));
+                queue.push_back(task_request(&template, &stage.plan, p, 0, settings));
             }
             requests.insert(stage.id, template);
         }
@@ -180,7 +181,8 @@ pub async fn run_graph(
                 }
                 let template = requests.get(&stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?;
                 // A retry goes to the front: it holds up its stage.
-                queue.push_front(task_request(template, partition, attempt + 1, settings));
+                let plan = &graph.stage(stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?.plan;
+                queue.push_front(task_request(template, plan, partition, attempt + 1, settings));
             }
         }
     }
@@ -243,8 +245,31 @@ fn result_plan(stage: &Stage, target: &ResultTarget) -> Result<Arc<dyn datafusio
     }
 }
 
-fn task_request(template: &TaskRequest, partition: u32, attempt: u32, settings: &RunSettings) -> TaskRequest {
-    let mut req = template.clone();
+/// Task `partition` of the stage whose shared request is `template`: only
+/// the input pieces its partition of `plan` reads.
+fn task_request(
+    template: &TaskRequest,
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: u32,
+    attempt: u32,
+    settings: &RunSettings,
+) -> TaskRequest {
+    let reads = crate::planner::stages::partitions_read(plan, partition as usize);
+    let inputs = template
+        .inputs
+        .iter()
+        .map(|input| {
+            let wanted = reads.get(&input.stage_id);
+            let partitions = input
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(p, pieces)| if wanted.is_some_and(|w| w.contains(&p)) { pieces.clone() } else { None })
+                .collect();
+            StageInput { stage_id: input.stage_id, partitions }
+        })
+        .collect();
+    let mut req = TaskRequest { inputs, ..template.clone() };
     req.partition = partition;
     req.attempt = attempt;
     if let TaskOutput::Files { staging, file_stem, .. } = &mut req.output {
@@ -286,7 +311,7 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
             shuffles.iter().map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect()).collect()
         }
     };
-    Ok(StageInput { stage_id: upstream.id, partitions })
+    Ok(StageInput { stage_id: upstream.id, partitions: partitions.into_iter().map(Some).collect() })
 }
 
 /// The shuffle pieces of the result stage, in partition order, for collect.

@@ -34,8 +34,9 @@ pub struct ShuffleReaderExec {
     stage_id: StageId,
     schema: SchemaRef,
     partition_count: usize,
-    /// `pieces[p]`: what partition `p` reads. Empty until a task fills it in.
-    pieces: Vec<Vec<PieceLocation>>,
+    /// `pieces[p]`: what partition `p` reads; `None` for a partition the
+    /// task was not sent. Empty until a task fills it in.
+    pieces: Vec<Option<Vec<PieceLocation>>>,
     cache: Arc<PlanProperties>,
 }
 
@@ -51,7 +52,7 @@ impl ShuffleReaderExec {
     }
 
     /// The same reader with the locations of its input pieces.
-    pub fn with_pieces(mut self, pieces: Vec<Vec<PieceLocation>>) -> Result<Self> {
+    pub fn with_pieces(mut self, pieces: Vec<Option<Vec<PieceLocation>>>) -> Result<Self> {
         if pieces.len() != self.partition_count {
             return Err(IgnisError::Protocol(format!(
                 "shuffle reader of stage {} has {} partitions but was given locations for {}",
@@ -107,9 +108,10 @@ impl ExecutionPlan for ShuffleReaderExec {
     crate::leaf_plan_methods!("ShuffleReaderExec");
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let Some(pieces) = self.pieces.get(partition) else {
+        let Some(pieces) = self.pieces.get(partition).and_then(Option::as_ref) else {
             return Err(DataFusionError::Internal(format!(
-                "shuffle reader of stage {} has no locations for partition {partition}",
+                "shuffle reader of stage {} has no locations for partition {partition} (a task is sent the \
+                 pieces of the partitions its plan reads only)",
                 self.stage_id
             )));
         };

@@ -13,13 +13,14 @@
 //!   task `m`'s piece, and the merge (kept in the consuming stage) combines
 //!   them, preserving order for the sort-preserving merge.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -29,6 +30,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::StageId;
 use ignis_core::joins::BroadcastExec;
+use ignis_core::runtime_filter::RuntimeFilterExec;
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 /// How a stage's output reaches the stage that reads it.
@@ -121,6 +123,43 @@ impl StageGraph {
         }
         out
     }
+}
+
+/// The partitions of each upstream stage's output that partition `partition`
+/// of a stage plan reads: a task is sent the pieces of those only. An
+/// operator reads the same partition of a child with as many partitions,
+/// except those that read all of a child (merges, a cross join's left side,
+/// in-process repartitions, a recursive query) or its one partition
+/// (broadcast, a runtime filter's keys). A partition a task was not sent
+/// fails loudly in its reader, never reads as empty.
+pub(crate) fn partitions_read(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> HashMap<StageId, BTreeSet<usize>> {
+    fn visit(plan: &Arc<dyn ExecutionPlan>, partitions: &[usize], out: &mut HashMap<StageId, BTreeSet<usize>>) {
+        if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+            out.entry(reader.stage_id()).or_default().extend(partitions.iter().copied());
+            return;
+        }
+        let own = plan.output_partitioning().partition_count();
+        for (i, child) in plan.children().into_iter().enumerate() {
+            let count = child.output_partitioning().partition_count();
+            let first_only = plan.is::<BroadcastExec>() || (plan.is::<RuntimeFilterExec>() && i == 1);
+            let gathers = plan.is::<CoalescePartitionsExec>()
+                || plan.is::<SortPreservingMergeExec>()
+                || plan.is::<RepartitionExec>()
+                || plan.is::<RecursiveQueryExec>()
+                || (plan.is::<CrossJoinExec>() && i == 0);
+            let read: Vec<usize> = if first_only {
+                vec![0]
+            } else if count == own && !gathers {
+                partitions.to_vec()
+            } else {
+                (0..count).collect()
+            };
+            visit(child, &read, out);
+        }
+    }
+    let mut out = HashMap::new();
+    visit(plan, &[partition], &mut out);
+    out
 }
 
 /// Whether a plan reads a recursive query's work table.
@@ -296,5 +335,40 @@ impl Cutter {
         let writer = ShuffleWriterExec::try_new(input, partitioning)?;
         self.stages.push(Stage { id, plan: Arc::new(writer), tasks, inputs, exchange, consumer: None });
         Ok(Arc::new(ShuffleReaderExec::new(id, schema, reader_partitions)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_is_sent_its_own_partition_of_a_split_input_and_all_of_a_gathered_one() {
+        let ctx = ignis_core::session::session_context(3, 8192, &Default::default());
+        ctx.sql("CREATE TABLE t AS VALUES (1, 'x'), (2, 'y'), (3, 'x')").await.unwrap();
+        let sql = "SELECT column2, count(*) FROM t GROUP BY column2 ORDER BY column2";
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let graph = StageGraph::cut(plan).unwrap();
+        let (mut split, mut gathered) = (0, 0);
+        for stage in &graph.stages {
+            for p in 0..stage.tasks {
+                let reads = partitions_read(&stage.plan, p);
+                for input in &stage.inputs {
+                    let upstream = graph.stage(*input).unwrap();
+                    let expected: BTreeSet<usize> = match upstream.exchange {
+                        Exchange::Split { .. } => {
+                            split += 1;
+                            [p].into()
+                        }
+                        _ => {
+                            gathered += 1;
+                            (0..upstream.tasks).collect()
+                        }
+                    };
+                    assert_eq!(reads.get(input), Some(&expected), "stage {} task {p}", stage.id);
+                }
+            }
+        }
+        assert!(split >= 3 && gathered >= 1, "the plan has both kinds of input: {split} split, {gathered} gathered");
     }
 }
