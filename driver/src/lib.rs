@@ -246,9 +246,16 @@ impl Driver {
                     .into(),
             ));
         }
-        let (_, components) = self.job_udfs(job).await?;
-        let planned = planner::plan_job(job, &components).await?;
+        let (planned, _) = self.plan(job).await?;
         planner::distribute(planned.physical, job.config.runtime_filters())
+    }
+
+    /// Plan a job (its DataFusion physical plan, before it is cut into
+    /// stages), with the UDF components the plan calls: what
+    /// [`Driver::run_planned`] runs.
+    pub async fn plan(&self, job: &JobSpec) -> Result<(PlannedJob, Vec<UdfRef>)> {
+        let (udf_refs, components) = self.job_udfs(job).await?;
+        Ok((planner::plan_job(job, &components).await?, udf_refs))
     }
 
     /// Run a job to completion. `events` sees every stage and task transition.
@@ -266,8 +273,7 @@ impl Driver {
         events: &(dyn Fn(JobEvent) + Send + Sync),
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<JobOutcome> {
-        let (udf_refs, components) = self.job_udfs(job).await?;
-        let planned = planner::plan_job(job, &components).await?;
+        let (planned, udf_refs) = self.plan(job).await?;
         self.run_planned(job_id, job, planned, udf_refs, events, cancel).await
     }
 

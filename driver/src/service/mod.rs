@@ -32,9 +32,9 @@ pub use policy::StoragePolicy;
 pub use server::{ServerLimits, serve};
 
 use crate::hosts::HostsBackend;
-use crate::planner::stages::StageGraph;
-use crate::{Driver, JobResult};
+use crate::{Driver, JobResult, PlannedJob};
 use auth::Tenant;
+use ignis_core::protocol::UdfRef;
 use jobs::JobRegistry;
 
 /// The OpenAPI document of this API.
@@ -197,10 +197,10 @@ async fn resolve_job(state: &AppState, tenant: &str, body: Result<Bytes, BytesRe
 
 /// Plan a job away from the request's task, under the planning time limit:
 /// planning reads metadata (listings, footers, schemas), never rows.
-async fn plan_in_background(state: &AppState, job: &JobSpec) -> ApiResult<StageGraph> {
+async fn plan_in_background(state: &AppState, job: &JobSpec) -> ApiResult<(PlannedJob, Vec<UdfRef>)> {
     let driver = state.driver.clone();
     let owned = job.clone();
-    let planning = tokio::spawn(async move { driver.explain(&owned).await });
+    let planning = tokio::spawn(async move { driver.plan(&owned).await });
     match tokio::time::timeout(state.planning_timeout, planning).await {
         Ok(Ok(planned)) => planned.map_err(ApiError::from_job_error),
         Ok(Err(join)) => Err(ApiError::internal(join)),
@@ -253,11 +253,16 @@ async fn submit_job(
 ) -> ApiResult<Response> {
     let job = resolve_job(&state, &tenant, body).await?;
     // Plan now so a bad query is answered at once, like Spark's analysis
-    // errors. A stream's tables have no rows to plan over before its first batch.
-    if job.stream.is_none() {
-        plan_in_background(&state, &job).await?;
-    }
-    let (entry, _ended) = state.submit(&tenant, Submission::new(job))?;
+    // errors; the plan made here is the one that runs. A stream's tables
+    // have no rows to plan over before its first batch.
+    let submission = match job.stream {
+        None => {
+            let planned = plan_in_background(&state, &job).await?;
+            Submission { job, planned: Some(planned), cache_reads: Vec::new() }
+        }
+        Some(_) => Submission::new(job),
+    };
+    let (entry, _ended) = state.submit(&tenant, submission)?;
     let location = format!("/v1/jobs/{}", entry.id);
     let body = axum::Json(Submitted { id: entry.id.to_string(), state: entry.state() });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
@@ -489,7 +494,9 @@ async fn explain(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Explained>> {
     let job = resolve_job(&state, &tenant, body).await?;
-    let graph = plan_in_background(&state, &job).await?;
+    let (planned, _) = plan_in_background(&state, &job).await?;
+    let graph =
+        crate::planner::distribute(planned.physical, job.config.runtime_filters()).map_err(ApiError::from_job_error)?;
     let stages = graph
         .stages
         .iter()
