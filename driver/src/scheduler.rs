@@ -269,9 +269,20 @@ fn task_request(
             StageInput { stage_id: input.stage_id, partitions }
         })
         .collect();
-    let mut req = TaskRequest { inputs, ..template.clone() };
-    req.partition = partition;
-    req.attempt = attempt;
+    // Field by field: the shared request's inputs hold every partition's pieces.
+    let mut req = TaskRequest {
+        protocol_version: template.protocol_version,
+        job_id: template.job_id.clone(),
+        stage_id: template.stage_id,
+        partition,
+        attempt,
+        plan: template.plan.clone(),
+        inputs,
+        output: template.output.clone(),
+        batch_size: template.batch_size,
+        options: template.options.clone(),
+        udfs: template.udfs.clone(),
+    };
     if let TaskOutput::Files { staging, file_stem, .. } = &mut req.output {
         *staging = store::join(staging, &format!("p{partition}-a{attempt}"));
         *file_stem = format!("part-{partition:05}-{}", settings.job_id);
