@@ -115,8 +115,45 @@ enum IgnisNode {
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     refuse_lossy_plans(&plan)?;
     let plan = window_flags::wrap(plan)?;
+    let plan = unproject_series(plan)?;
     let codec = IgnisCodec::for_plan(&plan);
     Ok(physical_plan_to_bytes_with_proto_converter(plan, &codec, &IgnisConverter)?.to_vec())
+}
+
+/// A `generate_series`/`range` scan that reads no column (`count(*)`):
+/// datafusion-proto 55 writes its projected (empty) schema but not the
+/// projection, and the executor's generator then makes batches with a
+/// column its schema does not have. It is written as the whole series (one
+/// `value` column) under a projection to no column instead.
+fn unproject_series(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::arrow::datatypes::{Field, TimeUnit};
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::functions_table::generate_series::{GenericSeriesState, TimestampValue};
+    use datafusion::physical_plan::memory::LazyMemoryExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    plan.transform_up(|node| {
+        let Some(scan) = node.downcast_ref::<LazyMemoryExec>() else { return Ok(Transformed::no(node)) };
+        let [generator] = scan.generators().as_slice() else { return Ok(Transformed::no(node)) };
+        if !scan.schema().fields().is_empty() {
+            return Ok(Transformed::no(node));
+        }
+        let value_type = {
+            let state = generator.read();
+            let any = state.as_any();
+            if any.is::<GenericSeriesState<i64>>() {
+                Some(DataType::Int64)
+            } else {
+                any.downcast_ref::<GenericSeriesState<TimestampValue>>()
+                    .map(|s| DataType::Timestamp(TimeUnit::Nanosecond, s.current().tz_str().cloned()))
+            }
+        };
+        let Some(value_type) = value_type else { return Ok(Transformed::no(node)) };
+        let whole = Arc::new(Schema::new(vec![Field::new("value", value_type, false)]));
+        let series = Arc::new(LazyMemoryExec::try_new(whole, scan.generators().clone())?);
+        let none: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
+        Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(none, series)?) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// Writes plans as datafusion-proto does, but a Float16 literal (which
