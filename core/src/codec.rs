@@ -213,7 +213,6 @@ impl PhysicalProtoConverterExtension for IgnisConverter {
 fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::window::{PlainAggregateWindowExpr, SlidingAggregateWindowExpr};
-    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
     plan.apply(|node| {
         if let Some(aggregate) = node.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>() {
             let group_by = aggregate.group_expr();
@@ -225,11 +224,7 @@ fn refuse_lossy_plans(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
                 ));
             }
         }
-        let exprs = match (node.downcast_ref::<BoundedWindowAggExec>(), node.downcast_ref::<WindowAggExec>()) {
-            (Some(w), _) => w.window_expr(),
-            (None, Some(w)) => w.window_expr(),
-            (None, None) => return Ok(TreeNodeRecursion::Continue),
-        };
+        let Some(exprs) = window_flags::window_exprs(node) else { return Ok(TreeNodeRecursion::Continue) };
         for expr in exprs {
             // The expression's name is DataFusion's rendering of the SQL, clauses included.
             let any = expr.as_any();

@@ -74,7 +74,7 @@ impl ExecutionPlan for WindowFlagsExec {
 }
 
 /// The window functions of a window operator, if `node` is one.
-fn window_exprs(node: &Arc<dyn ExecutionPlan>) -> Option<&[Arc<dyn WindowExpr>]> {
+pub(crate) fn window_exprs(node: &Arc<dyn ExecutionPlan>) -> Option<&[Arc<dyn WindowExpr>]> {
     match (node.downcast_ref::<BoundedWindowAggExec>(), node.downcast_ref::<WindowAggExec>()) {
         (Some(w), _) => Some(w.window_expr()),
         (None, Some(w)) => Some(w.window_expr()),
