@@ -110,6 +110,7 @@ pub mod job;
 pub mod joins;
 pub mod location;
 pub mod map_batches;
+pub mod memory;
 pub mod protocol;
 pub mod runtime_filter;
 pub mod scalar_subquery;

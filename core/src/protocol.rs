@@ -139,6 +139,12 @@ pub struct TaskMetrics {
     /// CSV rows skipped by DROPMALFORMED scans.
     #[serde(default)]
     pub malformed_rows_dropped: u64,
+    /// Bytes sorts, aggregations and joins wrote to local disk.
+    #[serde(default)]
+    pub spilled_bytes: u64,
+    /// The most the task's memory pool held at once.
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
 }
 
 /// A failed task as it crosses the wire: classified, with a message for the user.

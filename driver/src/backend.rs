@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ignis_core::error::ErrorKind;
+use ignis_core::memory::{ByteSize, TaskMemory};
 use ignis_core::protocol::{TaskFailure, TaskRequest, TaskResult};
 use ignis_executor::Executor;
 use tokio::sync::Semaphore;
@@ -29,9 +30,12 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
-    pub fn new(workers: usize) -> Self {
+    /// `workers` tasks at a time, each under `task_memory` (default: a share
+    /// of the machine, [`TaskMemory::local`]).
+    pub fn new(workers: usize, task_memory: Option<ByteSize>) -> Self {
         let workers = workers.max(1);
-        Self { executor: Executor::default(), slots: Arc::new(Semaphore::new(workers)), workers }
+        let executor = Executor::new(ignis_core::store::runtime_env(), TaskMemory::local(workers, task_memory));
+        Self { executor, slots: Arc::new(Semaphore::new(workers)), workers }
     }
 }
 

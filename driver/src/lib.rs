@@ -130,6 +130,10 @@ pub struct JobOutcome {
     pub shuffle_bytes: u64,
     /// CSV rows skipped by DROPMALFORMED tables.
     pub malformed_rows_dropped: u64,
+    /// Bytes tasks spilled to local disk.
+    pub spilled_bytes: u64,
+    /// The most memory one task's pool held.
+    pub peak_task_memory: u64,
     pub elapsed: Duration,
     pub result: JobResult,
 }
@@ -146,6 +150,8 @@ impl JobOutcome {
             output_rows: 0,
             shuffle_bytes: 0,
             malformed_rows_dropped: 0,
+            spilled_bytes: 0,
+            peak_task_memory: 0,
             elapsed,
             result,
         }
@@ -155,7 +161,7 @@ impl JobOutcome {
 impl Driver {
     /// Local mode: `executors` in-process workers.
     pub fn local(executors: usize, config: DriverConfig) -> Self {
-        Self::new(Arc::new(LocalBackend::new(executors)), config)
+        Self::new(Arc::new(LocalBackend::new(executors, None)), config)
     }
 
     /// A driver whose jobs run on `backend` unless they ask for another.
@@ -359,6 +365,13 @@ impl Driver {
             output_rows,
             shuffle_bytes,
             malformed_rows_dropped: stage_metric(&results, |_| true, |m| m.malformed_rows_dropped),
+            spilled_bytes: stage_metric(&results, |_| true, |m| m.spilled_bytes),
+            peak_task_memory: results
+                .results
+                .values()
+                .flat_map(|rs| rs.iter().map(|r| r.metrics.peak_memory_bytes))
+                .max()
+                .unwrap_or(0),
             elapsed: start.elapsed(),
             result,
         })

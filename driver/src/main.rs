@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use ignis_core::job::{JobLimits, JobSpec};
+use ignis_core::memory::{ByteSize, TaskMemory};
 use ignis_driver::service::{ServerLimits, TenantLimits};
 use ignis_driver::{Driver, DriverConfig, JobOutcome, JobResult};
 
@@ -99,6 +100,10 @@ struct LocalArgs {
     /// The UDF registry jobs name components from (default: ~/.local/share/ignis/udfs).
     #[arg(long, env = "IGNIS_UDF_ROOT")]
     udf_root: Option<String>,
+    /// Memory limit of each task, e.g. 4g; sorts and aggregations over it
+    /// spill to disk (default: 70% of the machine's memory over the executors).
+    #[arg(long, env = "IGNIS_TASK_MEMORY", value_name = "SIZE")]
+    task_memory: Option<ByteSize>,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +154,10 @@ struct ServeArgs {
     /// Offer the `local` backend: N in-process workers.
     #[arg(long)]
     local_executors: Option<usize>,
+    /// Memory limit of each local worker's task, e.g. 4g (default: 70% of the
+    /// machine's memory over the local workers).
+    #[arg(long, env = "IGNIS_TASK_MEMORY", value_name = "SIZE")]
+    task_memory: Option<ByteSize>,
     /// Offer the `lambda` backend: invoke this ignis-lambda function (name or ARN) per task.
     #[arg(long, env = "IGNIS_LAMBDA_FUNCTION")]
     lambda_function: Option<String>,
@@ -242,6 +251,13 @@ struct ExecutorArgs {
     /// Tasks to run at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
+    /// Memory the host's tasks share, e.g. 16g: each of its slots gets 70%
+    /// of it over the slots as its task's limit (default: the machine's memory).
+    #[arg(long, env = "IGNIS_EXECUTOR_MEMORY", value_name = "SIZE")]
+    executor_memory: Option<ByteSize>,
+    /// Memory limit of each task, instead of a share of --executor-memory.
+    #[arg(long, env = "IGNIS_TASK_MEMORY", value_name = "SIZE")]
+    task_memory: Option<ByteSize>,
     /// A name for status output (default: host name and process id).
     #[arg(long)]
     name: Option<String>,
@@ -330,7 +346,8 @@ async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> 
     let config = driver_config(local.shuffle_root, local.udf_root)?;
     let executors =
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    let driver = Driver::local(executors, config);
+    let backend = ignis_driver::backend::LocalBackend::new(executors, local.task_memory);
+    let driver = Driver::new(std::sync::Arc::new(backend), config);
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
     if spec.stream.is_some() {
         return run_stream(&driver, &spec, &name, show).await;
@@ -442,7 +459,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut backends: Vec<std::sync::Arc<dyn ignis_driver::backend::TaskBackend>> = Vec::new();
     if let Some(n) = args.local_executors {
-        backends.push(std::sync::Arc::new(ignis_driver::backend::LocalBackend::new(n)));
+        backends.push(std::sync::Arc::new(ignis_driver::backend::LocalBackend::new(n, args.task_memory)));
     }
     let hosts = match &args.executor_secret {
         Some(_) => {
@@ -554,6 +571,7 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         driver: args.driver,
         secret: args.executor_secret,
         slots,
+        memory: TaskMemory::host(slots as usize, args.executor_memory, args.task_memory),
         name,
         poll_wait: std::time::Duration::from_secs(10),
         task_delay: std::time::Duration::from_millis(args.task_delay_ms),
@@ -563,7 +581,10 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         stop_signal().await;
         drain.send_replace(true);
     });
-    eprintln!("ignis executor host {} ({} slots) joining {}", config.name, config.slots, config.driver);
+    eprintln!(
+        "ignis executor host {} ({} slots, {} per task) joining {}",
+        config.name, config.slots, config.memory.limit, config.driver
+    );
     let (state, states) = tokio::sync::watch::channel(HostState::Joining);
     if let Some(addr) = args.health_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;

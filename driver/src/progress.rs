@@ -123,6 +123,8 @@ pub fn summary(o: &JobOutcome) -> String {
         output_rows: o.output_rows,
         shuffle_bytes: o.shuffle_bytes,
         malformed_rows_dropped: o.malformed_rows_dropped,
+        spilled_bytes: o.spilled_bytes,
+        peak_task_memory: o.peak_task_memory,
     };
     summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
 }
@@ -138,8 +140,15 @@ fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> Str
     } else {
         String::new()
     };
+    let spilled =
+        if m.spilled_bytes > 0 { format!(", {} spilled to disk", human_bytes(m.spilled_bytes)) } else { String::new() };
+    let peak = if m.peak_task_memory > 0 {
+        format!(", peak task memory {}", human_bytes(m.peak_task_memory))
+    } else {
+        String::new()
+    };
     format!(
-        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{dropped}",
+        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{dropped}",
         elapsed_ms as f64 / 1000.0,
         m.tasks,
         m.task_attempts,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ignis_core::error::{IgnisError, Result};
+use ignis_core::memory::TaskMemory;
 use ignis_core::protocol::{Heartbeat, HostRegistered, PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskOutcome};
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -25,6 +26,8 @@ pub struct HostConfig {
     /// The secret executors present to the driver.
     pub secret: String,
     pub slots: u32,
+    /// Each task's memory limit.
+    pub memory: TaskMemory,
     pub name: String,
     /// How long one poll for a task waits at the driver.
     pub poll_wait: Duration,
@@ -51,7 +54,7 @@ pub async fn run_host(
     state: watch::Sender<HostState>,
 ) -> Result<()> {
     let client = DriverClient::new(&config)?;
-    let executor = Executor::default();
+    let executor = Executor::new(ignis_core::store::runtime_env(), config.memory.clone());
     let draining = Arc::new(AtomicBool::new(false));
     loop {
         if !draining.load(Ordering::SeqCst) {

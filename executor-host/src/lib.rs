@@ -12,27 +12,33 @@ mod output;
 pub mod udf;
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{FairSpillPool, PeakRecordingPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
 use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::map_batches::BatchFunctions;
+use ignis_core::memory::TaskMemory;
 use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
 use ignis_core::session::{SessionOptions, session_config};
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
 use udf::UdfHost;
 
-/// Runs tasks. Cheap to share; holds the runtime (object stores, memory pool)
-/// that every task on this executor uses.
+/// Runs tasks. Cheap to share; holds the runtime (object stores, caches, the
+/// spill directory) that every task on this executor uses, and the memory
+/// limit of each task: a task gets its own memory pool of that size.
 #[derive(Debug, Clone)]
 pub struct Executor {
     runtime: Arc<RuntimeEnv>,
+    memory: TaskMemory,
     /// Task contexts by batch size and session options: building one
     /// registers every built-in function, so it is done once, not per task.
     contexts: Arc<Mutex<HashMap<ContextKey, Arc<TaskContext>>>>,
@@ -41,15 +47,27 @@ pub struct Executor {
 /// Rows per batch and the job's session options.
 type ContextKey = (usize, SessionOptions);
 
-impl Default for Executor {
-    fn default() -> Self {
-        Self::new(ignis_core::store::runtime_env())
-    }
-}
-
 impl Executor {
-    pub fn new(runtime: Arc<RuntimeEnv>) -> Self {
-        Self { runtime, contexts: Arc::default() }
+    /// An executor whose tasks each run under `memory`, spilling to the
+    /// operating system's temporary directory.
+    pub fn new(runtime: Arc<RuntimeEnv>, memory: TaskMemory) -> Self {
+        Self { runtime, memory, contexts: Arc::default() }
+    }
+
+    pub fn memory(&self) -> &TaskMemory {
+        &self.memory
+    }
+
+    /// The runtime of one task: the executor's stores, caches and disk
+    /// manager, and a memory pool of its own. Spillable operators share the
+    /// pool fairly; the error of a task over it names the largest consumers.
+    fn task_runtime(&self) -> (Arc<RuntimeEnv>, Arc<PeakRecordingPool>) {
+        let fair = FairSpillPool::new(self.memory.limit.0 as usize);
+        let tracked = TrackConsumersPool::new(fair, NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN));
+        let pool = Arc::new(PeakRecordingPool::new(Arc::new(tracked)));
+        let mut runtime = (*self.runtime).clone();
+        runtime.memory_pool = pool.clone();
+        (Arc::new(runtime), pool)
     }
 
     fn task_context(&self, batch_size: usize, options: &SessionOptions) -> Arc<TaskContext> {
@@ -65,14 +83,20 @@ impl Executor {
             .clone()
     }
 
-    /// The task context plus every function of the given components, fetched
-    /// (and checked against their digests) on first use, then cached.
-    async fn with_udfs(&self, base: &TaskContext, udfs: &[UdfRef]) -> Result<Arc<TaskContext>> {
-        let host = UdfHost::global()?;
+    /// One task's context: the cached base context on the task's own runtime,
+    /// plus every function of the given components, fetched (and checked
+    /// against their digests) on first use, then cached.
+    async fn for_task(
+        &self,
+        base: &TaskContext,
+        runtime: Arc<RuntimeEnv>,
+        udfs: &[UdfRef],
+    ) -> Result<Arc<TaskContext>> {
         let mut scalars = base.scalar_functions().clone();
         let mut aggregates = base.aggregate_functions().clone();
         let mut transforms = BatchFunctions::default();
         for udf in udfs {
+            let host = UdfHost::global()?;
             let component = match host.get(&udf.digest) {
                 Some(c) => c,
                 None => {
@@ -107,7 +131,7 @@ impl Executor {
             base.higher_order_functions().clone(),
             aggregates,
             base.window_functions().clone(),
-            base.runtime_env(),
+            runtime,
         )))
     }
 
@@ -115,7 +139,7 @@ impl Executor {
     pub async fn run_task(&self, request: TaskRequest) -> std::result::Result<TaskResult, TaskFailure> {
         let task = format!("task {}/{}.{}", request.stage_id, request.partition, request.attempt);
         tracing::debug!(job = %request.job_id, %task, "task started");
-        let result = self.run(request).await;
+        let result = self.run(request).await.map_err(|e| self.memory.explain(e));
         if let Err(e) = &result {
             tracing::debug!(%task, error = %e, "task failed");
         }
@@ -125,10 +149,9 @@ impl Executor {
     async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
         req.check_version()?;
         let start = Instant::now();
-        let mut task_ctx = self.task_context(req.batch_size, &req.options);
-        if !req.udfs.is_empty() {
-            task_ctx = self.with_udfs(&task_ctx, &req.udfs).await?;
-        }
+        let base = self.task_context(req.batch_size, &req.options);
+        let (runtime, pool) = self.task_runtime();
+        let task_ctx = self.for_task(&base, runtime, &req.udfs).await?;
         let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
         let partitions = plan.properties().output_partitioning().partition_count();
@@ -168,14 +191,18 @@ impl Executor {
                 output_rows,
                 output_bytes,
                 elapsed_ms: start.elapsed().as_millis() as u64,
-                malformed_rows_dropped: sum_metric(&plan, MALFORMED_ROWS_DROPPED),
+                malformed_rows_dropped: sum_metric(&plan, &|m| {
+                    m.sum_by_name(MALFORMED_ROWS_DROPPED).map(|v| v.as_usize())
+                }),
+                spilled_bytes: sum_metric(&plan, &MetricsSet::spilled_bytes),
+                peak_memory_bytes: pool.peak_reserved() as u64,
             },
         })
     }
 }
 
-/// A named counter summed over every operator of a plan.
-fn sum_metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
-    let own = plan.metrics().and_then(|m| m.sum_by_name(name)).map(|v| v.as_usize() as u64).unwrap_or(0);
-    own + plan.children().into_iter().map(|c| sum_metric(c, name)).sum::<u64>()
+/// A counter summed over every operator of a plan.
+fn sum_metric(plan: &Arc<dyn ExecutionPlan>, metric: &dyn Fn(&MetricsSet) -> Option<usize>) -> u64 {
+    let own = plan.metrics().and_then(|m| metric(&m)).unwrap_or(0) as u64;
+    own + plan.children().into_iter().map(|c| sum_metric(c, metric)).sum::<u64>()
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnv;
 use ignis_core::ids::StageId;
+use ignis_core::memory::TaskMemory;
 use ignis_core::protocol::{LambdaInvocation, TaskOutcome, TaskRequest};
 use ignis_core::store;
 use ignis_executor::Executor;
@@ -63,7 +64,7 @@ impl Function {
         });
         let delay_ms = std::env::var("IGNIS_TEST_TASK_DELAY_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(0);
         let task_delay = std::time::Duration::from_millis(delay_ms);
-        Self { executor: Executor::new(env.clone()), env, fail_task, task_delay }
+        Self { executor: Executor::new(env.clone(), TaskMemory::lambda()), env, fail_task, task_delay }
     }
 
     async fn invoke(&self, payload: serde_json::Value) -> Result<TaskOutcome, Diagnostic> {

@@ -98,6 +98,12 @@ pub struct JobMetrics {
     pub output_rows: u64,
     pub shuffle_bytes: u64,
     pub malformed_rows_dropped: u64,
+    /// Bytes the job's tasks spilled to local disk (sorts, aggregations, joins over their memory limit).
+    #[serde(default)]
+    pub spilled_bytes: u64,
+    /// The most memory one of the job's tasks held in its memory pool.
+    #[serde(default)]
+    pub peak_task_memory: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,6 +253,8 @@ impl JobEntry {
                     output_rows: o.output_rows,
                     shuffle_bytes: o.shuffle_bytes,
                     malformed_rows_dropped: o.malformed_rows_dropped,
+                    spilled_bytes: o.spilled_bytes,
+                    peak_task_memory: o.peak_task_memory,
                 };
                 p.output = match &o.result {
                     JobResult::Rows { .. } => None,

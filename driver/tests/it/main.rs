@@ -9,6 +9,7 @@ mod common;
 mod csv_modes;
 mod errors;
 mod formats;
+mod memory;
 mod orders;
 mod parity;
 mod retry;

@@ -60,7 +60,7 @@ fn job(ws: &Path, out: &str) -> JobSpec {
 
 fn failing(targets: &[(u32, u32)], fail_below: u32, kind: ErrorKind) -> Arc<FailingBackend> {
     Arc::new(FailingBackend {
-        inner: LocalBackend::new(2),
+        inner: LocalBackend::new(2, None),
         targets: targets.iter().copied().collect(),
         fail_below,
         kind,
