@@ -10,7 +10,10 @@
 //! - DROPMALFORMED: the row is skipped and counted (`malformed_rows_dropped`).
 //! - FAILFAST: the task fails naming the file, line, column and value.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::io::Read;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,8 +33,10 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
-use futures::stream;
+use futures::{TryStreamExt, stream};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::{IgnisError, Result};
 use crate::store;
@@ -194,11 +199,24 @@ impl ExecutionPlan for CsvScanExec {
             projection: self.projection.clone(),
             batch_size: context.session_config().batch_size(),
         };
+        // The file is parsed as it arrives, in a blocking thread, a batch at
+        // a time: memory holds a few batches, not the file.
         let batches = stream::once(async move {
-            let bytes = store::read(&context.runtime_env(), &reader.file).await?;
-            let (batches, n) = reader.parse(&bytes)?;
-            dropped.add(n);
-            Ok::<_, IgnisError>(stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))
+            let env = context.runtime_env();
+            let (store, path) = store::resolve(&env, &reader.file)?;
+            let body = store.get(&path).await?.into_stream().map_err(std::io::Error::other);
+            let body = SyncIoBridge::new(StreamReader::new(body));
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+            tokio::task::spawn_blocking(move || {
+                let sent = reader.parse(body, &mut |batch, n| {
+                    dropped.add(n);
+                    batch.num_rows() == 0 || tx.blocking_send(Ok(batch)).is_ok()
+                });
+                if let Err(e) = sent {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            });
+            Ok::<_, IgnisError>(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }))
         });
         let batches = futures::TryStreamExt::try_flatten(batches);
         let batches = futures::TryStreamExt::map_err(batches, DataFusionError::from);
@@ -214,6 +232,20 @@ struct FileReader {
     batch_size: usize,
 }
 
+/// A reader that keeps a copy of every byte read through it.
+struct Recorder<R> {
+    inner: R,
+    seen: Rc<RefCell<Vec<u8>>>,
+}
+
+impl<R: Read> Read for Recorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen.borrow_mut().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Rows of one batch as text, before casting.
 struct RawRows {
     columns: Vec<StringBuilder>,
@@ -224,19 +256,22 @@ struct RawRows {
 }
 
 impl FileReader {
-    /// All batches of the file and the number of rows dropped.
-    fn parse(&self, bytes: &[u8]) -> Result<(Vec<RecordBatch>, usize)> {
+    /// Parse the file a batch at a time, handing each batch and the rows it
+    /// dropped to `emit`, until the file ends or `emit` returns false.
+    fn parse(&self, body: impl Read, emit: &mut dyn FnMut(RecordBatch, usize) -> bool) -> Result<()> {
         let o = &self.options;
+        // The bytes the parser consumed since `base`: a row's raw text is cut
+        // out of them (for the corrupt-record column and error messages).
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut base = 0usize;
         let mut reader = ::csv::ReaderBuilder::new()
             .has_headers(o.header)
             .delimiter(o.delimiter)
             .quote(o.quote)
             .escape(o.escape)
             .flexible(true)
-            .from_reader(bytes);
+            .from_reader(Recorder { inner: body, seen: seen.clone() });
         let width = self.data_schema.fields().len();
-        let mut batches = vec![];
-        let mut dropped = 0;
         let mut record = ::csv::ByteRecord::new();
         loop {
             let mut rows = RawRows {
@@ -254,21 +289,31 @@ impl FileReader {
                     break;
                 }
                 let line = record.position().map(|p| p.line()).unwrap_or_default();
-                let end = (reader.position().byte() as usize).min(bytes.len());
-                let raw =
-                    String::from_utf8_lossy(&bytes[start.min(end)..end]).trim_end_matches(['\r', '\n']).to_string();
+                let end = reader.position().byte() as usize;
+                let raw = {
+                    let seen = seen.borrow();
+                    let end = end.saturating_sub(base).min(seen.len());
+                    let start = start.saturating_sub(base).min(end);
+                    String::from_utf8_lossy(&seen[start..end]).trim_end_matches(['\r', '\n']).to_string()
+                };
                 self.push_row(&mut rows, &record, line, raw);
             }
+            // Forget what the rows of this batch were read from.
+            let position = reader.position().byte() as usize;
+            {
+                let mut seen = seen.borrow_mut();
+                let done = position.saturating_sub(base).min(seen.len());
+                seen.drain(..done);
+            }
+            base = position;
             if rows.lines.is_empty() {
-                break;
+                return Ok(());
             }
             let (batch, n) = self.finish_batch(rows)?;
-            dropped += n;
-            if batch.num_rows() > 0 {
-                batches.push(batch);
+            if !emit(batch, n) {
+                return Ok(());
             }
         }
-        Ok((batches, dropped))
     }
 
     fn push_row(&self, rows: &mut RawRows, record: &::csv::ByteRecord, line: u64, raw: String) {
@@ -348,5 +393,81 @@ impl FileReader {
             batch = batch.project(p)?;
         }
         Ok((batch, dropped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    use super::*;
+
+    /// A body that hands out at most 5 bytes per read, as a slow network would.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(5).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// The file is parsed a batch at a time; the raw text of a malformed row
+    /// is exact wherever the batch and read boundaries fall.
+    #[test]
+    fn streamed_parse_keeps_each_bad_rows_raw_text() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let mut text = String::from("id,name\n");
+        for i in 0..20 {
+            match i {
+                7 => text.push_str("seven,\"quoted, with a\nnew line\"\n"),
+                13 => text.push_str("13,a,too,wide\r\n"),
+                _ => text.push_str(&format!("{i},name {i}\n")),
+            }
+        }
+        let options = CsvScanOptions {
+            header: true,
+            delimiter: b',',
+            quote: b'"',
+            escape: None,
+            null_value: None,
+            mode: CsvMode::Permissive,
+            corrupt_column: Some("_corrupt".into()),
+        };
+        let reader = FileReader { file: "t.csv".into(), data_schema: schema, options, projection: None, batch_size: 3 };
+        let mut batches = vec![];
+        reader
+            .parse(Trickle(text.as_bytes()), &mut |b, _| {
+                batches.push(b);
+                true
+            })
+            .unwrap();
+        assert_eq!(batches.len(), 7, "20 rows in batches of 3");
+        let mut corrupt = vec![];
+        let mut ids = vec![];
+        for b in &batches {
+            ids.extend(b.column(0).as_primitive::<Int64Type>().iter());
+            corrupt.extend(b.column(2).as_string::<i32>().iter().flatten().map(String::from));
+        }
+        assert_eq!(corrupt, ["seven,\"quoted, with a\nnew line\"", "13,a,too,wide"]);
+        assert_eq!(ids.len(), 20);
+        assert_eq!(ids[7], None);
+        assert_eq!(ids[19], Some(19));
+
+        // A consumer that stops early stops the parse.
+        let mut seen = 0;
+        reader
+            .parse(Trickle(text.as_bytes()), &mut |_, _| {
+                seen += 1;
+                false
+            })
+            .unwrap();
+        assert_eq!(seen, 1);
     }
 }

@@ -12,7 +12,7 @@ use crate::job::{Format, ShuffleCompression};
 use crate::session::SessionOptions;
 
 /// Bumped on any incompatible change to these types or to the plan codec.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// How long the driver keeps an idle HTTP/1 keep-alive connection open (its
 /// header read timeout starts when a connection waits for the next request).
@@ -77,6 +77,9 @@ pub struct PieceLocation {
     pub offset: u64,
     pub length: u64,
     pub rows: u64,
+    /// Further ranges of the piece ([`PieceMeta::more`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<[u64; 2]>,
 }
 
 /// What a task does with the rows its plan produces.
@@ -115,11 +118,38 @@ pub enum TaskResultOutput {
     },
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+impl PieceLocation {
+    /// The location of `piece` of the shuffle object at `url`.
+    pub fn new(url: &str, piece: &PieceMeta) -> Self {
+        Self {
+            url: url.to_owned(),
+            offset: piece.offset,
+            length: piece.length,
+            rows: piece.rows,
+            more: piece.more.clone(),
+        }
+    }
+
+    /// Every byte range (start..end) of the piece, in order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<u64>> {
+        std::iter::once([self.offset, self.length])
+            .chain(self.more.iter().copied())
+            .map(|[offset, length]| offset..offset + length)
+            .collect()
+    }
+}
+
+/// Where one output partition of a map task is in its shuffle object.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PieceMeta {
     pub offset: u64,
     pub length: u64,
     pub rows: u64,
+    /// Further ranges (offset, length) of the piece, in order, when the map
+    /// task uploaded it in parts (its output outgrew the writer's buffer):
+    /// the piece's IPC stream is the concatenation of every range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<[u64; 2]>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -299,12 +299,7 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
             TaskResultOutput::Files { .. } => Err(IgnisError::internal("stage input is not a shuffle")),
         })
         .collect::<Result<Vec<_>>>()?;
-    let location = |url: &String, piece: &ignis_core::protocol::PieceMeta| PieceLocation {
-        url: url.clone(),
-        offset: piece.offset,
-        length: piece.length,
-        rows: piece.rows,
-    };
+    let location = |url: &String, piece: &ignis_core::protocol::PieceMeta| PieceLocation::new(url, piece);
     let partitions = match &upstream.exchange {
         Exchange::Split { partitions, .. } => (0..*partitions)
             .map(|r| {
@@ -330,10 +325,7 @@ pub fn result_pieces(results: &[TaskResult]) -> Vec<PieceLocation> {
     results
         .iter()
         .flat_map(|r| match &r.output {
-            TaskResultOutput::Shuffle { url, pieces } => pieces
-                .iter()
-                .map(|p| PieceLocation { url: url.clone(), offset: p.offset, length: p.length, rows: p.rows })
-                .collect(),
+            TaskResultOutput::Shuffle { url, pieces } => pieces.iter().map(|p| PieceLocation::new(url, p)).collect(),
             TaskResultOutput::Files { .. } => vec![],
         })
         .collect()

@@ -21,10 +21,11 @@ use ignis_core::protocol::WrittenFile;
 use ignis_core::store;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWrite;
 
 /// Hive's name for a null partition value, which Spark uses too.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -50,24 +51,43 @@ pub(crate) async fn write_files(
         sinks.insert(String::new(), FileSink::try_new(format, &store, &staging_path, &file_name, &split.data_schema)?);
         order.push(String::new());
     }
-    let mut stream = plan.execute(partition, ctx)?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(IgnisError::from_datafusion)?;
-        for (dir, part) in split.split(&batch)? {
-            if !sinks.contains_key(&dir) {
-                let rel = store::join(&dir, &file_name);
-                sinks.insert(dir.clone(), FileSink::try_new(format, &store, &staging_path, &rel, &split.data_schema)?);
-                order.push(dir.clone());
-            }
-            if let Some(sink) = sinks.get_mut(&dir) {
-                sink.write(part).await?;
+    let written = async {
+        let mut stream = plan.execute(partition, ctx)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(IgnisError::from_datafusion)?;
+            for (dir, part) in split.split(&batch)? {
+                if !sinks.contains_key(&dir) {
+                    let rel = store::join(&dir, &file_name);
+                    let sink = FileSink::try_new(format, &store, &staging_path, &rel, &split.data_schema)?;
+                    sinks.insert(dir.clone(), sink);
+                    order.push(dir.clone());
+                }
+                if let Some(sink) = sinks.get_mut(&dir) {
+                    sink.write(part).await?;
+                }
             }
         }
+        Ok::<_, IgnisError>(())
+    }
+    .await;
+    if let Err(e) = written {
+        for (_, sink) in sinks.drain() {
+            sink.abort().await;
+        }
+        return Err(e);
     }
     let mut files = Vec::with_capacity(order.len());
     for dir in order {
         if let Some(sink) = sinks.remove(&dir) {
-            let (rows, bytes) = sink.finish().await?;
+            let (rows, bytes) = match sink.finish().await {
+                Ok(done) => done,
+                Err(e) => {
+                    for (_, sink) in sinks.drain() {
+                        sink.abort().await;
+                    }
+                    return Err(e);
+                }
+            };
             let relative_path = if dir.is_empty() { file_name.clone() } else { format!("{dir}/{file_name}") };
             files.push(WrittenFile { relative_path, rows, bytes });
         }
@@ -159,10 +179,27 @@ fn escape_path_value(v: &str) -> String {
     if out.is_empty() { NULL_PARTITION.to_string() } else { out }
 }
 
-enum FileSink {
-    Parquet { writer: AsyncArrowWriter<BufWriter>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
-    Csv { writer: csv::Writer<Vec<u8>>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
-    Json { writer: LineDelimitedWriter<Vec<u8>>, rows: u64, store: Arc<dyn ObjectStore>, path: Path },
+/// One result file being written: Parquet through its async writer, CSV and
+/// JSON encoded a batch at a time; either way the bytes go out through a
+/// buffered upload (a multipart upload once they outgrow one part), so a
+/// task's memory does not grow with its file.
+struct FileSink {
+    encoder: Encoder,
+    rows: u64,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+}
+
+enum Encoder {
+    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    /// `header`: the header line is still to be written (with the first batch).
+    Csv {
+        out: BufWriter,
+        header: bool,
+    },
+    Json {
+        out: BufWriter,
+    },
 }
 
 impl FileSink {
@@ -175,71 +212,66 @@ impl FileSink {
     ) -> Result<Self> {
         let path = relative.split('/').fold(dir.clone(), |p, part| p.join(part));
         let store = store.clone();
-        Ok(match format {
+        let out = BufWriter::new(store.clone(), path.clone());
+        let encoder = match format {
             Format::Parquet => {
                 let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-                let writer = AsyncArrowWriter::try_new(
-                    BufWriter::new(store.clone(), path.clone()),
-                    schema.clone(),
-                    Some(props),
-                )?;
-                FileSink::Parquet { writer, rows: 0, store, path }
+                Encoder::Parquet(Box::new(AsyncArrowWriter::try_new(out, schema.clone(), Some(props))?))
             }
-            Format::Csv => FileSink::Csv {
-                writer: csv::WriterBuilder::new().with_header(true).build(Vec::new()),
-                rows: 0,
-                store,
-                path,
-            },
-            Format::Json => FileSink::Json { writer: LineDelimitedWriter::new(Vec::new()), rows: 0, store, path },
+            Format::Csv => Encoder::Csv { out, header: true },
+            Format::Json => Encoder::Json { out },
             Format::Kafka => {
                 return Err(IgnisError::internal("a task was asked to write Kafka records as files"));
             }
-        })
+        };
+        Ok(Self { encoder, rows: 0, store, path })
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        match self {
-            FileSink::Parquet { writer, rows, .. } => {
-                *rows += batch.num_rows() as u64;
-                writer.write(&batch).await?;
-            }
-            FileSink::Csv { writer, rows, .. } => {
-                *rows += batch.num_rows() as u64;
+        self.rows += batch.num_rows() as u64;
+        match &mut self.encoder {
+            Encoder::Parquet(writer) => writer.write(&batch).await?,
+            Encoder::Csv { out, header } => {
+                let mut writer = csv::WriterBuilder::new().with_header(*header).build(Vec::new());
                 writer.write(&batch)?;
+                *header = false;
+                out.put(writer.into_inner().into()).await?;
             }
-            FileSink::Json { writer, rows, .. } => {
-                *rows += batch.num_rows() as u64;
+            Encoder::Json { out } => {
+                let mut writer = LineDelimitedWriter::new(Vec::new());
                 writer.write(&batch)?;
+                writer.finish()?;
+                out.put(writer.into_inner().into()).await?;
             }
         }
         Ok(())
     }
 
-    /// Flush and upload; returns (rows, bytes).
+    /// Complete the upload; returns (rows, bytes).
     async fn finish(self) -> Result<(u64, u64)> {
-        match self {
-            FileSink::Parquet { writer, rows, store, path } => {
+        match self.encoder {
+            Encoder::Parquet(writer) => {
                 writer.close().await?;
-                let bytes = store.head(&path).await?.size;
-                Ok((rows, bytes))
             }
-            FileSink::Csv { writer, rows, store, path } => {
-                let data = writer.into_inner();
-                put(&store, &path, data, rows).await
-            }
-            FileSink::Json { mut writer, rows, store, path } => {
-                writer.finish()?;
-                put(&store, &path, writer.into_inner(), rows).await
+            Encoder::Csv { mut out, .. } | Encoder::Json { mut out } => {
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut out).poll_shutdown(cx)).await?;
             }
         }
+        let bytes = self.store.head(&self.path).await?.size;
+        Ok((self.rows, bytes))
     }
-}
 
-async fn put(store: &Arc<dyn ObjectStore>, path: &Path, data: Vec<u8>, rows: u64) -> Result<(u64, u64)> {
-    let bytes = data.len() as u64;
-    store.put(path, PutPayload::from(data)).await?;
-    Ok((rows, bytes))
+    /// Drop the file's upload after a failure: no parts stay behind.
+    async fn abort(self) {
+        let out = match self.encoder {
+            Encoder::Parquet(writer) => writer.into_inner(),
+            Encoder::Csv { out, .. } | Encoder::Json { out } => out,
+        };
+        let mut out = out;
+        if let Err(e) = out.abort().await {
+            tracing::warn!(path = %self.path, error = %e, "could not abort a result file's upload");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,9 @@ mod noop {
                 attempt: request.attempt,
                 output: TaskResultOutput::Shuffle {
                     url,
-                    pieces: (0..pieces as u64).map(|r| PieceMeta { offset: r * 100, length: 100, rows: 0 }).collect(),
+                    pieces: (0..pieces as u64)
+                        .map(|r| PieceMeta { offset: r * 100, length: 100, rows: 0, more: vec![] })
+                        .collect(),
                 },
                 metrics: TaskMetrics::default(),
             })

@@ -74,9 +74,19 @@ impl ShuffleReaderExec {
     }
 }
 
-async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
     let (store, path) = store::resolve(&env, &piece.url)?;
-    let bytes = store.get_range(&path, piece.offset..piece.offset + piece.length).await?;
+    let bytes = if piece.more.is_empty() {
+        store.get_range(&path, piece.offset..piece.offset + piece.length).await?
+    } else {
+        // A piece uploaded in parts: its stream is the ranges end to end.
+        let parts = store.get_ranges(&path, &piece.ranges()).await?;
+        let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            joined.extend_from_slice(&part);
+        }
+        bytes::Bytes::from(joined)
+    };
     // Decoded in place: uncompressed columns point into the fetched bytes
     // instead of being copied out of them.
     let mut buffer = Buffer::from(bytes);
