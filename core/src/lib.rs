@@ -112,6 +112,7 @@ pub mod location;
 pub mod map_batches;
 pub mod memory;
 pub mod protocol;
+pub mod receipt;
 pub mod runtime_filter;
 pub mod scalar_subquery;
 pub mod session;

@@ -109,8 +109,7 @@ impl TaskMemory {
     /// A Lambda function runs one task per invocation: a share of the
     /// function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB).
     pub fn lambda() -> Self {
-        let mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|m| m.trim().parse::<u64>().ok());
-        match mb {
+        match lambda_function_memory_mb() {
             Some(mb) => Self::share(mb << 20, 1, "the function's memory size (70% of it)"),
             None => Self::share(machine_memory_or_default(), 1, "the function's memory size (70% of it)"),
         }
@@ -133,6 +132,12 @@ impl TaskMemory {
             ),
         }
     }
+}
+
+/// The memory of the Lambda function this process runs in (MB), as the
+/// Lambda runtime states it (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+pub fn lambda_function_memory_mb() -> Option<u64> {
+    std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|m| m.trim().parse().ok())
 }
 
 /// This machine's memory: the smaller of the physical memory and the

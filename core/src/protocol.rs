@@ -175,6 +175,12 @@ pub struct TaskMetrics {
     /// The most the task's memory pool held at once.
     #[serde(default)]
     pub peak_memory_bytes: u64,
+    /// The task's object-store requests and bytes.
+    #[serde(default)]
+    pub store: crate::receipt::StoreCounts,
+    /// The memory of the Lambda function that ran the task (MB); 0 elsewhere.
+    #[serde(default)]
+    pub function_memory_mb: u64,
 }
 
 /// A failed task as it crosses the wire: classified, with a message for the user.

@@ -53,13 +53,16 @@ pub fn session_context(shuffle_partitions: usize, batch_size: usize, options: &S
     rules.insert(after_join_selection, Arc::new(DistributeJoins));
     rules.push(Arc::new(SplitScans));
     rules.insert(0, Arc::new(crate::statistics::NanSafeStatistics));
+    // The job's object-store requests are counted for its receipt
+    // (`crate::receipt`); the counters ride in the config.
+    let (runtime, requests) = crate::receipt::counted(&crate::store::runtime_env());
     let state = SessionStateBuilder::new()
-        .with_config(session_config(shuffle_partitions, batch_size, options))
+        .with_config(session_config(shuffle_partitions, batch_size, options).with_extension(requests))
         .with_default_features()
         .with_physical_optimizer_rules(rules)
         .with_analyzer_rule(Arc::new(crate::functions::SlidingWindows))
         .with_analyzer_rule(Arc::new(crate::scalar_subquery::SingleRowSubqueries))
-        .with_runtime_env(crate::store::runtime_env())
+        .with_runtime_env(runtime)
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::functions::register(&ctx);

@@ -47,6 +47,7 @@ use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::{JobId, StageId};
 use ignis_core::job::{JobSpec, OutputSpec};
 use ignis_core::protocol::UdfRef;
+use ignis_core::receipt::{Prices, Receipt, StoreCounters, StoreCounts};
 use ignis_core::shuffle::{ShuffleReaderExec, job_shuffle_prefix};
 use ignis_core::store;
 use ignis_executor::udf::Component;
@@ -68,6 +69,8 @@ pub struct DriverConfig {
     /// The most bytes (in memory) of rows a `collect` job may bring back to
     /// the driver, like Spark's spark.driver.maxResultSize.
     pub max_result_bytes: usize,
+    /// What a job's receipt prices its requests and executor time at.
+    pub prices: Prices,
 }
 
 /// Default of [`DriverConfig::max_result_bytes`]: 256 MiB.
@@ -79,7 +82,12 @@ impl Default for DriverConfig {
         let shuffle_root = url::Url::from_directory_path(&dir)
             .map(|u| u.to_string())
             .unwrap_or_else(|()| "file:///tmp/ignis-shuffle/".to_string());
-        Self { shuffle_root, udf_root: default_udf_root(), max_result_bytes: DEFAULT_MAX_RESULT_BYTES }
+        Self {
+            shuffle_root,
+            udf_root: default_udf_root(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            prices: Prices::default(),
+        }
     }
 }
 
@@ -134,6 +142,8 @@ pub struct JobOutcome {
     pub spilled_bytes: u64,
     /// The most memory one task's pool held.
     pub peak_task_memory: u64,
+    /// What the job used and what that costs.
+    pub receipt: Receipt,
     pub elapsed: Duration,
     pub result: JobResult,
 }
@@ -152,6 +162,7 @@ impl JobOutcome {
             malformed_rows_dropped: 0,
             spilled_bytes: 0,
             peak_task_memory: 0,
+            receipt: Receipt::default(),
             elapsed,
             result,
         }
@@ -334,7 +345,7 @@ impl Driver {
         };
 
         let run = tokio::select! {
-            run = scheduler::run_graph(&graph, backend, &settings, events) => run,
+            run = scheduler::run_graph(&graph, backend.clone(), &settings, events) => run,
             () = cancel => Err(IgnisError::Cancelled),
         };
         let finished = match run {
@@ -353,6 +364,8 @@ impl Driver {
             tracing::warn!(job = %job_id, error = %e, "could not remove shuffle objects");
         }
         let (result, results) = finished?;
+        let driver_requests = planned.ctx.state().config().get_extension::<StoreCounters>().map(|c| c.snapshot());
+        let receipt = receipt(backend.name(), driver_requests.unwrap_or_default(), &results, &self.config.prices);
 
         let result_stage = graph.result_stage().id;
         let shuffle_bytes = stage_metric(&results, |s| s != result_stage, |m| m.output_bytes);
@@ -372,6 +385,7 @@ impl Driver {
                 .flat_map(|rs| rs.iter().map(|r| r.metrics.peak_memory_bytes))
                 .max()
                 .unwrap_or(0),
+            receipt,
             elapsed: start.elapsed(),
             result,
         })
@@ -433,6 +447,28 @@ fn stage_metric(
         .filter(|(id, _)| include(**id))
         .flat_map(|(_, rs)| rs.iter().map(|r| metric(&r.metrics)))
         .sum()
+}
+
+/// The job's receipt: the driver's object-store requests and its tasks',
+/// and the tasks' time on the backend that ran them. Failed attempts report
+/// no metrics, so their requests and time are not on it (their Lambda
+/// invocations are: `results.attempts` counts every attempt).
+fn receipt(backend: &str, driver: StoreCounts, results: &StageResults, prices: &Prices) -> Receipt {
+    let mut receipt = Receipt { requests: driver, ..Receipt::default() };
+    let tasks = results.results.values().flatten().map(|r| &r.metrics);
+    for m in tasks {
+        receipt.requests.add(&m.store);
+        let seconds = m.elapsed_ms as f64 / 1000.0;
+        match backend {
+            "lambda" => receipt.lambda_gb_seconds += seconds * m.function_memory_mb as f64 / 1024.0,
+            "hosts" => receipt.host_slot_seconds += seconds,
+            _ => receipt.local_slot_seconds += seconds,
+        }
+    }
+    if backend == "lambda" {
+        receipt.lambda_invocations = results.attempts as u64;
+    }
+    receipt.priced(prices)
 }
 
 async fn delete_shuffle(env: &RuntimeEnv, root: &str, job_id: &JobId) -> Result<()> {

@@ -104,6 +104,11 @@ struct LocalArgs {
     /// spill to disk (default: 70% of the machine's memory over the executors).
     #[arg(long, env = "IGNIS_TASK_MEMORY", value_name = "SIZE")]
     task_memory: Option<ByteSize>,
+    /// Prices a job's receipt is estimated at (TOML: s3_put_per_1000, s3_get_per_1000, s3_list_per_1000,
+    /// s3_delete_per_1000, lambda_gb_second, lambda_per_million_invocations, host_slot_hour; default: AWS
+    /// us-east-1 list prices).
+    #[arg(long, env = "IGNIS_PRICE_TABLE", value_name = "FILE")]
+    price_table: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +163,9 @@ struct ServeArgs {
     /// machine's memory over the local workers).
     #[arg(long, env = "IGNIS_TASK_MEMORY", value_name = "SIZE")]
     task_memory: Option<ByteSize>,
+    /// Prices jobs' receipts are estimated at (TOML, see `ignis run --help`).
+    #[arg(long, env = "IGNIS_PRICE_TABLE", value_name = "FILE")]
+    price_table: Option<PathBuf>,
     /// Offer the `lambda` backend: invoke this ignis-lambda function (name or ARN) per task.
     #[arg(long, env = "IGNIS_LAMBDA_FUNCTION")]
     lambda_function: Option<String>,
@@ -329,8 +337,16 @@ async fn explain(job: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn driver_config(shuffle_root: Option<String>, udf_root: Option<String>) -> anyhow::Result<DriverConfig> {
+fn driver_config(
+    shuffle_root: Option<String>,
+    udf_root: Option<String>,
+    price_table: Option<PathBuf>,
+) -> anyhow::Result<DriverConfig> {
     let mut config = DriverConfig::default();
+    if let Some(file) = price_table {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        config.prices = toml::from_str(&text).with_context(|| format!("price table {}", file.display()))?;
+    }
     let cwd = std::env::current_dir()?;
     if let Some(root) = shuffle_root {
         config.shuffle_root = ignis_core::job::resolve_location(&root, &cwd)?;
@@ -343,7 +359,7 @@ fn driver_config(shuffle_root: Option<String>, udf_root: Option<String>) -> anyh
 
 async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> {
     let spec = load(&job)?;
-    let config = driver_config(local.shuffle_root, local.udf_root)?;
+    let config = driver_config(local.shuffle_root, local.udf_root, local.price_table)?;
     let executors =
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let backend = ignis_driver::backend::LocalBackend::new(executors, local.task_memory);
@@ -444,7 +460,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let seconds = |s: f64, flag: &str| {
         std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{flag} must be a positive number"))
     };
-    let mut config = driver_config(args.shuffle_root, args.udf_root)?;
+    let mut config = driver_config(args.shuffle_root, args.udf_root, args.price_table)?;
     config.max_result_bytes = args.max_result_bytes;
     let mut policy =
         StoragePolicy::new(args.tenant_root, tenants.grants, args.allow_local_files).map_err(anyhow::Error::msg)?;

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use ignis_core::ids::StageId;
+use ignis_core::receipt::{Receipt, StoreCounts};
 use ignis_driver::JobOutcome;
 use ignis_driver::scheduler::JobEvent;
 use ignis_driver::service::{JobMetrics, JobStatus};
@@ -125,6 +126,7 @@ pub fn summary(o: &JobOutcome) -> String {
         malformed_rows_dropped: o.malformed_rows_dropped,
         spilled_bytes: o.spilled_bytes,
         peak_task_memory: o.peak_task_memory,
+        receipt: Some(o.receipt.clone()),
     };
     summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
 }
@@ -147,8 +149,9 @@ fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> Str
     } else {
         String::new()
     };
+    let receipt = m.receipt.as_ref().map(receipt_line).unwrap_or_default();
     format!(
-        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{dropped}",
+        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{dropped}{receipt}",
         elapsed_ms as f64 / 1000.0,
         m.tasks,
         m.task_attempts,
@@ -157,13 +160,35 @@ fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> Str
     )
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
+/// The receipt as a second summary line.
+fn receipt_line(r: &Receipt) -> String {
+    let q = &r.requests;
+    let mut used = if *q == StoreCounts::default() {
+        "\nreceipt: no object-store requests".to_string()
+    } else {
+        format!(
+            "\nreceipt: object store {} GET, {} PUT, {} LIST, {} DELETE, {} read, {} written",
+            q.get,
+            q.put,
+            q.list,
+            q.delete,
+            human_bytes(q.bytes_read),
+            human_bytes(q.bytes_written)
+        )
+    };
+    if r.lambda_invocations > 0 {
+        used.push_str(&format!("; Lambda {} invocations, {:.3} GB-s", r.lambda_invocations, r.lambda_gb_seconds));
     }
-    if unit == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if r.host_slot_seconds > 0.0 {
+        used.push_str(&format!("; executor hosts {:.2} slot-s", r.host_slot_seconds));
+    }
+    if r.local_slot_seconds > 0.0 {
+        used.push_str(&format!("; local workers {:.2} slot-s", r.local_slot_seconds));
+    }
+    used.push_str(&format!("; estimated ${:.6}", r.estimated_cost_usd));
+    used
+}
+
+fn human_bytes(b: u64) -> String {
+    ignis_core::memory::ByteSize(b).to_string()
 }

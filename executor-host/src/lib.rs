@@ -28,6 +28,7 @@ use ignis_core::error::{IgnisError, Result};
 use ignis_core::map_batches::BatchFunctions;
 use ignis_core::memory::TaskMemory;
 use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
+use ignis_core::receipt::StoreCounters;
 use ignis_core::session::{SessionOptions, session_config};
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
 use udf::UdfHost;
@@ -61,13 +62,15 @@ impl Executor {
     /// The runtime of one task: the executor's stores, caches and disk
     /// manager, and a memory pool of its own. Spillable operators share the
     /// pool fairly; the error of a task over it names the largest consumers.
-    fn task_runtime(&self) -> (Arc<RuntimeEnv>, Arc<PeakRecordingPool>) {
+    /// Its object-store requests are counted for the job's receipt.
+    fn task_runtime(&self) -> (Arc<RuntimeEnv>, Arc<PeakRecordingPool>, Arc<StoreCounters>) {
         let fair = FairSpillPool::new(self.memory.limit.0 as usize);
         let tracked = TrackConsumersPool::new(fair, NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN));
         let pool = Arc::new(PeakRecordingPool::new(Arc::new(tracked)));
-        let mut runtime = (*self.runtime).clone();
+        let (counted, requests) = ignis_core::receipt::counted(&self.runtime);
+        let mut runtime = (*counted).clone();
         runtime.memory_pool = pool.clone();
-        (Arc::new(runtime), pool)
+        (Arc::new(runtime), pool, requests)
     }
 
     fn task_context(&self, batch_size: usize, options: &SessionOptions) -> Arc<TaskContext> {
@@ -150,7 +153,7 @@ impl Executor {
         req.check_version()?;
         let start = Instant::now();
         let base = self.task_context(req.batch_size, &req.options);
-        let (runtime, pool) = self.task_runtime();
+        let (runtime, pool, requests) = self.task_runtime();
         let task_ctx = self.for_task(&base, runtime, &req.udfs).await?;
         let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
@@ -196,6 +199,8 @@ impl Executor {
                 }),
                 spilled_bytes: sum_metric(&plan, &MetricsSet::spilled_bytes),
                 peak_memory_bytes: pool.peak_reserved() as u64,
+                store: requests.snapshot(),
+                function_memory_mb: 0,
             },
         })
     }

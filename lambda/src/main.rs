@@ -85,7 +85,12 @@ impl Function {
         }
         tokio::time::sleep(self.task_delay).await;
         tracing::info!(job = %request.job_id, stage = %request.stage_id, partition = request.partition, attempt = request.attempt, "task");
-        Ok(TaskOutcome::from(self.executor.run_task(request).await))
+        let mut result = self.executor.run_task(request).await;
+        if let Ok(done) = &mut result {
+            // What the invocation is billed by, for the job's receipt.
+            done.metrics.function_memory_mb = ignis_core::memory::lambda_function_memory_mb().unwrap_or(0);
+        }
+        Ok(TaskOutcome::from(result))
     }
 
     /// A request the driver stored because it passed the payload limit.

@@ -104,6 +104,9 @@ pub struct JobMetrics {
     /// The most memory one of the job's tasks held in its memory pool.
     #[serde(default)]
     pub peak_task_memory: u64,
+    /// What the job used and its estimated cost, once it succeeded.
+    #[serde(default)]
+    pub receipt: Option<ignis_core::receipt::Receipt>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -255,6 +258,7 @@ impl JobEntry {
                     malformed_rows_dropped: o.malformed_rows_dropped,
                     spilled_bytes: o.spilled_bytes,
                     peak_task_memory: o.peak_task_memory,
+                    receipt: Some(o.receipt.clone()),
                 };
                 p.output = match &o.result {
                     JobResult::Rows { .. } => None,

@@ -102,6 +102,8 @@ struct Metrics {
     jobs_cancelled: AtomicU64,
     task_attempts: AtomicU64,
     shuffle_bytes: AtomicU64,
+    /// The receipts of finished jobs, summed.
+    receipts: std::sync::Mutex<ignis_core::receipt::Receipt>,
 }
 
 /// The router of the driver service. `hosts` is the executor-host backend
@@ -352,6 +354,9 @@ impl AppState {
         counter.fetch_add(1, Ordering::Relaxed);
         self.metrics.task_attempts.fetch_add(status.metrics.task_attempts as u64, Ordering::Relaxed);
         self.metrics.shuffle_bytes.fetch_add(status.metrics.shuffle_bytes, Ordering::Relaxed);
+        if let Some(receipt) = &status.metrics.receipt {
+            self.metrics.receipts.lock().unwrap_or_else(|p| p.into_inner()).add(receipt);
+        }
         tracing::info!(job = %job.id, state = ?status.state, elapsed_ms = status.elapsed_ms, "job finished");
     }
 
@@ -547,5 +552,41 @@ async fn metrics(State(state): State<Arc<AppState>>, _tenant: Tenant) -> Respons
         "Tasks running on executor hosts.",
         &[("", hosts.iter().map(|h| h.running_tasks as u64).sum())],
     );
+    let receipts = m.receipts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let r = &receipts.requests;
+    line(
+        "ignis_object_store_requests_total",
+        "counter",
+        "Object-store requests of finished jobs (tasks and driver), by kind as S3 bills them.",
+        &[
+            ("{kind=\"get\"}", r.get),
+            ("{kind=\"put\"}", r.put),
+            ("{kind=\"list\"}", r.list),
+            ("{kind=\"delete\"}", r.delete),
+        ],
+    );
+    line(
+        "ignis_object_store_bytes_total",
+        "counter",
+        "Object-store bytes of finished jobs.",
+        &[("{direction=\"read\"}", r.bytes_read), ("{direction=\"written\"}", r.bytes_written)],
+    );
+    line(
+        "ignis_lambda_invocations_total",
+        "counter",
+        "Lambda invocations of finished jobs.",
+        &[("", receipts.lambda_invocations)],
+    );
+    for (name, help, value) in [
+        ("ignis_lambda_gb_seconds_total", "Lambda GB-seconds of finished jobs.", receipts.lambda_gb_seconds),
+        ("ignis_host_slot_seconds_total", "Executor-host slot-seconds of finished jobs.", receipts.host_slot_seconds),
+        (
+            "ignis_estimated_cost_usd_total",
+            "Estimated cost of finished jobs at the driver's price table (US dollars).",
+            receipts.estimated_cost_usd,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

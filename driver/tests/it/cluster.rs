@@ -137,6 +137,17 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
     assert_eq!(names.iter().filter(|n| n.ends_with(".parquet")).count(), 4, "{names:?}");
     assert_eq!(status["output"]["rows"], 12);
+    // Its receipt: the hosts' slot time and the S3 requests of hosts and driver.
+    let receipt = &status["metrics"]["receipt"];
+    assert!(receipt["host_slot_seconds"].as_f64().unwrap() > 0.0, "{receipt}");
+    assert_eq!(receipt["lambda_invocations"], 0, "{receipt}");
+    for kind in ["get", "put", "list", "delete"] {
+        assert!(receipt["requests"][kind].as_u64().unwrap() > 0, "no {kind} requests: {receipt}");
+    }
+    let (_, metrics) = cluster.api.request(reqwest::Method::GET, "/metrics", Some(ALICE), None).await;
+    let put =
+        metrics.as_str().unwrap().lines().find(|l| l.starts_with("ignis_object_store_requests_total{kind=\"put\"}"));
+    assert!(put.is_some_and(|l| !l.ends_with(" 0")), "{metrics}");
 
     // Two TPC-H queries: same answers as local mode on local files.
     for query in ["q1", "q3"] {

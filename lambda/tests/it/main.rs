@@ -158,6 +158,16 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
     let status = driver.wait(KEY, &id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["output"]["rows"], 12, "{status}");
+    // Its receipt: an invocation per attempt, billed at the function's 2048 MB,
+    // and the S3 requests of the functions and the driver.
+    let receipt = &status["metrics"]["receipt"];
+    assert_eq!(receipt["lambda_invocations"], status["metrics"]["task_attempts"], "{status}");
+    let gb_s = receipt["lambda_gb_seconds"].as_f64().unwrap();
+    assert!(gb_s > 0.0 && receipt["host_slot_seconds"] == 0.0, "{receipt}");
+    for kind in ["get", "put", "list", "delete"] {
+        assert!(receipt["requests"][kind].as_u64().unwrap() > 0, "no {kind} requests: {receipt}");
+    }
+    assert!(receipt["estimated_cost_usd"].as_f64().unwrap() > 0.0, "{receipt}");
     let written = ignis_core::store::list_all(store.as_ref(), &ObjectPath::from("out/us_orders_by_product")).await;
     let names: Vec<String> = written.unwrap().iter().map(|m| m.location.filename().unwrap_or("").to_string()).collect();
     assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
