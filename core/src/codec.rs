@@ -4,15 +4,10 @@
 //! task of a stage.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -31,7 +26,6 @@ use datafusion_proto::physical_plan::{
 };
 use datafusion_proto::protobuf;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 
 use crate::csv::{CsvScanExec, CsvScanOptions};
 use crate::error::{IgnisError, Result};
@@ -41,6 +35,10 @@ use crate::map_batches::{BatchFunctions, MapBatchesExec};
 use crate::protocol::{PieceLocation, StageInput};
 use crate::runtime_filter::RuntimeFilterExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
+use crate::plan_nodes::{
+    self, IgnisNode, KeyPair, Node, WindowFlag, WindowFlagList, projection_from_proto, projection_to_proto,
+    schema_from_proto, schema_to_proto,
+};
 use crate::window_flags::{self, WindowFlags, WindowFlagsExec};
 
 /// Encodes and decodes Ignis operators inside datafusion-proto plans.
@@ -97,19 +95,6 @@ fn work_table_projection(rows: &Schema, read: &Schema) -> DfResult<Option<Vec<us
     Ok(Some(projection))
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum IgnisNode {
-    ShuffleReader { stage_id: StageId, partitions: usize, schema: String },
-    ShuffleWriter { partitioning: Option<String> },
-    CsvScan { files: Vec<String>, schema: String, options: CsvScanOptions, projection: Option<Vec<usize>> },
-    MapBatches { function: String, schema: String },
-    Broadcast { partitions: usize },
-    RuntimeFilter { on: Vec<(usize, usize)> },
-    WindowFlags { flags: Vec<WindowFlags> },
-    RecursiveQuery { name: String, is_distinct: bool, schema: String },
-    WorkTable { name: String, rows: String, projection: Option<Vec<usize>> },
-}
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
@@ -249,17 +234,6 @@ pub fn decode_plan(bytes: &[u8], ctx: &TaskContext, inputs: &[StageInput]) -> Re
     physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec).map_err(IgnisError::from_datafusion)
 }
 
-fn schema_to_b64(schema: &Schema) -> DfResult<String> {
-    let mut w = StreamWriter::try_new(Vec::new(), schema)?;
-    w.finish()?;
-    Ok(STANDARD.encode(w.into_inner()?))
-}
-
-fn schema_from_b64(s: &str) -> DfResult<SchemaRef> {
-    let bytes = STANDARD.decode(s).map_err(|e| DataFusionError::Internal(format!("bad schema encoding: {e}")))?;
-    Ok(StreamReader::try_new(Cursor::new(bytes), None)?.schema())
-}
-
 impl PhysicalExtensionCodec for IgnisCodec {
     fn try_decode(
         &self,
@@ -268,82 +242,89 @@ impl PhysicalExtensionCodec for IgnisCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let node: IgnisNode = serde_json::from_slice(buf)
-            .map_err(|e| DataFusionError::Internal(format!("unknown Ignis plan node: {e}")))?;
+        let node = IgnisNode::decode(buf)
+            .ok()
+            .and_then(|n| n.node)
+            .ok_or_else(|| DataFusionError::Internal("unknown Ignis plan node".into()))?;
         match node {
-            IgnisNode::ShuffleReader { stage_id, partitions, schema } => {
-                let reader = ShuffleReaderExec::new(stage_id, schema_from_b64(&schema)?, partitions);
+            Node::ShuffleReader(n) => {
+                let stage_id = StageId(n.stage_id);
+                let schema = schema_from_proto(n.schema.as_ref(), "shuffle reader")?;
+                let reader = ShuffleReaderExec::new(stage_id, schema, n.partitions as usize);
                 Ok(match self.inputs.get(&stage_id) {
                     Some(pieces) => Arc::new(reader.with_pieces(pieces.clone())?),
                     None => Arc::new(reader),
                 })
             }
-            IgnisNode::ShuffleWriter { partitioning } => {
+            Node::ShuffleWriter(n) => {
                 let [input] = inputs else {
                     return Err(DataFusionError::Internal("ShuffleWriterExec takes one input".into()));
                 };
-                let partitioning = match partitioning {
+                let partitioning = match n.partitioning {
                     None => None,
-                    Some(b64) => {
-                        let bytes = STANDARD
-                            .decode(b64)
-                            .map_err(|e| DataFusionError::Internal(format!("bad partitioning encoding: {e}")))?;
-                        let proto = protobuf::Partitioning::decode(bytes.as_slice())
-                            .map_err(|e| DataFusionError::Internal(format!("bad partitioning: {e}")))?;
+                    Some(proto) => {
                         let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
                         parse_protobuf_partitioning(Some(&proto), &decode_ctx, &input.schema(), proto_converter)?
                     }
                 };
                 Ok(Arc::new(ShuffleWriterExec::try_new(input.clone(), partitioning)?))
             }
-            IgnisNode::CsvScan { files, schema, options, projection } => {
-                Ok(Arc::new(CsvScanExec::try_new(files, schema_from_b64(&schema)?, options, projection)?))
+            Node::CsvScan(n) => {
+                let schema = schema_from_proto(n.schema.as_ref(), "CSV scan")?;
+                let options = n.options.ok_or_else(|| DataFusionError::Internal("CSV scan without options".into()))?;
+                let projection = projection_from_proto(n.projection);
+                Ok(Arc::new(CsvScanExec::try_new(n.files, schema, CsvScanOptions::try_from(options)?, projection)?))
             }
-            IgnisNode::MapBatches { function, schema } => {
+            Node::MapBatches(n) => {
                 let [input] = inputs else {
                     return Err(DataFusionError::Internal("MapBatchesExec takes one input".into()));
                 };
                 let found = ctx.session_config().get_extension::<BatchFunctions>();
-                let Some(f) = found.as_ref().and_then(|functions| functions.get(&function)) else {
+                let Some(f) = found.as_ref().and_then(|functions| functions.get(&n.function)) else {
                     return Err(IgnisError::Udf(format!(
-                        "map_batches: no transform named '{function}' among this task's UDF components"
+                        "map_batches: no transform named '{}' among this task's UDF components",
+                        n.function
                     ))
                     .into());
                 };
-                Ok(Arc::new(MapBatchesExec::new(input.clone(), f.clone(), schema_from_b64(&schema)?)))
+                let schema = schema_from_proto(n.schema.as_ref(), "map_batches")?;
+                Ok(Arc::new(MapBatchesExec::new(input.clone(), f.clone(), schema)))
             }
-            IgnisNode::Broadcast { partitions } => {
+            Node::Broadcast(n) => {
                 let [input] = inputs else {
                     return Err(DataFusionError::Internal("BroadcastExec takes one input".into()));
                 };
-                Ok(Arc::new(BroadcastExec::try_new(input.clone(), partitions)?))
+                Ok(Arc::new(BroadcastExec::try_new(input.clone(), n.partitions as usize)?))
             }
-            IgnisNode::RuntimeFilter { on } => {
+            Node::RuntimeFilter(n) => {
                 let [input, keys] = inputs else {
                     return Err(DataFusionError::Internal("RuntimeFilterExec takes two inputs".into()));
                 };
+                let on = n.on.iter().map(|k| (k.probe as usize, k.key as usize)).collect();
                 Ok(Arc::new(RuntimeFilterExec::try_new(input.clone(), keys.clone(), on)?))
             }
-            IgnisNode::RecursiveQuery { name, is_distinct, schema } => {
+            Node::RecursiveQuery(n) => {
                 let [static_term, recursive_term] = inputs else {
                     return Err(DataFusionError::Internal("RecursiveQueryExec takes two inputs".into()));
                 };
                 // Building it connects the recursive term's work table to it.
                 Ok(Arc::new(RecursiveQueryExec::try_new(
-                    name,
-                    schema_from_b64(&schema)?,
+                    n.name,
+                    schema_from_proto(n.schema.as_ref(), "recursive query")?,
                     static_term.clone(),
                     recursive_term.clone(),
-                    is_distinct,
+                    n.is_distinct,
                 )?))
             }
-            IgnisNode::WorkTable { name, rows, projection } => {
-                Ok(Arc::new(WorkTableExec::new(name, schema_from_b64(&rows)?, projection)?))
+            Node::WorkTable(n) => {
+                let rows = schema_from_proto(n.rows.as_ref(), "work table")?;
+                Ok(Arc::new(WorkTableExec::new(n.name, rows, projection_from_proto(n.projection))?))
             }
-            IgnisNode::WindowFlags { flags } => {
+            Node::WindowFlags(n) => {
                 let [window] = inputs else {
                     return Err(DataFusionError::Internal("WindowFlagsExec takes one input".into()));
                 };
+                let flags: Vec<WindowFlags> = n.flags.into_iter().map(WindowFlags::from).collect();
                 window_flags::unwrap(window, &flags)
             }
         }
@@ -355,37 +336,39 @@ impl PhysicalExtensionCodec for IgnisCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        let ignis_node = if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
-            IgnisNode::ShuffleReader {
-                stage_id: reader.stage_id(),
-                partitions: reader.partition_count(),
-                schema: schema_to_b64(&reader.schema())?,
-            }
+        let node = if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            Node::ShuffleReader(plan_nodes::ShuffleReader {
+                stage_id: reader.stage_id().0,
+                partitions: reader.partition_count() as u64,
+                schema: schema_to_proto(&reader.schema())?,
+            })
         } else if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
-            let partitioning = match writer.partitioning() {
-                None => None,
-                Some(p) => Some(STANDARD.encode(serialize_partitioning(p, self, proto_converter)?.encode_to_vec())),
-            };
-            IgnisNode::ShuffleWriter { partitioning }
+            let partitioning =
+                writer.partitioning().map(|p| serialize_partitioning(p, self, proto_converter)).transpose()?;
+            Node::ShuffleWriter(plan_nodes::ShuffleWriter { partitioning })
         } else if let Some(scan) = node.downcast_ref::<CsvScanExec>() {
-            IgnisNode::CsvScan {
+            Node::CsvScan(plan_nodes::CsvScan {
                 files: scan.files().to_vec(),
-                schema: schema_to_b64(scan.data_schema())?,
-                options: scan.options().clone(),
-                projection: scan.projection().cloned(),
-            }
+                schema: schema_to_proto(scan.data_schema())?,
+                options: Some(scan.options().into()),
+                projection: projection_to_proto(scan.projection()),
+            })
         } else if let Some(map) = node.downcast_ref::<MapBatchesExec>() {
-            IgnisNode::MapBatches { function: map.function().name().to_owned(), schema: schema_to_b64(&map.schema())? }
+            Node::MapBatches(plan_nodes::MapBatches {
+                function: map.function().name().to_owned(),
+                schema: schema_to_proto(&map.schema())?,
+            })
         } else if let Some(broadcast) = node.downcast_ref::<BroadcastExec>() {
-            IgnisNode::Broadcast { partitions: broadcast.partitions() }
+            Node::Broadcast(plan_nodes::Broadcast { partitions: broadcast.partitions() as u64 })
         } else if let Some(filter) = node.downcast_ref::<RuntimeFilterExec>() {
-            IgnisNode::RuntimeFilter { on: filter.on().to_vec() }
+            let on = filter.on().iter().map(|&(probe, key)| KeyPair { probe: probe as u64, key: key as u64 });
+            Node::RuntimeFilter(plan_nodes::RuntimeFilter { on: on.collect() })
         } else if let Some(recursive) = node.downcast_ref::<RecursiveQueryExec>() {
-            IgnisNode::RecursiveQuery {
+            Node::RecursiveQuery(plan_nodes::RecursiveQuery {
                 name: recursive.name().to_owned(),
                 is_distinct: recursive.is_distinct(),
-                schema: schema_to_b64(&recursive.schema())?,
-            }
+                schema: schema_to_proto(&recursive.schema())?,
+            })
         } else if let Some(work_table) = node.downcast_ref::<WorkTableExec>() {
             let name = work_table.name().to_owned();
             let rows =
@@ -393,15 +376,19 @@ impl PhysicalExtensionCodec for IgnisCodec {
                     DataFusionError::Internal(format!("work table {name} outside its recursive query"))
                 })?;
             let projection = work_table_projection(&rows, &work_table.schema())?;
-            IgnisNode::WorkTable { name, rows: schema_to_b64(&rows)?, projection }
+            Node::WorkTable(plan_nodes::WorkTable {
+                name,
+                rows: schema_to_proto(&rows)?,
+                projection: projection_to_proto(projection.as_ref()),
+            })
         } else if let Some(flagged) = node.downcast_ref::<WindowFlagsExec>() {
-            IgnisNode::WindowFlags { flags: flagged.flags().to_vec() }
+            Node::WindowFlags(WindowFlagList { flags: flagged.flags().iter().map(WindowFlag::from).collect() })
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",
                 node.name()
             )));
         };
-        serde_json::to_writer(buf, &ignis_node).map_err(|e| DataFusionError::Internal(e.to_string()))
+        IgnisNode { node: Some(node) }.encode(buf).map_err(|e| DataFusionError::Internal(e.to_string()))
     }
 }

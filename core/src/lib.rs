@@ -111,6 +111,7 @@ pub mod joins;
 pub mod location;
 pub mod map_batches;
 pub mod memory;
+pub mod plan_nodes;
 pub mod protocol;
 pub mod receipt;
 pub mod runtime_filter;
