@@ -32,13 +32,13 @@ use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
 use crate::joins::BroadcastExec;
 use crate::map_batches::{BatchFunctions, MapBatchesExec};
-use crate::protocol::{PieceLocation, StageInput};
-use crate::runtime_filter::RuntimeFilterExec;
-use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 use crate::plan_nodes::{
     self, IgnisNode, KeyPair, Node, WindowFlag, WindowFlagList, projection_from_proto, projection_to_proto,
     schema_from_proto, schema_to_proto,
 };
+use crate::protocol::{PieceLocation, StageInput};
+use crate::runtime_filter::RuntimeFilterExec;
+use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 use crate::window_flags::{self, WindowFlags, WindowFlagsExec};
 
 /// Encodes and decodes Ignis operators inside datafusion-proto plans.
@@ -94,7 +94,6 @@ fn work_table_projection(rows: &Schema, read: &Schema) -> DfResult<Option<Vec<us
         .collect::<DfResult<Vec<_>>>()?;
     Ok(Some(projection))
 }
-
 
 /// Serialise a plan with Ignis's codec.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {

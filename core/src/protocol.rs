@@ -12,7 +12,12 @@ use crate::job::{Format, ShuffleCompression};
 use crate::session::SessionOptions;
 
 /// Bumped on any incompatible change to these types or to the plan codec.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// How many stage plans a driver assumes an executor host keeps: it sends a
+/// stage's plan to a host once, and forgets what it sent past this many
+/// (then sends them again). Hosts keep more.
+pub const PLANS_A_HOST_KEEPS: usize = 256;
 
 /// How long the driver keeps an idle HTTP/1 keep-alive connection open (its
 /// header read timeout starts when a connection waits for the next request).
@@ -33,8 +38,15 @@ pub struct TaskRequest {
     /// 0 for the first attempt.
     pub attempt: u32,
     /// The stage plan as datafusion-proto bytes (see [`crate::codec`]).
-    #[serde(with = "base64_bytes")]
-    pub plan: Vec<u8>,
+    /// Empty when the plan travels another way: `plan_url`, or (executor
+    /// hosts) it was sent with an earlier task of the same stage to the same
+    /// host, which keeps it by (job, stage). So a plan goes to an executor
+    /// once per stage, not once per task.
+    #[serde(default, with = "base64_bytes", skip_serializing_if = "bytes::Bytes::is_empty")]
+    pub plan: bytes::Bytes,
+    /// Where the plan is stored when it is not inline (Lambda, large plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_url: Option<String>,
     /// Shuffle pieces each upstream stage produced, for the plan's readers.
     pub inputs: Vec<StageInput>,
     pub output: TaskOutput,
@@ -326,7 +338,7 @@ impl From<TaskOutcome> for Result<TaskResult, TaskFailure> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LambdaInvocation {
-    Task(TaskRequest),
+    Task(Box<TaskRequest>),
     TaskRef { url: String },
 }
 
@@ -339,9 +351,9 @@ mod base64_bytes {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+        STANDARD.decode(s.as_bytes()).map(bytes::Bytes::from).map_err(serde::de::Error::custom)
     }
 }
 
@@ -357,7 +369,8 @@ mod tests {
             stage_id: StageId(2),
             partition: 3,
             attempt: 1,
-            plan: vec![0, 1, 2, 255],
+            plan: bytes::Bytes::from_static(&[0, 1, 2, 255]),
+            plan_url: None,
             inputs: vec![],
             output: TaskOutput::Shuffle { root: root.into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,

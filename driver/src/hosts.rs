@@ -3,13 +3,16 @@
 //! `lost_after` is declared lost; the tasks it was running fail as transient
 //! and the scheduler runs them again on the hosts that remain.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ignis_core::error::ErrorKind;
-use ignis_core::protocol::{PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskFailure, TaskRequest, TaskResult};
+use ignis_core::ids::{JobId, StageId};
+use ignis_core::protocol::{
+    PLANS_A_HOST_KEEPS, PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskFailure, TaskRequest, TaskResult,
+};
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
@@ -58,6 +61,10 @@ struct Host {
     draining: bool,
     last_seen: Instant,
     tasks_done: u64,
+    /// Stages whose plan this host was sent (it keeps them): their later
+    /// tasks go without it.
+    plans_sent: HashSet<(JobId, StageId)>,
+    plans_sent_total: u64,
 }
 
 struct Pending {
@@ -73,6 +80,8 @@ pub struct HostInfo {
     pub slots: u32,
     pub running_tasks: usize,
     pub tasks_done: u64,
+    /// Stage plans sent to it: once per stage (its later tasks go without).
+    pub stage_plans_sent: u64,
     pub draining: bool,
     pub last_seen_ms_ago: u64,
 }
@@ -134,6 +143,8 @@ impl HostsBackend {
             draining: false,
             last_seen: Instant::now(),
             tasks_done: 0,
+            plans_sent: HashSet::new(),
+            plans_sent_total: 0,
         };
         state.hosts.insert(id.clone(), host);
         drop(state);
@@ -202,7 +213,18 @@ impl HostsBackend {
             // A task whose job was cancelled is gone from `tasks`.
             if let Some(pending) = state.tasks.get(&key) {
                 host.running.push(key);
-                return Ok(Some(TaskAssignment { task_key: key, request: pending.request.clone() }));
+                let mut request = pending.request.clone();
+                let stage = (request.job_id.clone(), request.stage_id);
+                if host.plans_sent.contains(&stage) {
+                    request.plan = bytes::Bytes::new();
+                } else {
+                    if host.plans_sent.len() >= PLANS_A_HOST_KEEPS {
+                        host.plans_sent.clear();
+                    }
+                    host.plans_sent.insert(stage);
+                    host.plans_sent_total += 1;
+                }
+                return Ok(Some(TaskAssignment { task_key: key, request }));
             }
         }
         Ok(None)
@@ -252,6 +274,7 @@ impl HostsBackend {
                 slots: h.slots,
                 running_tasks: h.running.len(),
                 tasks_done: h.tasks_done,
+                stage_plans_sent: h.plans_sent_total,
                 draining: h.draining,
                 last_seen_ms_ago: h.last_seen.elapsed().as_millis() as u64,
             })

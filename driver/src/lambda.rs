@@ -15,6 +15,7 @@
 //! - The task timeout is the driver's: an invocation still running when it
 //!   passes is abandoned and the attempt fails.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use aws_sdk_lambda::operation::invoke::{InvokeError, InvokeOutput};
 use aws_sdk_lambda::primitives::Blob;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use ignis_core::error::ErrorKind;
+use ignis_core::ids::{JobId, StageId};
 use ignis_core::protocol::{LambdaInvocation, TaskFailure, TaskOutcome, TaskRequest, TaskResult};
 use ignis_core::shuffle::job_shuffle_prefix;
 use ignis_core::store;
@@ -78,7 +80,17 @@ pub struct LambdaBackend {
     config: LambdaConfig,
     slots: Semaphore,
     env: Arc<RuntimeEnv>,
+    /// Stage plans stored for the functions, by (job, stage): each written once.
+    stored_plans: std::sync::Mutex<HashMap<(JobId, StageId), StoredPlan>>,
 }
+
+/// The URL of a stage's stored plan, once it is written.
+type StoredPlan = Arc<tokio::sync::OnceCell<String>>;
+
+/// A plan larger than this goes to the functions by reference: stored once
+/// per stage next to the job's shuffle, fetched once per stage by each warm
+/// function instance (which keeps it), instead of inside every invocation.
+pub const PLAN_INLINE_LIMIT: usize = 16 * 1024;
 
 impl LambdaBackend {
     /// A backend with credentials and region from the standard AWS
@@ -96,12 +108,52 @@ impl LambdaBackend {
 
     /// A backend invoking through `client` (its retries should be off).
     pub fn with_client(config: LambdaConfig, client: aws_sdk_lambda::Client) -> Self {
-        Self { client, slots: Semaphore::new(config.concurrency.max(1)), config, env: store::runtime_env() }
+        Self {
+            client,
+            slots: Semaphore::new(config.concurrency.max(1)),
+            config,
+            env: store::runtime_env(),
+            stored_plans: std::sync::Mutex::default(),
+        }
     }
 
-    /// The invoke payload: the request itself, or a reference to a stored copy.
+    /// The stage plan's URL, stored on the first call for its stage.
+    async fn stored_plan(&self, request: &TaskRequest) -> Result<String, TaskFailure> {
+        let cell = {
+            let mut stored = self.stored_plans.lock().unwrap_or_else(|p| p.into_inner());
+            if stored.len() >= 1024 {
+                // Plans of finished jobs (deleted with their shuffle); one
+                // still running is stored again if asked for.
+                stored.clear();
+            }
+            stored.entry((request.job_id.clone(), request.stage_id)).or_default().clone()
+        };
+        let url = cell
+            .get_or_try_init(|| async {
+                let url = store::join(
+                    &job_shuffle_prefix(&self.config.shuffle_root, &request.job_id),
+                    &format!("plans/{}.plan", request.stage_id),
+                );
+                store::write(&self.env, &url, PutPayload::from(request.plan.clone())).await.map_err(|e| {
+                    TaskFailure { kind: ErrorKind::Transient, message: format!("storing the stage plan at {url}: {e}") }
+                })?;
+                Ok::<_, TaskFailure>(url)
+            })
+            .await?;
+        Ok(url.clone())
+    }
+
+    /// The invoke payload: the request itself, or a reference to a stored
+    /// copy; a large plan by reference to its stage's stored copy.
     async fn payload(&self, request: &TaskRequest) -> Result<Vec<u8>, TaskFailure> {
-        let inline = serde_json::to_vec(&LambdaInvocation::Task(request.clone())).map_err(internal)?;
+        let mut request = request.clone();
+        // Small invoke limits (tests) send smaller plans by reference too.
+        if request.plan.len() > PLAN_INLINE_LIMIT.min(self.config.inline_limit / 4) {
+            request.plan_url = Some(self.stored_plan(&request).await?);
+            request.plan = bytes::Bytes::new();
+        }
+        let request = &request;
+        let inline = serde_json::to_vec(&LambdaInvocation::Task(Box::new(request.clone()))).map_err(internal)?;
         if inline.len() <= self.config.inline_limit {
             return Ok(inline);
         }
@@ -376,7 +428,8 @@ mod tests {
             stage_id: StageId(1),
             partition: 0,
             attempt: 0,
-            plan: vec![1, 2, 3],
+            plan: bytes::Bytes::from_static(&[1, 2, 3]),
+            plan_url: None,
             inputs: vec![],
             output: TaskOutput::Shuffle { root: "file:///tmp/unused".into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,

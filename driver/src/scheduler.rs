@@ -226,7 +226,9 @@ fn stage_request(
         plan: encode_plan(crate::planner::runtime_filters::drop_oversized(
             result_plan(stage, &settings.target)?,
             &|id| done.get(&id).map(|results| results.iter().map(|r| r.metrics.output_rows).sum()),
-        )?)?,
+        )?)?
+        .into(),
+        plan_url: None,
         inputs,
         output,
         batch_size: settings.batch_size,
@@ -277,6 +279,7 @@ fn task_request(
         partition,
         attempt,
         plan: template.plan.clone(),
+        plan_url: template.plan_url.clone(),
         inputs,
         output: template.output.clone(),
         batch_size: template.batch_size,

@@ -12,6 +12,8 @@ mod output;
 pub mod udf;
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,9 +27,12 @@ use datafusion::prelude::SessionContext;
 use ignis_core::codec::decode_plan;
 use ignis_core::csv::MALFORMED_ROWS_DROPPED;
 use ignis_core::error::{IgnisError, Result};
+use ignis_core::ids::{JobId, StageId};
 use ignis_core::map_batches::BatchFunctions;
 use ignis_core::memory::TaskMemory;
-use ignis_core::protocol::{TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef};
+use ignis_core::protocol::{
+    PLANS_A_HOST_KEEPS, TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult, TaskResultOutput, UdfRef,
+};
 use ignis_core::receipt::StoreCounters;
 use ignis_core::session::{SessionOptions, session_config};
 use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
@@ -43,6 +48,32 @@ pub struct Executor {
     /// Task contexts by batch size and session options: building one
     /// registers every built-in function, so it is done once, not per task.
     contexts: Arc<Mutex<HashMap<ContextKey, Arc<TaskContext>>>>,
+    /// Stage plans this executor was sent, so later tasks of a stage need not
+    /// carry theirs.
+    plans: Arc<Mutex<PlanCache>>,
+}
+
+/// Stage plans by (job, stage), the oldest forgotten first past [`PlanCache::CAPACITY`].
+#[derive(Debug, Default)]
+struct PlanCache {
+    plans: HashMap<(JobId, StageId), Bytes>,
+    order: std::collections::VecDeque<(JobId, StageId)>,
+}
+
+impl PlanCache {
+    /// More than a driver assumes a host keeps ([`PLANS_A_HOST_KEEPS`]).
+    const CAPACITY: usize = 2 * PLANS_A_HOST_KEEPS;
+
+    fn insert(&mut self, key: (JobId, StageId), plan: Bytes) {
+        if self.plans.insert(key.clone(), plan).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.plans.remove(&old);
+            }
+        }
+    }
 }
 
 /// Rows per batch and the job's session options.
@@ -52,7 +83,7 @@ impl Executor {
     /// An executor whose tasks each run under `memory`, spilling to the
     /// operating system's temporary directory.
     pub fn new(runtime: Arc<RuntimeEnv>, memory: TaskMemory) -> Self {
-        Self { runtime, memory, contexts: Arc::default() }
+        Self { runtime, memory, contexts: Arc::default(), plans: Arc::default() }
     }
 
     pub fn memory(&self) -> &TaskMemory {
@@ -138,6 +169,31 @@ impl Executor {
         )))
     }
 
+    /// The task's stage plan: sent with it (and kept for the stage's later
+    /// tasks), kept from an earlier task of the stage, or fetched from
+    /// `plan_url` once per stage.
+    async fn plan_bytes(&self, req: &TaskRequest) -> Result<Bytes> {
+        let key = (req.job_id.clone(), req.stage_id);
+        let cached = |plans: &Mutex<PlanCache>| {
+            plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).plans.get(&key).cloned()
+        };
+        let plan = if !req.plan.is_empty() {
+            req.plan.clone()
+        } else if let Some(plan) = cached(&self.plans) {
+            return Ok(plan);
+        } else if let Some(url) = &req.plan_url {
+            tracing::info!(%url, "fetching the stage plan by reference");
+            ignis_core::store::read(&self.runtime, url).await?
+        } else {
+            return Err(IgnisError::Protocol(format!(
+                "task {}/{} came without its stage's plan, and this executor has not kept it",
+                req.stage_id, req.partition
+            )));
+        };
+        self.plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, plan.clone());
+        Ok(plan)
+    }
+
     /// Run one task attempt; a failure is classified for the driver's retry logic.
     pub async fn run_task(&self, request: TaskRequest) -> std::result::Result<TaskResult, TaskFailure> {
         let task = format!("task {}/{}.{}", request.stage_id, request.partition, request.attempt);
@@ -155,7 +211,7 @@ impl Executor {
         let base = self.task_context(req.batch_size, &req.options);
         let (runtime, pool, requests) = self.task_runtime();
         let task_ctx = self.for_task(&base, runtime, &req.udfs).await?;
-        let plan = decode_plan(&req.plan, &task_ctx, &req.inputs)?;
+        let plan = decode_plan(&self.plan_bytes(&req).await?, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
         let partitions = plan.properties().output_partitioning().partition_count();
         if partition >= partitions {

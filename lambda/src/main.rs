@@ -71,7 +71,7 @@ impl Function {
         let invocation: LambdaInvocation = serde_json::from_value(payload)
             .map_err(|e| invocation_error(format!("the invocation payload is not an Ignis task: {e}")))?;
         let request = match invocation {
-            LambdaInvocation::Task(request) => request,
+            LambdaInvocation::Task(request) => *request,
             LambdaInvocation::TaskRef { url } => {
                 tracing::info!(%url, "fetching the task request by reference");
                 self.fetch_request(&url).await?

@@ -149,14 +149,21 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
         metrics.as_str().unwrap().lines().find(|l| l.starts_with("ignis_object_store_requests_total{kind=\"put\"}"));
     assert!(put.is_some_and(|l| !l.ends_with(" 0")), "{metrics}");
 
-    // Two TPC-H queries: same answers as local mode on local files.
+    // Two TPC-H queries: same answers as local mode on local files. A host
+    // is sent each stage's plan once, not once per task.
+    let plans_before: u64 = cluster.executors().await.iter().map(|e| e["stage_plans_sent"].as_u64().unwrap()).sum();
+    let mut stages = 0;
     for query in ["q1", "q3"] {
         let local = tpch_job(tpch_local, query);
         let id = cluster.submit(&on_s3(&local, tpch_s3)).await;
         let status = cluster.wait(&id).await;
         assert_eq!(status["state"], "succeeded", "{query}: {status}");
         assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await), "{query}");
+        stages += status["stages"].as_array().unwrap().len() as u64;
     }
+    let hosts = cluster.executors().await;
+    let plans: u64 = hosts.iter().map(|e| e["stage_plans_sent"].as_u64().unwrap()).sum::<u64>() - plans_before;
+    assert!(plans >= stages && plans <= stages * hosts.len() as u64, "{plans} plans for {stages} stages: {hosts:?}");
 
     // A slow host is killed while it runs tasks; the job completes with the same rows.
     let slow = cluster.start_executor("host-slow", "2", "3000");

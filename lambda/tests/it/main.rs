@@ -221,7 +221,7 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
 
     // Requests over the inline limit travel through S3, and go with the shuffle.
     let by_ref = setup
-        .start_driver("driver-refs", &lambda, &["--lambda-function", FUNCTION, "--lambda-inline-limit", "1024"])
+        .start_driver("driver-refs", &lambda, &["--lambda-function", FUNCTION, "--lambda-inline-limit", "400"])
         .await;
     let local = tpch_job(tpch_local, "q3");
     let id = by_ref.submit(KEY, &on_s3(&local, tpch_s3)).await;
@@ -230,6 +230,12 @@ async fn jobs_run_on_lambda_functions_with_local_mode_results() {
     assert_eq!(sorted(&by_ref.rows(KEY, &id).await), sorted(&local_rows(&local).await));
     let logs = setup.function_logs("fn", INSTANCES).concat();
     assert!(logs.contains("fetching the task request by reference"), "{logs}");
+    // The plan went by reference too: fetched at most once per stage by each
+    // function instance, not once per task.
+    let stages = status["stages"].as_array().unwrap().len();
+    let fetched =
+        logs.lines().filter(|l| l.contains("fetching the stage plan by reference") && l.contains(&id)).count();
+    assert!(fetched >= 1 && fetched <= stages * INSTANCES, "{fetched} plan fetches for {stages} stages: {logs}");
     let left = ignis_core::store::list_all(store.as_ref(), &ObjectPath::from("_shuffle")).await.unwrap();
     assert!(left.is_empty(), "shuffle objects or requests left behind: {left:?}");
 
