@@ -14,9 +14,9 @@ use crate::session::SessionOptions;
 /// Bumped on any incompatible change to these types or to the plan codec.
 pub const PROTOCOL_VERSION: u32 = 6;
 
-/// How many stage plans a driver assumes an executor host keeps: it sends a
-/// stage's plan to a host once, and forgets what it sent past this many
-/// (then sends them again). Hosts keep more.
+/// How many stage plans a driver assumes an executor host keeps: it stops
+/// sending a stage's plan to a host that ran a task of the stage, and
+/// forgets which past this many (then sends them again). Hosts keep more.
 pub const PLANS_A_HOST_KEEPS: usize = 256;
 
 /// How long the driver keeps an idle HTTP/1 keep-alive connection open (its
@@ -39,9 +39,9 @@ pub struct TaskRequest {
     pub attempt: u32,
     /// The stage plan as datafusion-proto bytes (see [`crate::codec`]).
     /// Empty when the plan travels another way: `plan_url`, or (executor
-    /// hosts) it was sent with an earlier task of the same stage to the same
-    /// host, which keeps it by (job, stage). So a plan goes to an executor
-    /// once per stage, not once per task.
+    /// hosts) the host finished a task of the same stage, whose plan it keeps
+    /// by (job, stage). So a plan goes to an executor about once per stage,
+    /// not once per task.
     #[serde(default, with = "base64_bytes", skip_serializing_if = "bytes::Bytes::is_empty")]
     pub plan: bytes::Bytes,
     /// Where the plan is stored when it is not inline (Lambda, large plans).
@@ -78,7 +78,25 @@ pub struct UdfRef {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StageInput {
     pub stage_id: StageId,
+    #[serde(with = "sparse")]
     pub partitions: Vec<Option<Vec<PieceLocation>>>,
+    /// The pieces of a stage of many map tasks, in a table stored once
+    /// ([`crate::shuffle::pieces`]): the executor fills `partitions` from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredPieces>,
+}
+
+/// Where a stored piece table holds the pieces of each reduce partition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredPieces {
+    /// The table object.
+    pub url: String,
+    /// Every map object's URL is this followed by `{map}.{attempt}.arrows`.
+    pub objects: String,
+    /// The byte range (offset, length) of each partition's pieces in the
+    /// table; `None` for a partition the task does not read.
+    #[serde(with = "sparse")]
+    pub ranges: Vec<Option<[u64; 2]>>,
 }
 
 /// A byte range of a shuffle object holding one Arrow IPC stream.
@@ -340,6 +358,54 @@ impl From<TaskOutcome> for Result<TaskResult, TaskFailure> {
 pub enum LambdaInvocation {
     Task(Box<TaskRequest>),
     TaskRef { url: String },
+}
+
+/// A list of which a task is sent a few entries (the partitions it reads),
+/// on the wire as its length and the entries there are, so that a request
+/// does not grow with the partitions it does not read.
+mod sparse {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// More partitions than any stage has (job settings allow 10,000).
+    const MAX_LEN: usize = 1 << 20;
+
+    #[derive(Deserialize)]
+    struct Sparse<T> {
+        len: usize,
+        at: BTreeMap<usize, T>,
+    }
+
+    pub fn serialize<T: Serialize, S: Serializer>(items: &[Option<T>], s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// The entries there are, by index, without copying them.
+        struct At<'a, T>(&'a [Option<T>]);
+        impl<T: Serialize> Serialize for At<'_, T> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().enumerate().filter_map(|(i, item)| item.as_ref().map(|item| (i, item))))
+            }
+        }
+        let mut sparse = s.serialize_struct("Sparse", 2)?;
+        sparse.serialize_field("len", &items.len())?;
+        sparse.serialize_field("at", &At(items))?;
+        sparse.end()
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<T>>, D::Error> {
+        let sparse = Sparse::<T>::deserialize(d)?;
+        if sparse.len > MAX_LEN {
+            return Err(serde::de::Error::custom(format!("a list of {} partitions", sparse.len)));
+        }
+        if sparse.at.keys().next_back().is_some_and(|&last| last >= sparse.len) {
+            return Err(serde::de::Error::custom("a sparse list entry past its length"));
+        }
+        let mut items: Vec<Option<T>> = std::iter::repeat_with(|| None).take(sparse.len).collect();
+        for (i, item) in sparse.at {
+            items[i] = Some(item);
+        }
+        Ok(items)
+    }
 }
 
 mod base64_bytes {

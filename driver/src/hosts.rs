@@ -61,9 +61,11 @@ struct Host {
     draining: bool,
     last_seen: Instant,
     tasks_done: u64,
-    /// Stages whose plan this host was sent (it keeps them): their later
-    /// tasks go without it.
-    plans_sent: HashSet<(JobId, StageId)>,
+    /// Stages whose plan this host keeps: it finished a task that carried
+    /// the plan (until then, each task of the stage carries it, so a task
+    /// that overtakes the first on another slot is not left without).
+    /// Their later tasks go without it.
+    plans_kept: HashSet<(JobId, StageId)>,
     plans_sent_total: u64,
 }
 
@@ -143,7 +145,7 @@ impl HostsBackend {
             draining: false,
             last_seen: Instant::now(),
             tasks_done: 0,
-            plans_sent: HashSet::new(),
+            plans_kept: HashSet::new(),
             plans_sent_total: 0,
         };
         state.hosts.insert(id.clone(), host);
@@ -214,14 +216,9 @@ impl HostsBackend {
             if let Some(pending) = state.tasks.get(&key) {
                 host.running.push(key);
                 let mut request = pending.request.clone();
-                let stage = (request.job_id.clone(), request.stage_id);
-                if host.plans_sent.contains(&stage) {
+                if host.plans_kept.contains(&(request.job_id.clone(), request.stage_id)) {
                     request.plan = bytes::Bytes::new();
                 } else {
-                    if host.plans_sent.len() >= PLANS_A_HOST_KEEPS {
-                        host.plans_sent.clear();
-                    }
-                    host.plans_sent.insert(stage);
                     host.plans_sent_total += 1;
                 }
                 return Ok(Some(TaskAssignment { task_key: key, request }));
@@ -247,6 +244,16 @@ impl HostsBackend {
         host.running.swap_remove(pos);
         host.tasks_done += 1;
         let Some(mut pending) = state.tasks.remove(&key) else { return Ok(false) };
+        let stage = (pending.request.job_id.clone(), pending.request.stage_id);
+        if outcome.is_ok() {
+            if host.plans_kept.len() >= PLANS_A_HOST_KEEPS {
+                host.plans_kept.clear();
+            }
+            host.plans_kept.insert(stage);
+        } else {
+            // It may have failed for want of the plan: the retry carries it.
+            host.plans_kept.remove(&stage);
+        }
         drop(guard);
         self.wake.notify_waiters();
         let misfit = match &outcome {

@@ -335,6 +335,7 @@ impl Driver {
         };
         let settings = RunSettings {
             job_id: job_id.clone(),
+            env: env.clone(),
             shuffle_root: self.config.shuffle_root.clone(),
             compression: job.config.shuffle_compression.unwrap_or_default(),
             batch_size: job.config.batch_size(),

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -14,10 +15,12 @@ use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::{JobId, StageId};
 use ignis_core::job::{Format, ShuffleCompression};
 use ignis_core::protocol::{
-    PROTOCOL_VERSION, PieceLocation, StageInput, TaskFailure, TaskMetrics, TaskOutput, TaskRequest, TaskResult,
-    TaskResultOutput, UdfRef,
+    PROTOCOL_VERSION, PieceLocation, StageInput, StoredPieces, TaskFailure, TaskMetrics, TaskOutput, TaskRequest,
+    TaskResult, TaskResultOutput, UdfRef,
 };
 use ignis_core::session::SessionOptions;
+use ignis_core::shuffle::pieces::{self, MapOutput, STORE_ABOVE_MAPS};
+use ignis_core::shuffle::stage_objects_prefix;
 use ignis_core::store;
 
 use crate::backend::TaskBackend;
@@ -68,6 +71,8 @@ pub enum ResultTarget {
 
 pub struct RunSettings {
     pub job_id: JobId,
+    /// The job's runtime: object stores for the piece tables it writes.
+    pub env: Arc<RuntimeEnv>,
     pub shuffle_root: String,
     pub compression: ShuffleCompression,
     pub batch_size: usize,
@@ -117,7 +122,7 @@ pub async fn run_graph(
             if !ready {
                 continue;
             }
-            let template = stage_request(stage, graph, &done, settings)?;
+            let template = stage_request(stage, graph, &done, settings).await?;
             events(JobEvent::StageSubmitted { stage: stage.id, tasks: stage.tasks });
             partial.insert(stage.id, vec![None; stage.tasks]);
             if stage.tasks == 0 {
@@ -194,20 +199,21 @@ pub async fn run_graph(
 }
 
 /// The request every task of `stage` shares; `task_request` fills in the task.
-fn stage_request(
+async fn stage_request(
     stage: &Stage,
     graph: &StageGraph,
     done: &HashMap<StageId, Vec<TaskResult>>,
     settings: &RunSettings,
 ) -> Result<TaskRequest> {
-    let inputs = stage
-        .inputs
-        .iter()
-        .map(|id| {
-            let upstream = graph.stage(*id).ok_or_else(|| IgnisError::internal(format!("no stage {id}")))?;
-            stage_input(upstream, &done[id])
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut inputs = Vec::with_capacity(stage.inputs.len());
+    for id in &stage.inputs {
+        let upstream = graph.stage(*id).ok_or_else(|| IgnisError::internal(format!("no stage {id}")))?;
+        let stored = match stored_input(upstream, &done[id], settings).await? {
+            Some(stored) => stored,
+            None => stage_input(upstream, &done[id])?,
+        };
+        inputs.push(stored);
+    }
     let output = match (&stage.exchange, &settings.target) {
         (Exchange::Result, ResultTarget::Files { staging, format, partition_by }) => TaskOutput::Files {
             staging: staging.clone(),
@@ -262,13 +268,19 @@ fn task_request(
         .iter()
         .map(|input| {
             let wanted = reads.get(&input.stage_id);
+            let reads = |p: &usize| wanted.is_some_and(|w| w.contains(p));
             let partitions = input
                 .partitions
                 .iter()
                 .enumerate()
-                .map(|(p, pieces)| if wanted.is_some_and(|w| w.contains(&p)) { pieces.clone() } else { None })
+                .map(|(p, pieces)| if reads(&p) { pieces.clone() } else { None })
                 .collect();
-            StageInput { stage_id: input.stage_id, partitions }
+            let stored = input.stored.as_ref().map(|stored| StoredPieces {
+                url: stored.url.clone(),
+                objects: stored.objects.clone(),
+                ranges: stored.ranges.iter().enumerate().map(|(p, r)| if reads(&p) { *r } else { None }).collect(),
+            });
+            StageInput { stage_id: input.stage_id, partitions, stored }
         })
         .collect();
     // Field by field: the shared request's inputs hold every partition's pieces.
@@ -320,7 +332,31 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
             shuffles.iter().map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect()).collect()
         }
     };
-    Ok(StageInput { stage_id: upstream.id, partitions: partitions.into_iter().map(Some).collect() })
+    Ok(StageInput { stage_id: upstream.id, partitions: partitions.into_iter().map(Some).collect(), stored: None })
+}
+
+/// A hash-split stage of many map tasks: its pieces in a table stored once
+/// next to its shuffle objects, so each reduce task's request carries the
+/// byte range of its own partition instead of a piece of every map task.
+/// `None` for other stages (their pieces go inline).
+async fn stored_input(upstream: &Stage, results: &[TaskResult], settings: &RunSettings) -> Result<Option<StageInput>> {
+    let Exchange::Split { partitions, .. } = &upstream.exchange else { return Ok(None) };
+    if results.len() <= STORE_ABOVE_MAPS {
+        return Ok(None);
+    }
+    let mut maps = Vec::with_capacity(results.len());
+    for r in results {
+        let TaskResultOutput::Shuffle { url, pieces } = &r.output else { return Ok(None) };
+        maps.push(MapOutput { map: r.partition, attempt: r.attempt, url, pieces });
+    }
+    let objects = stage_objects_prefix(&settings.shuffle_root, &settings.job_id, upstream.id);
+    let url = store::join(&objects, "pieces.table");
+    let stored = pieces::write_table(&settings.env, &url, &objects, &maps, *partitions).await?;
+    Ok(stored.map(|stored| StageInput {
+        stage_id: upstream.id,
+        partitions: vec![None; *partitions],
+        stored: Some(stored),
+    }))
 }
 
 /// The shuffle pieces of the result stage, in partition order, for collect.

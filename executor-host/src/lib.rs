@@ -205,12 +205,15 @@ impl Executor {
         result.map_err(TaskFailure::from)
     }
 
-    async fn run(&self, req: TaskRequest) -> Result<TaskResult> {
+    async fn run(&self, mut req: TaskRequest) -> Result<TaskResult> {
         req.check_version()?;
         let start = Instant::now();
         let base = self.task_context(req.batch_size, &req.options);
         let (runtime, pool, requests) = self.task_runtime();
         let task_ctx = self.for_task(&base, runtime, &req.udfs).await?;
+        for input in &mut req.inputs {
+            ignis_core::shuffle::pieces::resolve(&task_ctx.runtime_env(), input).await?;
+        }
         let plan = decode_plan(&self.plan_bytes(&req).await?, &task_ctx, &req.inputs)?;
         let partition = req.partition as usize;
         let partitions = plan.properties().output_partitioning().partition_count();

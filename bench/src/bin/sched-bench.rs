@@ -75,9 +75,12 @@ mod noop {
                 TaskOutput::Files { staging, .. } => staging.clone(),
             };
             let pieces = if is_map { self.reduces } else { 1 };
-            let url = format!(
-                "{root}/{}/{}/{}.{}.arrows",
-                request.job_id, request.stage_id, request.partition, request.attempt
+            let url = ignis_core::shuffle::shuffle_object_url(
+                &root,
+                &request.job_id,
+                request.stage_id,
+                request.partition,
+                request.attempt,
             );
             Ok(TaskResult {
                 job_id: request.job_id,
@@ -161,9 +164,14 @@ async fn main() -> anyhow::Result<()> {
         reduce_bytes: AtomicU64::new(0),
         reduce_max: AtomicU64::new(0),
     });
+    // Piece tables of stages over 1,000 map tasks are written here (no shuffle data is).
+    let shuffle = tempfile::tempdir()?;
     let settings = RunSettings {
         job_id: JobId::generate(),
-        shuffle_root: "s3://bench/shuffle".into(),
+        env: ignis_core::store::runtime_env(),
+        shuffle_root: url::Url::from_directory_path(shuffle.path())
+            .map_err(|()| anyhow::anyhow!("temp dir is not a path"))?
+            .to_string(),
         compression: ShuffleCompression::Lz4,
         batch_size: 8192,
         options: Default::default(),

@@ -6,6 +6,7 @@
 //! a reduce task fetches its piece of every map output with a ranged GET. The
 //! object count is O(maps), not O(maps x reducers).
 
+pub mod pieces;
 mod reader;
 mod writer;
 
@@ -18,6 +19,12 @@ use crate::store;
 /// The URL of one map task attempt's shuffle object.
 pub fn shuffle_object_url(root: &str, job: &JobId, stage: StageId, partition: u32, attempt: u32) -> String {
     store::join(root, &format!("{job}/{stage}/{partition}.{attempt}.arrows"))
+}
+
+/// The prefix of one stage's shuffle objects: each is this followed by
+/// `{partition}.{attempt}.arrows`.
+pub fn stage_objects_prefix(root: &str, job: &JobId, stage: StageId) -> String {
+    store::join(root, &format!("{job}/{stage}/"))
 }
 
 /// The URL prefix holding all of a job's shuffle objects.

@@ -12,6 +12,7 @@ mod formats;
 mod memory;
 mod orders;
 mod parity;
+mod pieces;
 mod receipts;
 mod retry;
 mod tenants;
