@@ -316,6 +316,9 @@ impl JobLimits {
                 "",
             ),
             over("name", name_chars as u64, self.name_chars as u64, " characters"),
+            c.task_deadline_s.filter(|s| !(s.is_finite() && (0.1..=86_400.0).contains(s))).map(|s| {
+                IgnisError::Job(format!("config.task_deadline_s: {s} is not a number of seconds from 0.1 to 86400"))
+            }),
         ];
         match checks.into_iter().flatten().next() {
             Some(e) => Err(e),
@@ -403,6 +406,11 @@ pub struct JobConfig {
     /// [`SessionOptions`](crate::session::SessionOptions) for which).
     #[serde(default, skip_serializing_if = "SessionOptions::is_empty")]
     pub options: SessionOptions,
+    /// Seconds a task attempt on executor hosts may run before it is
+    /// abandoned and run again on another host (default: once a task of its
+    /// stage has finished, 10 x the stage's median task time, at least 60 s).
+    #[serde(default)]
+    pub task_deadline_s: Option<f64>,
 }
 
 // Measured on TPC-H SF1 (bench --shuffle-compression): none and lz4 give the

@@ -19,6 +19,9 @@ pub trait TaskBackend: Send + Sync {
     fn capacity(&self) -> usize;
     /// A short name for status output ("local", "hosts", "lambda").
     fn name(&self) -> &str;
+
+    /// The job ended: forget what was kept for it.
+    fn job_finished(&self, _job: &ignis_core::ids::JobId) {}
 }
 
 /// Local mode: `workers` tasks at a time, each on the driver's tokio runtime,

@@ -47,6 +47,12 @@ struct State {
     hosts: HashMap<String, Host>,
     queue: VecDeque<u64>,
     tasks: HashMap<u64, Pending>,
+    /// Run times (ms) of the finished tasks of each running stage.
+    finished: HashMap<(JobId, StageId), Vec<u64>>,
+    /// Deadlines each host missed, by job; past [`MISSES_TO_EXCLUDE`] the
+    /// host is excluded from the job (Spark's excludeOnFailure).
+    missed: HashMap<(JobId, String), u32>,
+    excluded: HashMap<JobId, HashSet<String>>,
     /// Hosts by the hash of the token each was given at registration.
     tokens: HashMap<KeyHash, String>,
     next_task: u64,
@@ -72,7 +78,17 @@ struct Host {
 struct Pending {
     request: TaskRequest,
     reply: Option<Reply>,
+    /// When a host took it.
+    started: Option<Instant>,
 }
+
+/// Deadlines a host may miss in a job before the job excludes it.
+const MISSES_TO_EXCLUDE: u32 = 2;
+
+/// The default deadline: this many times the stage's median task time...
+const DEADLINE_MEDIANS: u32 = 10;
+/// ...and never under this.
+const MIN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One host as `GET /v1/executors` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -110,8 +126,9 @@ impl HostsBackend {
         tokio::spawn(async move {
             loop {
                 let Some(backend) = weak.upgrade() else { return };
-                let period = (backend.config.lost_after / 4).max(Duration::from_millis(50));
+                let period = (backend.config.lost_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
                 backend.reap_lost_hosts();
+                backend.reap_overdue_tasks();
                 drop(backend);
                 tokio::time::sleep(period).await;
             }
@@ -211,20 +228,25 @@ impl HostsBackend {
         if host.draining || host.running.len() >= host.slots as usize {
             return Ok(None);
         }
-        while let Some(key) = state.queue.pop_front() {
-            // A task whose job was cancelled is gone from `tasks`.
-            if let Some(pending) = state.tasks.get(&key) {
-                host.running.push(key);
-                let mut request = pending.request.clone();
-                if host.plans_kept.contains(&(request.job_id.clone(), request.stage_id)) {
-                    request.plan = bytes::Bytes::new();
-                } else {
-                    host.plans_sent_total += 1;
-                }
-                return Ok(Some(TaskAssignment { task_key: key, request }));
-            }
+        // A task whose job was cancelled is gone from `tasks`.
+        while state.queue.front().is_some_and(|key| !state.tasks.contains_key(key)) {
+            state.queue.pop_front();
         }
-        Ok(None)
+        // The first task whose job has not excluded this host.
+        let eligible = state.queue.iter().position(|key| {
+            state.tasks.get(key).is_some_and(|p| !state.excluded.get(&p.request.job_id).is_some_and(|e| e.contains(id)))
+        });
+        let Some(key) = eligible.and_then(|at| state.queue.remove(at)) else { return Ok(None) };
+        let Some(pending) = state.tasks.get_mut(&key) else { return Ok(None) };
+        pending.started = Some(Instant::now());
+        host.running.push(key);
+        let mut request = pending.request.clone();
+        if host.plans_kept.contains(&(request.job_id.clone(), request.stage_id)) {
+            request.plan = bytes::Bytes::new();
+        } else {
+            host.plans_sent_total += 1;
+        }
+        Ok(Some(TaskAssignment { task_key: key, request }))
     }
 
     /// A host reports a task's outcome. Returns whether it was accepted: a
@@ -245,6 +267,11 @@ impl HostsBackend {
         host.tasks_done += 1;
         let Some(mut pending) = state.tasks.remove(&key) else { return Ok(false) };
         let stage = (pending.request.job_id.clone(), pending.request.stage_id);
+        if outcome.is_ok()
+            && let Some(started) = pending.started
+        {
+            state.finished.entry(stage.clone()).or_default().push(started.elapsed().as_millis() as u64);
+        }
         if outcome.is_ok() {
             if host.plans_kept.len() >= PLANS_A_HOST_KEEPS {
                 host.plans_kept.clear();
@@ -313,6 +340,77 @@ impl HostsBackend {
         }
     }
 
+    /// The deadline of a task of `request`'s stage: the job's setting, else
+    /// once a task of the stage has finished, 10 x the stage's median, at
+    /// least 60 s; none before.
+    fn deadline(state: &State, request: &TaskRequest) -> Option<Duration> {
+        if let Some(ms) = request.deadline_ms {
+            return Some(Duration::from_millis(ms));
+        }
+        let finished = state.finished.get(&(request.job_id.clone(), request.stage_id))?;
+        let mut sorted = finished.clone();
+        sorted.sort_unstable();
+        let median = Duration::from_millis(*sorted.get(sorted.len() / 2)?);
+        Some((median * DEADLINE_MEDIANS).max(MIN_DEADLINE))
+    }
+
+    /// Fail the attempts that ran past their deadline (the scheduler retries
+    /// them; their hosts' slots are not handed them back), and exclude from a
+    /// job a host that missed [`MISSES_TO_EXCLUDE`] of its deadlines, as long
+    /// as another host can still run its tasks.
+    fn reap_overdue_tasks(&self) {
+        let mut overdue: Vec<(Reply, String)> = Vec::new();
+        {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let mut late: Vec<(String, u64, Duration)> = Vec::new();
+            for (id, host) in &state.hosts {
+                for key in &host.running {
+                    let Some(pending) = state.tasks.get(key) else { continue };
+                    let (Some(started), Some(deadline)) = (pending.started, Self::deadline(state, &pending.request))
+                    else {
+                        continue;
+                    };
+                    if started.elapsed() > deadline {
+                        late.push((id.clone(), *key, deadline));
+                    }
+                }
+            }
+            for (id, key, deadline) in late {
+                let Some(mut pending) = state.tasks.remove(&key) else { continue };
+                let name = state.hosts.get(&id).map(|h| h.name.clone()).unwrap_or_default();
+                if let Some(host) = state.hosts.get_mut(&id) {
+                    host.running.retain(|k| *k != key);
+                }
+                let job = pending.request.job_id.clone();
+                let misses = state.missed.entry((job.clone(), id.clone())).or_default();
+                *misses += 1;
+                let others = state.hosts.keys().filter(|h| **h != id).count();
+                let excluded = state.excluded.entry(job.clone()).or_default();
+                let mut note = String::new();
+                if *misses >= MISSES_TO_EXCLUDE && others > excluded.len() && excluded.insert(id.clone()) {
+                    tracing::warn!(job = %job, executor = %id, %name, "executor host excluded from the job: missed {MISSES_TO_EXCLUDE} task deadlines");
+                    note = format!("; host excluded from the job after {MISSES_TO_EXCLUDE} missed deadlines");
+                }
+                let message = format!(
+                    "task {}/{} attempt {} ran past its deadline of {:.1}s on executor host {name} ({id}){note}",
+                    pending.request.stage_id,
+                    pending.request.partition,
+                    pending.request.attempt,
+                    deadline.as_secs_f64()
+                );
+                if let Some(reply) = pending.reply.take() {
+                    overdue.push((reply, message));
+                }
+            }
+        }
+        for (reply, message) in overdue {
+            tracing::warn!(%message, "task attempt abandoned");
+            let _ = reply.send(Err(TaskFailure { kind: ErrorKind::Transient, message }));
+        }
+        self.wake.notify_waiters();
+    }
+
     fn fail_tasks(&self, host: &Host, message: &str) {
         let replies: Vec<Reply> = {
             let mut state = self.lock();
@@ -346,7 +444,7 @@ impl TaskBackend for HostsBackend {
             let mut state = self.lock();
             state.next_task += 1;
             let key = state.next_task;
-            state.tasks.insert(key, Pending { request, reply: Some(tx) });
+            state.tasks.insert(key, Pending { request, reply: Some(tx), started: None });
             state.queue.push_back(key);
             key
         };
@@ -367,5 +465,12 @@ impl TaskBackend for HostsBackend {
 
     fn name(&self) -> &str {
         "hosts"
+    }
+
+    fn job_finished(&self, job: &JobId) {
+        let mut state = self.lock();
+        state.finished.retain(|(j, _), _| j != job);
+        state.missed.retain(|(j, _), _| j != job);
+        state.excluded.remove(job);
     }
 }

@@ -343,6 +343,7 @@ impl Driver {
             max_task_attempts: job.config.max_task_attempts(),
             target,
             udfs: udf_refs,
+            task_deadline: job.config.task_deadline_s.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
         };
 
         let run = tokio::select! {
@@ -364,6 +365,7 @@ impl Driver {
         if let Err(e) = delete_shuffle(&env, &self.config.shuffle_root, &job_id).await {
             tracing::warn!(job = %job_id, error = %e, "could not remove shuffle objects");
         }
+        backend.job_finished(&job_id);
         let (result, results) = finished?;
         let driver_requests = planned.ctx.state().config().get_extension::<StoreCounters>().map(|c| c.snapshot());
         let receipt = receipt(backend.name(), driver_requests.unwrap_or_default(), &results, &self.config.prices);

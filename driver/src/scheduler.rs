@@ -81,6 +81,8 @@ pub struct RunSettings {
     pub target: ResultTarget,
     /// Wasm components the plans call.
     pub udfs: Vec<UdfRef>,
+    /// `config.task_deadline_s`.
+    pub task_deadline: Option<std::time::Duration>,
 }
 
 /// Accepted task results: `results[stage][partition]`, plus attempt counts.
@@ -240,6 +242,7 @@ async fn stage_request(
         batch_size: settings.batch_size,
         options: settings.options.clone(),
         udfs: settings.udfs.clone(),
+        deadline_ms: settings.task_deadline.map(|d| d.as_millis() as u64),
     })
 }
 
@@ -297,6 +300,7 @@ fn task_request(
         batch_size: template.batch_size,
         options: template.options.clone(),
         udfs: template.udfs.clone(),
+        deadline_ms: template.deadline_ms,
     };
     if let TaskOutput::Files { staging, file_stem, .. } = &mut req.output {
         *staging = store::join(staging, &format!("p{partition}-a{attempt}"));

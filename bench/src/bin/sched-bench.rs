@@ -178,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         max_task_attempts: 1,
         target: ResultTarget::Collect,
         udfs: vec![],
+        task_deadline: None,
     };
     let (cpu_before, _) = usage();
     let start = Instant::now();

@@ -189,6 +189,24 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     assert!(cluster.log("driver").contains("executor host lost"), "{}", cluster.log("driver"));
     wait_until("the lost host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
 
+    // A host that takes tasks and never answers (it keeps heartbeating): each
+    // attempt is abandoned at the job's deadline and run on another host, the
+    // host is excluded from the job after two misses, and the job succeeds.
+    let stuck = cluster.start_executor("host-stuck", "2", "600000");
+    wait_until("the stuck host", || async { cluster.executors().await.len() == 3 }).await;
+    let mut job = on_s3(&local, tpch_s3);
+    job.config.task_deadline_s = Some(2.0);
+    let id = cluster.submit(&job).await;
+    let status = cluster.wait(&id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await));
+    assert!(failed_attempts(&status) >= 1, "no attempt was abandoned: {status}");
+    let driver_log = cluster.log("driver");
+    assert!(driver_log.contains("ran past its deadline of 2.0s on executor host host-stuck"), "{driver_log}");
+    assert!(driver_log.contains("excluded from the job"), "{driver_log}");
+    Command::new("kill").args(["-9", &stuck.to_string()]).status().unwrap();
+    wait_until("the stuck host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
+
     check_auth_and_isolation(&cluster, &id).await;
     check_bad_requests(&cluster).await;
 

@@ -117,6 +117,9 @@ fn malformed_job_file_names_the_field() {
 
     let err = fails(ws.path(), TABLE);
     assert!(err.contains("missing `sql` or `steps`"), "{err}");
+
+    let err = fails(ws.path(), "sql = 'SELECT 1'\n[config]\ntask_deadline_s = -3\n");
+    assert!(err.contains("config.task_deadline_s: -3"), "{err}");
 }
 
 #[test]
