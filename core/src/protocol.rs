@@ -215,6 +215,12 @@ pub struct TaskMetrics {
     /// The memory of the Lambda function that ran the task (MB); 0 elsewhere.
     #[serde(default)]
     pub function_memory_mb: u64,
+    /// Shuffle GETs sent a second time for want of an answer, and how many
+    /// of those answered first.
+    #[serde(default)]
+    pub hedged_reads: u64,
+    #[serde(default)]
+    pub hedge_wins: u64,
 }
 
 /// A failed task as it crosses the wire: classified, with a message for the user.

@@ -144,6 +144,9 @@ pub struct JobOutcome {
     pub peak_task_memory: u64,
     /// What the job used and what that costs.
     pub receipt: Receipt,
+    /// Shuffle GETs sent again for want of an answer, and those that answered first.
+    pub hedged_reads: u64,
+    pub hedge_wins: u64,
     pub elapsed: Duration,
     pub result: JobResult,
 }
@@ -163,6 +166,8 @@ impl JobOutcome {
             spilled_bytes: 0,
             peak_task_memory: 0,
             receipt: Receipt::default(),
+            hedged_reads: 0,
+            hedge_wins: 0,
             elapsed,
             result,
         }
@@ -389,6 +394,8 @@ impl Driver {
                 .max()
                 .unwrap_or(0),
             receipt,
+            hedged_reads: stage_metric(&results, |_| true, |m| m.hedged_reads),
+            hedge_wins: stage_metric(&results, |_| true, |m| m.hedge_wins),
             elapsed: start.elapsed(),
             result,
         })

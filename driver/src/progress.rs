@@ -127,6 +127,8 @@ pub fn summary(o: &JobOutcome) -> String {
         spilled_bytes: o.spilled_bytes,
         peak_task_memory: o.peak_task_memory,
         receipt: Some(o.receipt.clone()),
+        hedged_reads: o.hedged_reads,
+        hedge_wins: o.hedge_wins,
     };
     summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
 }
@@ -149,9 +151,14 @@ fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> Str
     } else {
         String::new()
     };
+    let hedged = if m.hedged_reads > 0 {
+        format!(", {} shuffle reads hedged ({} answered first)", m.hedged_reads, m.hedge_wins)
+    } else {
+        String::new()
+    };
     let receipt = m.receipt.as_ref().map(receipt_line).unwrap_or_default();
     format!(
-        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{dropped}{receipt}",
+        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{hedged}{dropped}{receipt}",
         elapsed_ms as f64 / 1000.0,
         m.tasks,
         m.task_attempts,

@@ -35,7 +35,7 @@ use ignis_core::protocol::{
 };
 use ignis_core::receipt::StoreCounters;
 use ignis_core::session::{SessionOptions, session_config};
-use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
+use ignis_core::shuffle::{HEDGE_WINS, HEDGED_READS, ShuffleWriterExec, shuffle_object_url};
 use udf::UdfHost;
 
 /// Runs tasks. Cheap to share; holds the runtime (object stores, caches, the
@@ -260,6 +260,8 @@ impl Executor {
                 peak_memory_bytes: pool.peak_reserved() as u64,
                 store: requests.snapshot(),
                 function_memory_mb: 0,
+                hedged_reads: sum_metric(&plan, &|m| m.sum_by_name(HEDGED_READS).map(|v| v.as_usize())),
+                hedge_wins: sum_metric(&plan, &|m| m.sum_by_name(HEDGE_WINS).map(|v| v.as_usize())),
             },
         })
     }

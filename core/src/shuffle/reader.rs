@@ -14,6 +14,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
@@ -21,6 +22,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt, stream};
 use object_store::ObjectStoreExt;
 
+use super::hedge::hedged;
 use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
 use crate::protocol::PieceLocation;
@@ -38,7 +40,13 @@ pub struct ShuffleReaderExec {
     /// task was not sent. Empty until a task fills it in.
     pieces: Vec<Option<Vec<PieceLocation>>>,
     cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
+
+/// The metric counting piece GETs sent a second time ([`super::hedge`]).
+pub const HEDGED_READS: &str = "shuffle_hedged_reads";
+/// The metric counting second GETs that answered first.
+pub const HEDGE_WINS: &str = "shuffle_hedge_wins";
 
 impl ShuffleReaderExec {
     pub fn new(stage_id: StageId, schema: SchemaRef, partition_count: usize) -> Self {
@@ -48,7 +56,14 @@ impl ShuffleReaderExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { stage_id, schema, partition_count, pieces: vec![], cache: Arc::new(cache) }
+        Self {
+            stage_id,
+            schema,
+            partition_count,
+            pieces: vec![],
+            cache: Arc::new(cache),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 
     /// The same reader with the locations of its input pieces.
@@ -74,19 +89,25 @@ impl ShuffleReaderExec {
     }
 }
 
-pub(crate) async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
+/// Counters of hedged GETs: (sent again, answered first).
+#[derive(Clone, Default)]
+pub(crate) struct Hedges(Count, Count);
+
+pub(crate) async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation, hedges: Hedges) -> Result<Vec<RecordBatch>> {
     let (store, path) = store::resolve(&env, &piece.url)?;
-    let bytes = if piece.more.is_empty() {
-        store.get_range(&path, piece.offset..piece.offset + piece.length).await?
-    } else {
+    let fetch = || async {
+        if piece.more.is_empty() {
+            return store.get_range(&path, piece.offset..piece.offset + piece.length).await;
+        }
         // A piece uploaded in parts: its stream is the ranges end to end.
         let parts = store.get_ranges(&path, &piece.ranges()).await?;
         let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
         for part in parts {
             joined.extend_from_slice(&part);
         }
-        bytes::Bytes::from(joined)
+        Ok(bytes::Bytes::from(joined))
     };
+    let bytes = hedged(fetch, &hedges.0, &hedges.1).await?;
     // Decoded in place: uncompressed columns point into the fetched bytes
     // instead of being copied out of them.
     let mut buffer = Buffer::from(bytes);
@@ -117,6 +138,10 @@ impl DisplayAs for ShuffleReaderExec {
 impl ExecutionPlan for ShuffleReaderExec {
     crate::leaf_plan_methods!("ShuffleReaderExec");
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let Some(pieces) = self.pieces.get(partition).and_then(Option::as_ref) else {
             return Err(DataFusionError::Internal(format!(
@@ -126,9 +151,13 @@ impl ExecutionPlan for ShuffleReaderExec {
             )));
         };
         let env = context.runtime_env();
+        let hedges = Hedges(
+            MetricBuilder::new(&self.metrics).counter(HEDGED_READS, partition),
+            MetricBuilder::new(&self.metrics).counter(HEDGE_WINS, partition),
+        );
         let pieces: Vec<PieceLocation> = pieces.iter().filter(|p| p.rows > 0).cloned().collect();
         let batches = stream::iter(pieces)
-            .map(move |piece| read_piece(env.clone(), piece))
+            .map(move |piece| read_piece(env.clone(), piece, hedges.clone()))
             // Fetch a few pieces ahead (ranged GETs overlap), keeping their order.
             .buffered(PREFETCH_PIECES)
             .map_ok(|batches| stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))

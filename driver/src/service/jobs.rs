@@ -107,6 +107,11 @@ pub struct JobMetrics {
     /// What the job used and its estimated cost, once it succeeded.
     #[serde(default)]
     pub receipt: Option<ignis_core::receipt::Receipt>,
+    /// Shuffle GETs sent again for want of an answer (hedged), and those that answered first.
+    #[serde(default)]
+    pub hedged_reads: u64,
+    #[serde(default)]
+    pub hedge_wins: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -259,6 +264,8 @@ impl JobEntry {
                     spilled_bytes: o.spilled_bytes,
                     peak_task_memory: o.peak_task_memory,
                     receipt: Some(o.receipt.clone()),
+                    hedged_reads: o.hedged_reads,
+                    hedge_wins: o.hedge_wins,
                 };
                 p.output = match &o.result {
                     JobResult::Rows { .. } => None,
