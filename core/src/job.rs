@@ -411,6 +411,11 @@ pub struct JobConfig {
     /// stage has finished, 10 x the stage's median task time, at least 60 s).
     #[serde(default)]
     pub task_deadline_s: Option<f64>,
+    /// Speculative execution (default false): once 75% of a stage's tasks
+    /// finished, a task running longer than 1.5 x the stage's median gets a
+    /// second attempt, and the first to finish is the one accepted.
+    #[serde(default)]
+    pub speculation: Option<bool>,
 }
 
 // Measured on TPC-H SF1 (bench --shuffle-compression): none and lz4 give the

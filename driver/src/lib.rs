@@ -147,6 +147,9 @@ pub struct JobOutcome {
     /// Shuffle GETs sent again for want of an answer, and those that answered first.
     pub hedged_reads: u64,
     pub hedge_wins: u64,
+    /// Speculative attempts started, and those that finished first.
+    pub speculative_attempts: usize,
+    pub speculative_wins: usize,
     pub elapsed: Duration,
     pub result: JobResult,
 }
@@ -168,6 +171,8 @@ impl JobOutcome {
             receipt: Receipt::default(),
             hedged_reads: 0,
             hedge_wins: 0,
+            speculative_attempts: 0,
+            speculative_wins: 0,
             elapsed,
             result,
         }
@@ -349,6 +354,7 @@ impl Driver {
             target,
             udfs: udf_refs,
             task_deadline: job.config.task_deadline_s.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+            speculation: job.config.speculation.unwrap_or(false),
         };
 
         let run = tokio::select! {
@@ -396,6 +402,8 @@ impl Driver {
             receipt,
             hedged_reads: stage_metric(&results, |_| true, |m| m.hedged_reads),
             hedge_wins: stage_metric(&results, |_| true, |m| m.hedge_wins),
+            speculative_attempts: results.speculative_attempts,
+            speculative_wins: results.speculative_wins,
             elapsed: start.elapsed(),
             result,
         })

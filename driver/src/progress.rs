@@ -96,6 +96,12 @@ impl Progress {
                     s.bar.set_message(format!("({} running)", s.running));
                 }
             }
+            JobEvent::AttemptDiscarded { stage, .. } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.running = s.running.saturating_sub(1);
+                    s.bar.set_message(format!("({} running)", s.running));
+                }
+            }
             JobEvent::TaskFailed { stage, partition, attempt, message, will_retry } => {
                 if let Some(s) = state.get_mut(&stage) {
                     s.running = s.running.saturating_sub(1);
@@ -129,6 +135,8 @@ pub fn summary(o: &JobOutcome) -> String {
         receipt: Some(o.receipt.clone()),
         hedged_reads: o.hedged_reads,
         hedge_wins: o.hedge_wins,
+        speculative_attempts: o.speculative_attempts,
+        speculative_wins: o.speculative_wins,
     };
     summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
 }
@@ -156,9 +164,14 @@ fn summary_line(id: &str, elapsed_ms: u64, stages: usize, m: &JobMetrics) -> Str
     } else {
         String::new()
     };
+    let speculated = if m.speculative_attempts > 0 {
+        format!(", {} speculative attempts ({} finished first)", m.speculative_attempts, m.speculative_wins)
+    } else {
+        String::new()
+    };
     let receipt = m.receipt.as_ref().map(receipt_line).unwrap_or_default();
     format!(
-        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{hedged}{dropped}{receipt}",
+        "job {id} finished in {:.2}s: {stages} stages, {} tasks ({} attempts), {} result rows, {} shuffled{peak}{spilled}{hedged}{speculated}{dropped}{receipt}",
         elapsed_ms as f64 / 1000.0,
         m.tasks,
         m.task_attempts,

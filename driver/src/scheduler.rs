@@ -2,8 +2,9 @@
 //! finished, retries failed attempts that may succeed, and stops the job at
 //! the first failure that will not.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
@@ -41,12 +42,23 @@ pub enum JobEvent {
         stage: StageId,
         partition: u32,
         attempt: u32,
+        /// A second attempt of a slow task (speculation), not one from the queue.
+        speculative: bool,
     },
     TaskSucceeded {
         stage: StageId,
         partition: u32,
         attempt: u32,
         metrics: TaskMetrics,
+        /// The speculative attempt answered first.
+        speculative: bool,
+    },
+    /// An attempt that ended after another attempt of its task had
+    /// succeeded (or while one was still running, if it failed): ignored.
+    AttemptDiscarded {
+        stage: StageId,
+        partition: u32,
+        attempt: u32,
     },
     TaskFailed {
         stage: StageId,
@@ -83,13 +95,26 @@ pub struct RunSettings {
     pub udfs: Vec<UdfRef>,
     /// `config.task_deadline_s`.
     pub task_deadline: Option<std::time::Duration>,
+    /// `config.speculation`.
+    pub speculation: bool,
 }
 
 /// Accepted task results: `results[stage][partition]`, plus attempt counts.
 pub struct StageResults {
     pub results: HashMap<StageId, Vec<TaskResult>>,
     pub attempts: usize,
+    /// Speculative attempts started, and those whose result was the one accepted.
+    pub speculative_attempts: usize,
+    pub speculative_wins: usize,
 }
+
+/// Speculation (Spark's defaults): once this share of a stage's tasks
+/// finished, a task running longer than [`SPECULATION_MULTIPLIER`] x the
+/// stage's median task time gets a second attempt; the first to finish wins.
+const SPECULATION_QUANTILE: f64 = 0.75;
+const SPECULATION_MULTIPLIER: f64 = 1.5;
+/// How often running tasks are looked at for speculation.
+const SPECULATION_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How often queued tasks look again for free capacity while none finishes.
 const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -109,6 +134,14 @@ pub async fn run_graph(
     // Tasks wait here until the backend has a free slot, so "running" means running.
     let mut queue: VecDeque<TaskRequest> = VecDeque::new();
     let mut attempts = 0usize;
+    // Attempts running now, by task, with when they started; the next
+    // attempt number of each task; finished tasks' times by stage.
+    let mut started: HashMap<(StageId, u32), Vec<(u32, Instant)>> = HashMap::new();
+    let mut next_attempt: HashMap<(StageId, u32), u32> = HashMap::new();
+    let mut took: HashMap<StageId, Vec<std::time::Duration>> = HashMap::new();
+    let mut speculative: HashSet<(StageId, u32, u32)> = HashSet::new();
+    let mut speculated: HashSet<(StageId, u32)> = HashSet::new();
+    let (mut speculative_attempts, mut speculative_wins) = (0usize, 0usize);
 
     let launch = |req: TaskRequest| -> TaskFuture<'_> {
         let backend = backend.clone();
@@ -137,26 +170,82 @@ pub async fn run_graph(
             }
             requests.insert(stage.id, template);
         }
+        // Every stage done: attempts still running lost to another attempt
+        // of their task; dropping them cancels them (local, hosts) or
+        // ignores them (Lambda).
+        if done.len() == graph.stages.len() {
+            break;
+        }
         // Capacity changes as executor hosts come and go.
         let capacity = backend.capacity().max(1);
         while running.len() < capacity
             && let Some(req) = queue.pop_front()
         {
-            events(JobEvent::TaskStarted { stage: req.stage_id, partition: req.partition, attempt: req.attempt });
+            let task = (req.stage_id, req.partition);
+            let is_speculative = speculative.contains(&(req.stage_id, req.partition, req.attempt));
+            events(JobEvent::TaskStarted {
+                stage: req.stage_id,
+                partition: req.partition,
+                attempt: req.attempt,
+                speculative: is_speculative,
+            });
             attempts += 1;
+            started.entry(task).or_default().push((req.attempt, Instant::now()));
+            let next = next_attempt.entry(task).or_default();
+            *next = (*next).max(req.attempt + 1);
             running.push(launch(req));
         }
 
         let next = tokio::select! {
             next = running.next() => next,
             () = tokio::time::sleep(CAPACITY_RECHECK), if !queue.is_empty() => continue,
+            () = tokio::time::sleep(SPECULATION_CHECK), if settings.speculation => {
+                for (stage_id, partition, attempt) in slow_tasks(graph, &partial, &done, &started, &took) {
+                    if !speculated.insert((stage_id, partition)) {
+                        continue;
+                    }
+                    let template =
+                        requests.get(&stage_id).ok_or_else(|| IgnisError::internal("speculation of unknown stage"))?;
+                    let plan = &graph.stage(stage_id).ok_or_else(|| IgnisError::internal("unknown stage"))?.plan;
+                    let attempt = next_attempt.get(&(stage_id, partition)).copied().unwrap_or(attempt + 1);
+                    next_attempt.insert((stage_id, partition), attempt + 1);
+                    speculative.insert((stage_id, partition, attempt));
+                    speculative_attempts += 1;
+                    queue.push_front(task_request(template, plan, partition, attempt, settings));
+                }
+                continue;
+            }
         };
         let Some((stage_id, partition, attempt, outcome)) = next else {
             break;
         };
+        // This attempt no longer runs; another of its task may, or may have won.
+        let task = (stage_id, partition);
+        let began = started.get_mut(&task).and_then(|runs| {
+            let at = runs.iter().position(|(a, _)| *a == attempt)?;
+            Some(runs.swap_remove(at).1)
+        });
+        let others_running = started.get(&task).is_some_and(|runs| !runs.is_empty());
+        let already_won = done.contains_key(&stage_id)
+            || partial.get(&stage_id).is_some_and(|slots| slots[partition as usize].is_some());
+        if already_won || (outcome.is_err() && others_running) {
+            events(JobEvent::AttemptDiscarded { stage: stage_id, partition, attempt });
+            continue;
+        }
         match outcome {
             Ok(result) => {
-                events(JobEvent::TaskSucceeded { stage: stage_id, partition, attempt, metrics: result.metrics });
+                let is_speculative = speculative.contains(&(stage_id, partition, attempt));
+                speculative_wins += usize::from(is_speculative);
+                if let Some(began) = began {
+                    took.entry(stage_id).or_default().push(began.elapsed());
+                }
+                events(JobEvent::TaskSucceeded {
+                    stage: stage_id,
+                    partition,
+                    attempt,
+                    metrics: result.metrics,
+                    speculative: is_speculative,
+                });
                 let slots =
                     partial.get_mut(&stage_id).ok_or_else(|| IgnisError::internal("result for unknown stage"))?;
                 slots[partition as usize] = Some(result);
@@ -189,7 +278,8 @@ pub async fn run_graph(
                 let template = requests.get(&stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?;
                 // A retry goes to the front: it holds up its stage.
                 let plan = &graph.stage(stage_id).ok_or_else(|| IgnisError::internal("retry of unknown stage"))?.plan;
-                queue.push_front(task_request(template, plan, partition, attempt + 1, settings));
+                let retry = next_attempt.get(&task).copied().unwrap_or(attempt + 1);
+                queue.push_front(task_request(template, plan, partition, retry, settings));
             }
         }
     }
@@ -197,7 +287,44 @@ pub async fn run_graph(
     if done.len() != graph.stages.len() {
         return Err(IgnisError::internal("scheduler stopped with stages left to run"));
     }
-    Ok(StageResults { results: done, attempts })
+    Ok(StageResults { results: done, attempts, speculative_attempts, speculative_wins })
+}
+
+/// Tasks to speculate on: in stages with at least [`SPECULATION_QUANTILE`]
+/// of their tasks finished, a task with one attempt running, for longer than
+/// [`SPECULATION_MULTIPLIER`] x the stage's median task time.
+fn slow_tasks(
+    graph: &StageGraph,
+    partial: &HashMap<StageId, Vec<Option<TaskResult>>>,
+    done: &HashMap<StageId, Vec<TaskResult>>,
+    started: &HashMap<(StageId, u32), Vec<(u32, Instant)>>,
+    took: &HashMap<StageId, Vec<std::time::Duration>>,
+) -> Vec<(StageId, u32, u32)> {
+    let mut slow = Vec::new();
+    for stage in &graph.stages {
+        let (Some(slots), Some(times)) = (partial.get(&stage.id), took.get(&stage.id)) else { continue };
+        if done.contains_key(&stage.id) || stage.tasks < 2 {
+            continue;
+        }
+        // As Spark counts it: at least floor(quantile x tasks), and one.
+        let finished = slots.iter().filter(|s| s.is_some()).count();
+        if finished < ((SPECULATION_QUANTILE * stage.tasks as f64).floor() as usize).max(1) {
+            continue;
+        }
+        let mut sorted = times.clone();
+        sorted.sort_unstable();
+        let Some(median) = sorted.get(sorted.len() / 2) else { continue };
+        let threshold = median.mul_f64(SPECULATION_MULTIPLIER);
+        for p in 0..stage.tasks as u32 {
+            if let Some([(attempt, began)]) = started.get(&(stage.id, p)).map(Vec::as_slice)
+                && slots[p as usize].is_none()
+                && began.elapsed() > threshold
+            {
+                slow.push((stage.id, p, *attempt));
+            }
+        }
+    }
+    slow
 }
 
 /// The request every task of `stage` shares; `task_request` fills in the task.

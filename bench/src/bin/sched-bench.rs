@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         target: ResultTarget::Collect,
         udfs: vec![],
         task_deadline: None,
+        speculation: false,
     };
     let (cpu_before, _) = usage();
     let start = Instant::now();

@@ -112,6 +112,11 @@ pub struct JobMetrics {
     pub hedged_reads: u64,
     #[serde(default)]
     pub hedge_wins: u64,
+    /// Speculative attempts (second attempts of slow tasks) and those that finished first.
+    #[serde(default)]
+    pub speculative_attempts: usize,
+    #[serde(default)]
+    pub speculative_wins: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -224,14 +229,23 @@ impl JobEntry {
                 }
             }
             JobEvent::StageSubmitted { .. } | JobEvent::StageCompleted { .. } => {}
-            JobEvent::TaskStarted { stage, .. } => {
+            JobEvent::TaskStarted { stage, speculative, .. } => {
                 p.metrics.task_attempts += 1;
+                p.metrics.speculative_attempts += usize::from(speculative);
                 if let Some(s) = p.stages.get_mut(&stage.0) {
-                    s.pending = s.pending.saturating_sub(1);
+                    if !speculative {
+                        s.pending = s.pending.saturating_sub(1);
+                    }
                     s.running += 1;
                 }
             }
-            JobEvent::TaskSucceeded { stage, .. } => {
+            JobEvent::AttemptDiscarded { stage, .. } => {
+                if let Some(s) = p.stages.get_mut(&stage.0) {
+                    s.running = s.running.saturating_sub(1);
+                }
+            }
+            JobEvent::TaskSucceeded { stage, speculative, .. } => {
+                p.metrics.speculative_wins += usize::from(speculative);
                 if let Some(s) = p.stages.get_mut(&stage.0) {
                     s.running = s.running.saturating_sub(1);
                     s.succeeded += 1;
@@ -266,6 +280,8 @@ impl JobEntry {
                     receipt: Some(o.receipt.clone()),
                     hedged_reads: o.hedged_reads,
                     hedge_wins: o.hedge_wins,
+                    speculative_attempts: o.speculative_attempts,
+                    speculative_wins: o.speculative_wins,
                 };
                 p.output = match &o.result {
                     JobResult::Rows { .. } => None,

@@ -207,6 +207,22 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     Command::new("kill").args(["-9", &stuck.to_string()]).status().unwrap();
     wait_until("the stuck host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
 
+    // Speculation: a host 4 s slower per task than the others; its tasks get
+    // second attempts on the fast hosts, which finish first; same rows.
+    let slow = cluster.start_executor("host-slow", "1", "4000");
+    wait_until("the slow host", || async { cluster.executors().await.len() == 3 }).await;
+    let mut job = on_s3(&local, tpch_s3);
+    job.config.speculation = Some(true);
+    let id = cluster.submit(&job).await;
+    let status = cluster.wait(&id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await));
+    let metrics = &status["metrics"];
+    assert!(metrics["speculative_attempts"].as_u64() >= Some(1), "{status}");
+    assert!(metrics["speculative_wins"].as_u64() >= Some(1), "{status}");
+    Command::new("kill").args(["-9", &slow.to_string()]).status().unwrap();
+    wait_until("the slow host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
+
     check_auth_and_isolation(&cluster, &id).await;
     check_bad_requests(&cluster).await;
 

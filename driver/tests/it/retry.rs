@@ -103,7 +103,7 @@ async fn a_task_failing_every_attempt_fails_the_job_after_max_attempts() {
     let driver = Driver::new(failing(&[(1, 2)], u32::MAX, ErrorKind::Transient), config(ws.path()));
     let started: Mutex<Vec<u32>> = Mutex::new(vec![]);
     let events = |e: JobEvent| {
-        if let JobEvent::TaskStarted { stage: StageId(1), partition: 2, attempt } = e {
+        if let JobEvent::TaskStarted { stage: StageId(1), partition: 2, attempt, .. } = e {
             started.lock().unwrap().push(attempt);
         }
     };
