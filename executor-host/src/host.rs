@@ -54,7 +54,7 @@ pub async fn run_host(
     state: watch::Sender<HostState>,
 ) -> Result<()> {
     let client = DriverClient::new(&config)?;
-    let executor = Executor::new(ignis_core::store::runtime_env(), config.memory.clone());
+    let executor = Executor::new(ignis_core::store::runtime_env(), config.memory.clone()).keeping_sent_plans();
     let draining = Arc::new(AtomicBool::new(false));
     loop {
         if !draining.load(Ordering::SeqCst) {

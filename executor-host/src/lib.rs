@@ -51,6 +51,9 @@ pub struct Executor {
     /// Stage plans this executor was sent, so later tasks of a stage need not
     /// carry theirs.
     plans: Arc<Mutex<PlanCache>>,
+    /// Whether plans sent inline are kept (executor hosts, whose driver then
+    /// leaves them out); plans fetched by reference always are.
+    keep_sent_plans: bool,
 }
 
 /// Stage plans by (job, stage), the oldest forgotten first past [`PlanCache::CAPACITY`].
@@ -83,7 +86,14 @@ impl Executor {
     /// An executor whose tasks each run under `memory`, spilling to the
     /// operating system's temporary directory.
     pub fn new(runtime: Arc<RuntimeEnv>, memory: TaskMemory) -> Self {
-        Self { runtime, memory, contexts: Arc::default(), plans: Arc::default() }
+        Self { runtime, memory, contexts: Arc::default(), plans: Arc::default(), keep_sent_plans: false }
+    }
+
+    /// Keep the plans tasks bring, for the stage's later tasks that come
+    /// without (an executor host).
+    pub fn keeping_sent_plans(mut self) -> Self {
+        self.keep_sent_plans = true;
+        self
     }
 
     pub fn memory(&self) -> &TaskMemory {
@@ -178,6 +188,9 @@ impl Executor {
             plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).plans.get(&key).cloned()
         };
         let plan = if !req.plan.is_empty() {
+            if !self.keep_sent_plans {
+                return Ok(req.plan.clone());
+            }
             req.plan.clone()
         } else if let Some(plan) = cached(&self.plans) {
             return Ok(plan);
