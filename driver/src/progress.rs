@@ -124,20 +124,7 @@ impl Progress {
 }
 
 pub fn summary(o: &JobOutcome) -> String {
-    let metrics = JobMetrics {
-        tasks: o.tasks,
-        task_attempts: o.task_attempts,
-        output_rows: o.output_rows,
-        shuffle_bytes: o.shuffle_bytes,
-        malformed_rows_dropped: o.malformed_rows_dropped,
-        spilled_bytes: o.spilled_bytes,
-        peak_task_memory: o.peak_task_memory,
-        receipt: Some(o.receipt.clone()),
-        hedged_reads: o.hedged_reads,
-        hedge_wins: o.hedge_wins,
-        speculative_attempts: o.speculative_attempts,
-        speculative_wins: o.speculative_wins,
-    };
+    let metrics = JobMetrics::from(o);
     summary_line(&o.job_id.to_string(), o.elapsed.as_millis() as u64, o.stages, &metrics)
 }
 

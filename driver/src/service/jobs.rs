@@ -119,6 +119,25 @@ pub struct JobMetrics {
     pub speculative_wins: usize,
 }
 
+impl From<&JobOutcome> for JobMetrics {
+    fn from(o: &JobOutcome) -> Self {
+        Self {
+            tasks: o.tasks,
+            task_attempts: o.task_attempts,
+            output_rows: o.output_rows,
+            shuffle_bytes: o.shuffle_bytes,
+            malformed_rows_dropped: o.malformed_rows_dropped,
+            spilled_bytes: o.spilled_bytes,
+            peak_task_memory: o.peak_task_memory,
+            receipt: Some(o.receipt.clone()),
+            hedged_reads: o.hedged_reads,
+            hedge_wins: o.hedge_wins,
+            speculative_attempts: o.speculative_attempts,
+            speculative_wins: o.speculative_wins,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WrittenOutput {
     pub location: String,
@@ -269,20 +288,7 @@ impl JobEntry {
         match outcome {
             Ok(o) => {
                 p.state = Some(JobState::Succeeded);
-                p.metrics = JobMetrics {
-                    tasks: o.tasks,
-                    task_attempts: o.task_attempts,
-                    output_rows: o.output_rows,
-                    shuffle_bytes: o.shuffle_bytes,
-                    malformed_rows_dropped: o.malformed_rows_dropped,
-                    spilled_bytes: o.spilled_bytes,
-                    peak_task_memory: o.peak_task_memory,
-                    receipt: Some(o.receipt.clone()),
-                    hedged_reads: o.hedged_reads,
-                    hedge_wins: o.hedge_wins,
-                    speculative_attempts: o.speculative_attempts,
-                    speculative_wins: o.speculative_wins,
-                };
+                p.metrics = JobMetrics::from(&o);
                 p.output = match &o.result {
                     JobResult::Rows { .. } => None,
                     JobResult::Written(c) => Some(WrittenOutput {
