@@ -47,8 +47,8 @@ struct State {
     hosts: HashMap<String, Host>,
     queue: VecDeque<u64>,
     tasks: HashMap<u64, Pending>,
-    /// Run times (ms) of the finished tasks of each running stage.
-    finished: HashMap<(JobId, StageId), Vec<u64>>,
+    /// Run times of the finished tasks of each running stage.
+    finished: HashMap<(JobId, StageId), Vec<Duration>>,
     /// Deadlines each host missed, by job; past [`MISSES_TO_EXCLUDE`] the
     /// host is excluded from the job (Spark's excludeOnFailure).
     missed: HashMap<(JobId, String), u32>,
@@ -270,7 +270,7 @@ impl HostsBackend {
         if outcome.is_ok()
             && let Some(started) = pending.started
         {
-            state.finished.entry(stage.clone()).or_default().push(started.elapsed().as_millis() as u64);
+            state.finished.entry(stage.clone()).or_default().push(started.elapsed());
         }
         if outcome.is_ok() {
             if host.plans_kept.len() >= PLANS_A_HOST_KEEPS {
@@ -347,10 +347,7 @@ impl HostsBackend {
         if let Some(ms) = request.deadline_ms {
             return Some(Duration::from_millis(ms));
         }
-        let finished = state.finished.get(&(request.job_id.clone(), request.stage_id))?;
-        let mut sorted = finished.clone();
-        sorted.sort_unstable();
-        let median = Duration::from_millis(*sorted.get(sorted.len() / 2)?);
+        let median = crate::scheduler::median(state.finished.get(&(request.job_id.clone(), request.stage_id))?)?;
         Some((median * DEADLINE_MEDIANS).max(MIN_DEADLINE))
     }
 

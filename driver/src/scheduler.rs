@@ -2,7 +2,7 @@
 //! finished, retries failed attempts that may succeed, and stops the job at
 //! the first failure that will not.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -139,9 +139,12 @@ pub async fn run_graph(
     let mut started: HashMap<(StageId, u32), Vec<(u32, Instant)>> = HashMap::new();
     let mut next_attempt: HashMap<(StageId, u32), u32> = HashMap::new();
     let mut took: HashMap<StageId, Vec<std::time::Duration>> = HashMap::new();
-    let mut speculative: HashSet<(StageId, u32, u32)> = HashSet::new();
-    let mut speculated: HashSet<(StageId, u32)> = HashSet::new();
-    let (mut speculative_attempts, mut speculative_wins) = (0usize, 0usize);
+    // The speculative attempt of each task that got one.
+    let mut speculative: HashMap<(StageId, u32), u32> = HashMap::new();
+    let mut speculative_wins = 0usize;
+    // Looked at on its own clock: completions must not put the check off.
+    let mut speculation_check = tokio::time::interval(SPECULATION_CHECK);
+    speculation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let launch = |req: TaskRequest| -> TaskFuture<'_> {
         let backend = backend.clone();
@@ -182,7 +185,7 @@ pub async fn run_graph(
             && let Some(req) = queue.pop_front()
         {
             let task = (req.stage_id, req.partition);
-            let is_speculative = speculative.contains(&(req.stage_id, req.partition, req.attempt));
+            let is_speculative = speculative.get(&task) == Some(&req.attempt);
             events(JobEvent::TaskStarted {
                 stage: req.stage_id,
                 partition: req.partition,
@@ -199,18 +202,18 @@ pub async fn run_graph(
         let next = tokio::select! {
             next = running.next() => next,
             () = tokio::time::sleep(CAPACITY_RECHECK), if !queue.is_empty() => continue,
-            () = tokio::time::sleep(SPECULATION_CHECK), if settings.speculation => {
+            _ = speculation_check.tick(), if settings.speculation => {
                 for (stage_id, partition, attempt) in slow_tasks(graph, &partial, &done, &started, &took) {
-                    if !speculated.insert((stage_id, partition)) {
+                    let task = (stage_id, partition);
+                    if speculative.contains_key(&task) {
                         continue;
                     }
                     let template =
                         requests.get(&stage_id).ok_or_else(|| IgnisError::internal("speculation of unknown stage"))?;
                     let plan = &graph.stage(stage_id).ok_or_else(|| IgnisError::internal("unknown stage"))?.plan;
-                    let attempt = next_attempt.get(&(stage_id, partition)).copied().unwrap_or(attempt + 1);
-                    next_attempt.insert((stage_id, partition), attempt + 1);
-                    speculative.insert((stage_id, partition, attempt));
-                    speculative_attempts += 1;
+                    let attempt = next_attempt.get(&task).copied().unwrap_or(attempt + 1);
+                    next_attempt.insert(task, attempt + 1);
+                    speculative.insert(task, attempt);
                     queue.push_front(task_request(template, plan, partition, attempt, settings));
                 }
                 continue;
@@ -234,7 +237,7 @@ pub async fn run_graph(
         }
         match outcome {
             Ok(result) => {
-                let is_speculative = speculative.contains(&(stage_id, partition, attempt));
+                let is_speculative = speculative.get(&task) == Some(&attempt);
                 speculative_wins += usize::from(is_speculative);
                 if let Some(began) = began {
                     took.entry(stage_id).or_default().push(began.elapsed());
@@ -287,7 +290,14 @@ pub async fn run_graph(
     if done.len() != graph.stages.len() {
         return Err(IgnisError::internal("scheduler stopped with stages left to run"));
     }
-    Ok(StageResults { results: done, attempts, speculative_attempts, speculative_wins })
+    Ok(StageResults { results: done, attempts, speculative_attempts: speculative.len(), speculative_wins })
+}
+
+/// The median of task times (the upper one of an even count).
+pub(crate) fn median(times: &[std::time::Duration]) -> Option<std::time::Duration> {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Tasks to speculate on: in stages with at least [`SPECULATION_QUANTILE`]
@@ -311,9 +321,7 @@ fn slow_tasks(
         if finished < ((SPECULATION_QUANTILE * stage.tasks as f64).floor() as usize).max(1) {
             continue;
         }
-        let mut sorted = times.clone();
-        sorted.sort_unstable();
-        let Some(median) = sorted.get(sorted.len() / 2) else { continue };
+        let Some(median) = median(times) else { continue };
         let threshold = median.mul_f64(SPECULATION_MULTIPLIER);
         for p in 0..stage.tasks as u32 {
             if let Some([(attempt, began)]) = started.get(&(stage.id, p)).map(Vec::as_slice)
