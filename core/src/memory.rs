@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::error::{ErrorKind, IgnisError, Result};
+use crate::error::{ErrorKind, IgnisError};
 
 /// The share of a budget (machine, host or function memory) a backend gives
 /// its task pools. DataFusion's pool accounts for the large allocations only
@@ -26,7 +26,7 @@ pub struct ByteSize(pub u64);
 impl std::str::FromStr for ByteSize {
     type Err = String;
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, String> {
         let text = s.trim();
         let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
@@ -158,11 +158,6 @@ pub fn machine_memory() -> Option<u64> {
 /// The machine's memory, or 4 GiB where it cannot be read.
 pub fn machine_memory_or_default() -> u64 {
     machine_memory().unwrap_or(4 << 30)
-}
-
-/// A checked size for a command-line flag.
-pub fn parse_size(s: &str) -> Result<ByteSize> {
-    s.parse().map_err(IgnisError::Job)
 }
 
 #[cfg(test)]

@@ -11,13 +11,12 @@ pub mod host;
 mod output;
 pub mod udf;
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{FairSpillPool, PeakRecordingPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -60,7 +59,7 @@ pub struct Executor {
 #[derive(Debug, Default)]
 struct PlanCache {
     plans: HashMap<(JobId, StageId), Bytes>,
-    order: std::collections::VecDeque<(JobId, StageId)>,
+    order: VecDeque<(JobId, StageId)>,
 }
 
 impl PlanCache {
@@ -96,10 +95,6 @@ impl Executor {
         self
     }
 
-    pub fn memory(&self) -> &TaskMemory {
-        &self.memory
-    }
-
     /// The runtime of one task: the executor's stores, caches and disk
     /// manager, and a memory pool of its own. Spillable operators share the
     /// pool fairly; the error of a task over it names the largest consumers.
@@ -109,7 +104,7 @@ impl Executor {
         let tracked = TrackConsumersPool::new(fair, NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN));
         let pool = Arc::new(PeakRecordingPool::new(Arc::new(tracked)));
         let (counted, requests) = ignis_core::receipt::counted(&self.runtime);
-        let mut runtime = (*counted).clone();
+        let mut runtime = Arc::unwrap_or_clone(counted);
         runtime.memory_pool = pool.clone();
         (Arc::new(runtime), pool, requests)
     }
@@ -266,18 +261,21 @@ impl Executor {
                 output_rows,
                 output_bytes,
                 elapsed_ms: start.elapsed().as_millis() as u64,
-                malformed_rows_dropped: sum_metric(&plan, &|m| {
-                    m.sum_by_name(MALFORMED_ROWS_DROPPED).map(|v| v.as_usize())
-                }),
+                malformed_rows_dropped: named_metric(&plan, MALFORMED_ROWS_DROPPED),
                 spilled_bytes: sum_metric(&plan, &MetricsSet::spilled_bytes),
                 peak_memory_bytes: pool.peak_reserved() as u64,
                 store: requests.snapshot(),
                 function_memory_mb: 0,
-                hedged_reads: sum_metric(&plan, &|m| m.sum_by_name(HEDGED_READS).map(|v| v.as_usize())),
-                hedge_wins: sum_metric(&plan, &|m| m.sum_by_name(HEDGE_WINS).map(|v| v.as_usize())),
+                hedged_reads: named_metric(&plan, HEDGED_READS),
+                hedge_wins: named_metric(&plan, HEDGE_WINS),
             },
         })
     }
+}
+
+/// A named counter summed over every operator of a plan.
+fn named_metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    sum_metric(plan, &|m| m.sum_by_name(name).map(|v| v.as_usize()))
 }
 
 /// A counter summed over every operator of a plan.
