@@ -25,7 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
 
 /// Hive's name for a null partition value, which Spark uses too.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -186,6 +186,8 @@ fn escape_path_value(v: &str) -> String {
 struct FileSink {
     encoder: Encoder,
     rows: u64,
+    /// Bytes encoded (CSV, JSON; a Parquet file's size is asked of the store).
+    bytes: u64,
     store: Arc<dyn ObjectStore>,
     path: Path,
 }
@@ -224,7 +226,7 @@ impl FileSink {
                 return Err(IgnisError::internal("a task was asked to write Kafka records as files"));
             }
         };
-        Ok(Self { encoder, rows: 0, store, path })
+        Ok(Self { encoder, rows: 0, bytes: 0, store, path })
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -235,13 +237,17 @@ impl FileSink {
                 let mut writer = csv::WriterBuilder::new().with_header(*header).build(Vec::new());
                 writer.write(&batch)?;
                 *header = false;
-                out.put(writer.into_inner().into()).await?;
+                let encoded = writer.into_inner();
+                self.bytes += encoded.len() as u64;
+                out.put(encoded.into()).await?;
             }
             Encoder::Json { out } => {
                 let mut writer = LineDelimitedWriter::new(Vec::new());
                 writer.write(&batch)?;
                 writer.finish()?;
-                out.put(writer.into_inner().into()).await?;
+                let encoded = writer.into_inner();
+                self.bytes += encoded.len() as u64;
+                out.put(encoded.into()).await?;
             }
         }
         Ok(())
@@ -252,13 +258,13 @@ impl FileSink {
         match self.encoder {
             Encoder::Parquet(writer) => {
                 writer.close().await?;
+                Ok((self.rows, self.store.head(&self.path).await?.size))
             }
             Encoder::Csv { mut out, .. } | Encoder::Json { mut out } => {
-                std::future::poll_fn(|cx| std::pin::Pin::new(&mut out).poll_shutdown(cx)).await?;
+                out.shutdown().await?;
+                Ok((self.rows, self.bytes))
             }
         }
-        let bytes = self.store.head(&self.path).await?.size;
-        Ok((self.rows, bytes))
     }
 
     /// Drop the file's upload after a failure: no parts stay behind.

@@ -24,7 +24,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
-use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{IgnisError, Result};
 use crate::job::ShuffleCompression;
@@ -201,7 +201,7 @@ impl Upload {
     }
 
     async fn finish(mut self) -> Result<()> {
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.writer).poll_shutdown(cx)).await?;
+        self.writer.shutdown().await?;
         Ok(())
     }
 }
