@@ -145,15 +145,15 @@ impl LambdaBackend {
 
     /// The invoke payload: the request itself, or a reference to a stored
     /// copy; a large plan by reference to its stage's stored copy.
-    async fn payload(&self, request: &TaskRequest) -> Result<Vec<u8>, TaskFailure> {
-        let mut request = request.clone();
+    async fn payload(&self, mut request: TaskRequest) -> Result<Vec<u8>, TaskFailure> {
         // Small invoke limits (tests) send smaller plans by reference too.
         if request.plan.len() > PLAN_INLINE_LIMIT.min(self.config.inline_limit / 4) {
             request.plan_url = Some(self.stored_plan(&request).await?);
             request.plan = bytes::Bytes::new();
         }
-        let request = &request;
-        let inline = serde_json::to_vec(&LambdaInvocation::Task(Box::new(request.clone()))).map_err(internal)?;
+        let invocation = LambdaInvocation::Task(Box::new(request));
+        let inline = serde_json::to_vec(&invocation).map_err(internal)?;
+        let LambdaInvocation::Task(request) = invocation else { return Err(internal("not a task invocation")) };
         if inline.len() <= self.config.inline_limit {
             return Ok(inline);
         }
@@ -161,7 +161,7 @@ impl LambdaBackend {
             &job_shuffle_prefix(&self.config.shuffle_root, &request.job_id),
             &format!("requests/{}-{}-{}.json", request.stage_id, request.partition, request.attempt),
         );
-        let body = serde_json::to_vec(request).map_err(internal)?;
+        let body = serde_json::to_vec(&request).map_err(internal)?;
         store::write(&self.env, &url, PutPayload::from(body)).await.map_err(|e| TaskFailure {
             kind: ErrorKind::Transient,
             message: format!("storing the task request at {url}: {e}"),
@@ -288,18 +288,16 @@ impl TaskBackend for LambdaBackend {
     async fn run(&self, request: TaskRequest) -> Result<TaskResult, TaskFailure> {
         let _slot = self.slots.acquire().await.map_err(internal)?;
         let timeout = self.config.task_timeout;
+        let task = format!("task {}/{} attempt {}", request.stage_id, request.partition, request.attempt);
         let attempt = async {
-            let payload = self.payload(&request).await?;
+            let payload = self.payload(request).await?;
             self.invoke(payload).await
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TaskFailure {
                 kind: ErrorKind::Transient,
-                message: format!(
-                    "task {}/{} attempt {} on {} passed the task timeout of {:?}",
-                    request.stage_id, request.partition, request.attempt, self.config.function, timeout
-                ),
+                message: format!("{task} on {} passed the task timeout of {:?}", self.config.function, timeout),
             }),
         }
     }

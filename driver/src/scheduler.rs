@@ -453,14 +453,13 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
             TaskResultOutput::Files { .. } => Err(IgnisError::internal("stage input is not a shuffle")),
         })
         .collect::<Result<Vec<_>>>()?;
-    let location = |url: &String, piece: &ignis_core::protocol::PieceMeta| PieceLocation::new(url, piece);
     let partitions = match &upstream.exchange {
         Exchange::Split { partitions, .. } => (0..*partitions)
             .map(|r| {
                 shuffles
                     .iter()
                     .map(|(url, pieces)| {
-                        pieces.get(r).map(|p| location(url, p)).ok_or_else(|| {
+                        pieces.get(r).map(|p| PieceLocation::new(url, p)).ok_or_else(|| {
                             IgnisError::internal(format!("stage {} output has no piece {r}", upstream.id))
                         })
                     })
@@ -468,7 +467,7 @@ fn stage_input(upstream: &Stage, results: &[TaskResult]) -> Result<StageInput> {
             })
             .collect::<Result<Vec<_>>>()?,
         Exchange::Gather | Exchange::Result => {
-            shuffles.iter().map(|(url, pieces)| pieces.iter().map(|p| location(url, p)).collect()).collect()
+            shuffles.iter().map(|(url, pieces)| pieces.iter().map(|p| PieceLocation::new(url, p)).collect()).collect()
         }
     };
     Ok(StageInput { stage_id: upstream.id, partitions: partitions.into_iter().map(Some).collect(), stored: None })
