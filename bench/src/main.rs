@@ -1,9 +1,12 @@
 //! `ignis-bench`: TPC-H (22 queries) and the orders job, Ignis local mode
 //! (object-store shuffle on local disk) against single-node DataFusion on the
-//! same files, interleaved in one run. Prints median times and the
-//! Ignis/DataFusion ratio per workload and in total; writes Markdown and JSON.
+//! same files, interleaved in one run, and DuckDB (the Python `duckdb` package,
+//! a process per workload) on the same files. Prints median times, peak RSS,
+//! spilled and shuffled bytes and the ratios per workload and in total; writes
+//! Markdown and JSON.
 //!
 //!     cargo run --release -p ignis-bench -- --scale 1
+//!     cargo run --release -p ignis-bench -- --scale 10 --orders-rows 100000000 --task-memory 4GiB --iterations 1
 //!
 //! Data (TPC-H via tpchgen, a 10M-row orders CSV) is generated on first use
 //! under `--data` and reused afterwards.
@@ -15,10 +18,12 @@ use anyhow::Context;
 use clap::Parser;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use ignis_core::job::{
     Format, JobConfig, JobSpec, OutputSpec, ShuffleCompression, TableOptions, TableSpec, WriteMode, WriteSpec,
 };
+use ignis_core::memory::ByteSize;
 use ignis_driver::scheduler::JobEvent;
 use ignis_driver::{Driver, DriverConfig, JobResult};
 use ignis_tests::cluster::sorted;
@@ -55,6 +60,21 @@ struct Args {
     /// ended, and how long its tasks took (ms from the job's start).
     #[arg(long)]
     timeline: bool,
+    /// Memory limit of each Ignis task (one per worker), e.g. 4GiB. DataFusion
+    /// and DuckDB get the same total (the limit times the parallelism).
+    /// Default: Ignis's share of the machine; the peers unlimited.
+    #[arg(long)]
+    task_memory: Option<ByteSize>,
+    /// Python with the `duckdb` package (scripts/test installs one at
+    /// ~/.cache/ignis/venv/bin/python, the default).
+    #[arg(long)]
+    duckdb_python: Option<PathBuf>,
+    /// Leave DuckDB out.
+    #[arg(long)]
+    no_duckdb: bool,
+    /// Only make the data under --data (TPC-H at --scale, the orders CSV); run nothing.
+    #[arg(long)]
+    generate_only: bool,
 }
 
 #[derive(Serialize)]
@@ -70,6 +90,22 @@ struct Row {
     overhead_per_task_ms: f64,
     /// From the job's start until it was planned and cut into stages (part of `ignis_ms`).
     plan_ms: f64,
+    /// Bytes Ignis's tasks spilled to local disk.
+    spilled_bytes: u64,
+    /// The most memory one Ignis task's pool held.
+    peak_task_memory: u64,
+    /// Peak resident memory of the process while each engine ran the workload
+    /// (Ignis and DataFusion share the bench process: its peak is reset before each run).
+    ignis_peak_rss: u64,
+    datafusion_peak_rss: u64,
+    duckdb: Option<DuckDbRun>,
+}
+
+#[derive(Serialize)]
+struct DuckDbRun {
+    ms: f64,
+    ratio: f64,
+    peak_rss: u64,
 }
 
 struct Workload {
@@ -96,13 +132,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !orders_dir.join("orders-7.csv").exists() {
         ignis_driver::datagen::write_orders(&orders_dir, args.orders_rows, 8, 42)?;
     }
+    if args.generate_only {
+        return Ok(());
+    }
     tables
         .insert("orders_csv".into(), TableSpec::files_at(Format::Csv, dir_url(&orders_dir)?, TableOptions::default()));
 
     let workloads = workloads(args.only.as_deref())?;
     let shuffle_root = dir_url(&data.join("_shuffle"))?;
-    let driver = Driver::local(parallelism, DriverConfig { shuffle_root, ..DriverConfig::default() });
-    let df = datafusion_context(&tables, parallelism).await?;
+    let backend = ignis_driver::backend::LocalBackend::new(parallelism, args.task_memory);
+    let driver = Driver::new(std::sync::Arc::new(backend), DriverConfig { shuffle_root, ..DriverConfig::default() });
+    let peers_memory = args.task_memory.map(|m| m.0 * parallelism as u64);
+    let df = datafusion_context(&tables, parallelism, peers_memory).await?;
+    let duckdb = if args.no_duckdb { None } else { Some(DuckDb::find(args.duckdb_python.clone(), &data, &args)?) };
     let out_dir = data.join("_out");
 
     let mut rows = vec![];
@@ -112,29 +154,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut last = None;
         let mut df_rows = None;
         let mut plan_times = vec![];
+        let (mut ignis_rss, mut df_rss) = (0, 0);
         for i in 0..args.iterations {
             // Alternate which engine goes first so caches favour neither.
             for engine in if i % 2 == 0 { ["ignis", "datafusion"] } else { ["datafusion", "ignis"] } {
                 if engine == "ignis" {
                     let job = ignis_job(w, &tables, parallelism, args.shuffle_compression, &out_dir.join("ignis"))?;
                     let timeline = Timeline::default();
+                    reset_peak_rss();
                     let start = Instant::now();
                     let outcome = driver
                         .run(&job, &|e| timeline.record(start, e))
                         .await
                         .with_context(|| format!("ignis {}", w.name))?;
                     ignis_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    ignis_rss = ignis_rss.max(peak_rss());
                     plan_times.push(timeline.planned_at().context("the job reported no plan")?);
                     if args.timeline && i + 1 == args.iterations {
                         eprint!("{}", timeline.text());
                     }
                     last = Some(outcome);
                 } else {
+                    reset_peak_rss();
                     let start = Instant::now();
                     let rows = run_datafusion(&df, w, &out_dir.join("datafusion"))
                         .await
                         .with_context(|| format!("datafusion {}", w.name))?;
                     df_times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    df_rss = df_rss.max(peak_rss());
                     df_rows = rows;
                 }
             }
@@ -149,6 +196,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 w.name
             );
         }
+        let duckdb_run = match &duckdb {
+            Some(duck) => {
+                let run = duck.run(w, parallelism, peers_memory, &out_dir.join("duckdb.parquet"), &args)?;
+                if let (JobResult::Rows { batches, .. }, Some(rows)) = (&outcome.result, run.rows) {
+                    let ours: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    anyhow::ensure!(ours == rows, "{}: Ignis returned {ours} rows, DuckDB {rows}", w.name);
+                }
+                Some(DuckDbRun { ms: run.ms, ratio: ignis_ms / run.ms, peak_rss: run.peak_rss })
+            }
+            None => None,
+        };
         let row = Row {
             workload: w.name.clone(),
             datafusion_ms,
@@ -159,10 +217,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shuffle_bytes: outcome.shuffle_bytes,
             overhead_per_task_ms: (ignis_ms - datafusion_ms) / outcome.tasks.max(1) as f64,
             plan_ms: median(&mut plan_times),
+            spilled_bytes: outcome.spilled_bytes,
+            peak_task_memory: outcome.peak_task_memory,
+            ignis_peak_rss: ignis_rss,
+            datafusion_peak_rss: df_rss,
+            duckdb: duckdb_run,
         };
         eprintln!(
-            "{:<8} datafusion {:>9.1} ms  ignis {:>9.1} ms  ratio {:.2}  (planning {:.1} ms)",
-            row.workload, datafusion_ms, ignis_ms, row.ratio, row.plan_ms
+            "{:<8} datafusion {:>9.1} ms  ignis {:>9.1} ms  ratio {:.2}  duckdb {}  (planning {:.1} ms, spilled {:.0} MiB, \
+             peak RSS {:.0} MiB)",
+            row.workload,
+            datafusion_ms,
+            ignis_ms,
+            row.ratio,
+            row.duckdb.as_ref().map(|d| format!("{:.1} ms", d.ms)).unwrap_or_else(|| "-".into()),
+            row.plan_ms,
+            mib(row.spilled_bytes),
+            mib(row.ignis_peak_rss)
         );
         rows.push(row);
     }
@@ -257,8 +328,14 @@ fn ignis_job(
 async fn datafusion_context(
     tables: &std::collections::BTreeMap<String, TableSpec>,
     parallelism: usize,
+    memory: Option<u64>,
 ) -> anyhow::Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(parallelism));
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(bytes) = memory {
+        runtime = runtime.with_memory_limit(usize::try_from(bytes)?, 1.0);
+    }
+    let config = SessionConfig::new().with_target_partitions(parallelism);
+    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     for (name, t) in tables {
         match t.format {
             Format::Csv => ctx.register_csv(name, &t.location, CsvReadOptions::new()).await?,
@@ -282,6 +359,114 @@ async fn run_datafusion(ctx: &SessionContext, w: &Workload, out: &Path) -> anyho
     }
 }
 
+/// DuckDB in a Python process of its own per workload.
+struct DuckDb {
+    python: PathBuf,
+    script: PathBuf,
+    tables: PathBuf,
+    orders_csv: PathBuf,
+}
+
+struct DuckDbResult {
+    ms: f64,
+    /// Rows returned (None when the workload writes).
+    rows: Option<usize>,
+    peak_rss: u64,
+}
+
+impl DuckDb {
+    fn find(python: Option<PathBuf>, data: &Path, args: &Args) -> anyhow::Result<Self> {
+        let python = match python {
+            Some(p) => p,
+            None => {
+                PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/ignis/venv/bin/python")
+            }
+        };
+        let check = std::process::Command::new(&python).args(["-c", "import duckdb"]).output();
+        anyhow::ensure!(
+            check.as_ref().is_ok_and(|o| o.status.success()),
+            "{} cannot import duckdb: run scripts/test once (it installs the venv), pass --duckdb-python, \
+             or --no-duckdb",
+            python.display()
+        );
+        Ok(Self {
+            python,
+            script: Path::new(env!("CARGO_MANIFEST_DIR")).join("duckdb_run.py"),
+            tables: data.join(format!("tpch-sf{}", args.scale)),
+            orders_csv: data.join(format!("orders-{}", args.orders_rows)),
+        })
+    }
+
+    fn run(
+        &self,
+        w: &Workload,
+        threads: usize,
+        memory: Option<u64>,
+        out: &Path,
+        args: &Args,
+    ) -> anyhow::Result<DuckDbResult> {
+        let sql = tempfile::NamedTempFile::new()?;
+        std::fs::write(sql.path(), &w.sql)?;
+        let mut cmd = std::process::Command::new(&self.python);
+        cmd.arg(&self.script)
+            .arg("--tables")
+            .arg(&self.tables)
+            .arg("--orders-csv")
+            .arg(&self.orders_csv)
+            .arg("--sql")
+            .arg(sql.path())
+            .args(["--iterations", &args.iterations.to_string(), "--threads", &threads.to_string()]);
+        if let Some(bytes) = memory {
+            cmd.args(["--memory-limit", &format!("{}MiB", bytes >> 20)]);
+        }
+        if w.write {
+            std::fs::create_dir_all(out.parent().context("output has no parent")?)?;
+            cmd.arg("--write").arg(out);
+        }
+        let output = cmd.output().with_context(|| format!("starting {}", self.python.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "duckdb {}: {}",
+            w.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        #[derive(serde::Deserialize)]
+        struct Printed {
+            times_ms: Vec<f64>,
+            rows: usize,
+            peak_rss_bytes: u64,
+        }
+        let mut printed: Printed = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("duckdb {}: {}", w.name, String::from_utf8_lossy(&output.stdout)))?;
+        Ok(DuckDbResult {
+            ms: median(&mut printed.times_ms),
+            rows: (!w.write).then_some(printed.rows),
+            peak_rss: printed.peak_rss_bytes,
+        })
+    }
+}
+
+/// Resets the process's peak resident memory (Linux: `5` to /proc/self/clear_refs),
+/// so the peak read after a run is that run's.
+fn reset_peak_rss() {
+    // Not on Linux, or not allowed: the peak then covers the process so far.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory (VmHWM), in bytes; 0 where unknown.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -291,34 +476,53 @@ fn report(rows: &[Row], args: &Args, parallelism: usize) -> anyhow::Result<()> {
     let tpch: Vec<&Row> = rows.iter().filter(|r| r.workload.starts_with('q')).collect();
     let total_df: f64 = tpch.iter().map(|r| r.datafusion_ms).sum();
     let total_ignis: f64 = tpch.iter().map(|r| r.ignis_ms).sum();
+    let total_duck: Option<f64> = tpch.iter().map(|r| r.duckdb.as_ref().map(|d| d.ms)).sum();
+    let memory = match args.task_memory {
+        Some(m) => format!(
+            "Ignis tasks capped at {m} each, DataFusion and DuckDB at {} in all",
+            ByteSize(m.0 * parallelism as u64)
+        ),
+        None => "no memory caps set".into(),
+    };
     let mut md = format!(
-        "# Ignis vs single-node DataFusion\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; \
-         shuffle compression {}; median of {} runs.\n\n\
-         | workload | DataFusion ms | Ignis ms | ratio | stages | tasks | shuffled MiB | overhead/task ms | planning ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "# Ignis vs single-node DataFusion and DuckDB\n\nTPC-H SF{}, orders CSV {} rows; parallelism {parallelism}; \
+         shuffle compression {}; {memory}; median of {} runs. Peak RSS: the process while that engine ran the \
+         workload (DuckDB: its own process).\n\n\
+         | workload | DataFusion ms | Ignis ms | ratio | DuckDB ms | vs DuckDB | stages | tasks | shuffled MiB | \
+         spilled MiB | peak task MiB | peak RSS MiB Ignis / DataFusion / DuckDB | planning ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.scale,
         args.orders_rows,
         args.shuffle_compression.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_else(|| "default".into()),
         args.iterations
     );
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in rows {
         md.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.2} | {:.1} |\n",
+            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} / {} | {:.1} |\n",
             r.workload,
             r.datafusion_ms,
             r.ignis_ms,
             r.ratio,
+            or_dash(r.duckdb.as_ref().map(|d| format!("{:.1}", d.ms))),
+            or_dash(r.duckdb.as_ref().map(|d| format!("{:.2}", d.ratio))),
             r.stages,
             r.tasks,
-            r.shuffle_bytes as f64 / 1048576.0,
-            r.overhead_per_task_ms,
+            mib(r.shuffle_bytes),
+            mib(r.spilled_bytes),
+            mib(r.peak_task_memory),
+            mib(r.ignis_peak_rss),
+            mib(r.datafusion_peak_rss),
+            or_dash(r.duckdb.as_ref().map(|d| format!("{:.0}", mib(d.peak_rss)))),
             r.plan_ms
         ));
     }
     if !tpch.is_empty() {
         md.push_str(&format!(
-            "| **TPC-H total** | {total_df:.1} | {total_ignis:.1} | {:.2} | | | | | |\n",
-            total_ignis / total_df
+            "| **TPC-H total** | {total_df:.1} | {total_ignis:.1} | {:.2} | {} | {} | | | | | | | |\n",
+            total_ignis / total_df,
+            or_dash(total_duck.map(|d| format!("{d:.1}"))),
+            or_dash(total_duck.map(|d| format!("{:.2}", total_ignis / d))),
         ));
     }
     println!("{md}");

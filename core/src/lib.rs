@@ -105,6 +105,7 @@ pub mod codec;
 pub mod csv;
 pub mod error;
 pub mod functions;
+pub mod hedge;
 pub mod ids;
 pub mod job;
 pub mod joins;

@@ -328,6 +328,16 @@ pub struct Heartbeat {
     pub draining: bool,
 }
 
+/// The driver's answer to a heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// Tasks (by `task_key`) the host runs that the driver no longer wants:
+    /// another attempt finished first, the attempt ran past its deadline, or
+    /// the job ended. The host stops them and reports them failed.
+    #[serde(default)]
+    pub cancel: Vec<u64>,
+}
+
 /// A task handed to an executor host; the result goes back under `task_key`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskAssignment {

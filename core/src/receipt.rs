@@ -59,6 +59,8 @@ pub struct StoreCounters {
     delete: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Ranged GETs sent a second time, and those that answered first ([`crate::hedge`]).
+    pub hedges: Arc<crate::hedge::HedgeCounts>,
 }
 
 impl StoreCounters {
@@ -104,14 +106,16 @@ impl ObjectStoreRegistry for CountingRegistry {
         self.inner.deregister_store(url)
     }
 
-    /// Object stores are counted; local files are not billed by the request
-    /// and are not.
+    /// Object stores are counted, and their ranged reads hedged (each
+    /// request, hedges too, counted); local files are neither billed by the
+    /// request nor slow to answer, and are left alone.
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
         let inner = self.inner.get_store(url)?;
         if url.scheme() == "file" {
             return Ok(inner);
         }
-        Ok(Arc::new(CountingStore { inner, counters: self.counters.clone() }))
+        let counting = Arc::new(CountingStore { inner, counters: self.counters.clone() });
+        Ok(Arc::new(crate::hedge::HedgingStore::new(counting, self.counters.hedges.clone())))
     }
 }
 

@@ -84,6 +84,27 @@ impl ObjectStoreRegistry for StoreRegistry {
     }
 }
 
+/// The one retry policy of every object-store request Ignis makes: table
+/// reads, shuffle writes and reads, output files, the commit and the
+/// driver's journal. A request that fails transiently (connection refused,
+/// reset or dropped, HTTP 5xx and 429 / SlowDown, a read that timed out) is
+/// sent again up to 10 times,
+/// after a backoff that starts at 100 ms and doubles up to 15 s with random
+/// jitter, for at most 3 minutes in all. Other errors (403, 404, a bad
+/// request) fail at once. (object_store's `RetryConfig`, stated here rather
+/// than left to the crate's defaults.)
+pub fn retry_policy() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 10,
+        retry_timeout: std::time::Duration::from_secs(180),
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(15),
+            base: 2.0,
+        },
+    }
+}
+
 fn s3_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
     let bucket = url
         .host_str()
@@ -103,7 +124,10 @@ fn s3_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
             .with_virtual_hosted_style_request(false)
             .with_endpoint(endpoint);
     }
-    let store = builder.build().map_err(|e| IgnisError::Input(format!("cannot use S3 bucket '{bucket}': {e}")))?;
+    let store = builder
+        .with_retry(retry_policy())
+        .build()
+        .map_err(|e| IgnisError::Input(format!("cannot use S3 bucket '{bucket}': {e}")))?;
     Ok(Arc::new(store))
 }
 

@@ -204,6 +204,13 @@ fn is_file_of_job(path: &str, job_id: &JobId) -> bool {
     stem.strip_suffix(job_id.as_str()).is_some_and(|rest| rest.ends_with('-'))
 }
 
+/// Fault injection for tests: `IGNIS_TEST_COMMIT_PAUSE_MS` holds a commit
+/// between its moves and its manifest, for a test to stop the driver there.
+fn test_commit_pause() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("IGNIS_TEST_COMMIT_PAUSE_MS").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// The object recording a commit in progress.
 pub const COMMIT_RECORD: &str = "_ignis_commit.json";
 
@@ -221,9 +228,19 @@ struct CommitRecord {
 
 impl CommitRecord {
     /// Moves, then the manifest (the commit point), then the removals.
+    /// Idempotent: a move already made (its file gone from staging and in
+    /// place) is skipped, so a commit cut short is finished by applying it again.
     async fn apply(&self, store: &dyn ObjectStore, root: &Path) -> Result<()> {
         for (from, to) in &self.moves {
-            store.rename(&child_path(root, from), &child_path(root, to)).await?;
+            let (from, to) = (child_path(root, from), child_path(root, to));
+            match store.rename(&from, &to).await {
+                Ok(()) => {}
+                Err(object_store::Error::NotFound { .. }) if store.head(&to).await.is_ok() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(pause) = test_commit_pause() {
+            tokio::time::sleep(pause).await;
         }
         put_json(store, &child_path(root, SUCCESS_MANIFEST), &self.manifest).await?;
         self.finish(store, root).await
@@ -253,6 +270,33 @@ impl CommitRecord {
         }
         delete_if_present(store, &child_path(root, COMMIT_RECORD)).await
     }
+}
+
+/// Finish the commit of a resumed job whose driver stopped mid-commit.
+/// `Some` when the location holds the job's committed output (finished now,
+/// or before the driver stopped); `None` when its commit had not begun, so
+/// the job still has to run. The job's staging and write lock are removed.
+pub async fn complete(env: &RuntimeEnv, spec: &WriteSpec, job_id: &JobId) -> Result<Option<Committed>> {
+    let (store, root) = store::resolve(env, &spec.location)?;
+    let record = match store.get(&child_path(&root, COMMIT_RECORD)).await {
+        Ok(got) => serde_json::from_slice::<CommitRecord>(&got.bytes().await?).ok(),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(record) = record.filter(|r| r.job_id == job_id.as_str()) {
+        tracing::info!(location = %spec.location, job = %job_id, "finishing the commit the job's earlier run began");
+        record.apply(store.as_ref(), &root).await?;
+    }
+    let manifest = match store.get(&child_path(&root, SUCCESS_MANIFEST)).await {
+        Ok(got) => serde_json::from_slice::<Manifest>(&got.bytes().await?).ok(),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(manifest) = manifest.filter(|m| m.job_id == job_id.as_str()) else { return Ok(None) };
+    let pending = PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed: true };
+    pending.cleanup().await?;
+    let files = manifest.files.into_iter().filter(|f| is_file_of_job(f, job_id)).collect();
+    Ok(Some(Committed { location: spec.location.clone(), files, rows: manifest.rows }))
 }
 
 /// The files (relative to `location`) of the output an Ignis job committed

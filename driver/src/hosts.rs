@@ -73,6 +73,8 @@ struct Host {
     /// Their later tasks go without it.
     plans_kept: HashSet<(JobId, StageId)>,
     plans_sent_total: u64,
+    /// Tasks it runs that no one waits for any more: sent with its next heartbeat answer, to stop.
+    cancel: Vec<u64>,
 }
 
 struct Pending {
@@ -164,6 +166,7 @@ impl HostsBackend {
             tasks_done: 0,
             plans_kept: HashSet::new(),
             plans_sent_total: 0,
+            cancel: Vec::new(),
         };
         state.hosts.insert(id.clone(), host);
         drop(state);
@@ -177,18 +180,20 @@ impl HostsBackend {
         self.lock().tokens.get(hash).cloned()
     }
 
-    pub fn heartbeat(&self, id: &str, draining: bool) -> Result<(), HostError> {
+    /// A host's heartbeat; answers the tasks it should stop.
+    pub fn heartbeat(&self, id: &str, draining: bool) -> Result<Vec<u64>, HostError> {
         let mut state = self.lock();
         let host = state.hosts.get_mut(id).ok_or(HostError::UnknownHost)?;
         host.last_seen = Instant::now();
         let started_draining = draining && !host.draining;
         host.draining |= draining;
+        let cancel = std::mem::take(&mut host.cancel);
         drop(state);
         if started_draining {
             tracing::info!(executor = %id, "executor host is draining");
             self.wake.notify_waiters();
         }
-        Ok(())
+        Ok(cancel)
     }
 
     /// A host leaves: whatever it still runs is re-run elsewhere.
@@ -378,6 +383,7 @@ impl HostsBackend {
                 let name = state.hosts.get(&id).map(|h| h.name.clone()).unwrap_or_default();
                 if let Some(host) = state.hosts.get_mut(&id) {
                     host.running.retain(|k| *k != key);
+                    host.cancel.push(key);
                 }
                 let job = pending.request.job_id.clone();
                 let misses = state.missed.entry((job.clone(), id.clone())).or_default();
@@ -428,8 +434,15 @@ struct Forget<'a> {
 }
 
 impl Drop for Forget<'_> {
+    /// A task still running on a host (a losing speculative attempt, a job
+    /// that failed or was cancelled) is stopped there at its next heartbeat.
     fn drop(&mut self) {
-        self.backend.lock().tasks.remove(&self.key);
+        let mut state = self.backend.lock();
+        if state.tasks.remove(&self.key).is_some() {
+            for host in state.hosts.values_mut().filter(|h| h.running.contains(&self.key)) {
+                host.cancel.push(self.key);
+            }
+        }
     }
 }
 

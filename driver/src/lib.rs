@@ -28,6 +28,7 @@ pub mod commit;
 pub mod connect;
 pub mod datagen;
 pub mod hosts;
+pub mod journal;
 pub mod lambda;
 pub mod planner;
 pub mod scheduler;
@@ -54,6 +55,7 @@ use ignis_executor::udf::Component;
 
 use crate::backend::{LocalBackend, TaskBackend};
 use crate::commit::{Committed, PendingWrite};
+use crate::journal::{JobJournal, Prior};
 use crate::planner::stages::{Exchange, StageGraph};
 use crate::scheduler::{JobEvent, ResultTarget, RunSettings, StageResults};
 use crate::udfs::UdfRegistry;
@@ -110,6 +112,13 @@ pub struct Driver {
     backends: Vec<Arc<dyn TaskBackend>>,
     config: DriverConfig,
     udfs: UdfRegistry,
+}
+
+/// A job run under the journal: its record, and what earlier runs of it
+/// left ([`Prior::default`] for a first run).
+pub struct Journaling {
+    pub journal: JobJournal,
+    pub prior: Prior,
 }
 
 /// What a finished job produced.
@@ -316,10 +325,68 @@ impl Driver {
         events: &(dyn Fn(JobEvent) + Send + Sync),
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<JobOutcome> {
+        self.run_journaled(job_id, job, planned, udf_refs, None, events, cancel).await
+    }
+
+    /// Run a planned job under the journal (`journal` is `None` for jobs a
+    /// restarted driver does not resume): its accepted task results and its
+    /// commit are recorded as they happen, and the results an earlier run
+    /// accepted (`journal.prior`) are used instead of running their tasks
+    /// again, when the job plans to the same stages as it did then.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_journaled(
+        &self,
+        job_id: JobId,
+        job: &JobSpec,
+        planned: PlannedJob,
+        udf_refs: Vec<UdfRef>,
+        journal: Option<Journaling>,
+        events: &(dyn Fn(JobEvent) + Send + Sync),
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<JobOutcome> {
+        let record = journal.as_ref().map(|j| j.journal.clone());
+        let outcome = self.run_with_journal(job_id, job, planned, udf_refs, journal, events, cancel).await;
+        // The job's end is recorded before its shuffle objects go (see
+        // below); this is for a job that stopped before it got that far.
+        if let Some(journal) = record {
+            journal.end(outcome.as_ref().map(|_| ())).await;
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_with_journal(
+        &self,
+        job_id: JobId,
+        job: &JobSpec,
+        planned: PlannedJob,
+        udf_refs: Vec<UdfRef>,
+        journal: Option<Journaling>,
+        events: &(dyn Fn(JobEvent) + Send + Sync),
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<JobOutcome> {
         let start = Instant::now();
         let backend = self.backend_for(job)?.clone();
         let graph = planner::distribute(planned.physical, job.config.runtime_filters())?;
         let env = planned.ctx.runtime_env();
+        let (journal, prior) = match journal {
+            Some(Journaling { journal, prior }) => {
+                let prior = journal.restore(prior, &graph).await;
+                (Some(journal), prior)
+            }
+            None => (None, Prior::default()),
+        };
+        // A resumed write whose commit had begun: finish the commit, run nothing.
+        if let (Some(journal), OutputSpec::Write(spec)) = (&journal, &job.output)
+            && prior.run > 0
+            && let Some(committed) = commit::complete(&env, spec, &job_id).await?
+        {
+            journal.end(Ok(())).await;
+            if let Err(e) = delete_shuffle(&env, &self.config.shuffle_root, &job_id).await {
+                tracing::warn!(job = %job_id, error = %e, "could not remove shuffle objects");
+            }
+            return Ok(JobOutcome::without_tasks(job_id, start.elapsed(), JobResult::Written(committed)));
+        }
         events(JobEvent::Planned { stages: graph.stages.iter().map(|s| (s.id, s.tasks)).collect() });
 
         let pending = match &job.output {
@@ -355,6 +422,9 @@ impl Driver {
             udfs: udf_refs,
             task_deadline: job.config.task_deadline_s.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
             speculation: job.config.speculation.unwrap_or(false),
+            first_attempt: prior.first_attempt(),
+            prior: prior.results,
+            journal: journal.clone(),
         };
 
         let run = tokio::select! {
@@ -362,9 +432,14 @@ impl Driver {
             () = cancel => Err(IgnisError::Cancelled),
         };
         let finished = match run {
-            Ok(results) => finish(&planned.ctx, &graph, &results, pending.as_ref(), self.config.max_result_bytes)
-                .await
-                .map(|r| (r, results)),
+            Ok(results) => {
+                if let (Some(journal), Some(_)) = (&journal, &pending) {
+                    journal.committing().await;
+                }
+                finish(&planned.ctx, &graph, &results, pending.as_ref(), self.config.max_result_bytes)
+                    .await
+                    .map(|r| (r, results))
+            }
             Err(e) => Err(e),
         };
         if finished.is_err()
@@ -373,13 +448,22 @@ impl Driver {
         {
             tracing::warn!(job = %job_id, error = %e, "could not remove staged output");
         }
+        // Recorded before the shuffle objects go: a driver stopped in
+        // between would resume a job whose accepted outputs are gone.
+        if let Some(journal) = &journal {
+            journal.end(finished.as_ref().map(|_| ())).await;
+        }
         if let Err(e) = delete_shuffle(&env, &self.config.shuffle_root, &job_id).await {
             tracing::warn!(job = %job_id, error = %e, "could not remove shuffle objects");
         }
         backend.job_finished(&job_id);
         let (result, results) = finished?;
         let driver_requests = planned.ctx.state().config().get_extension::<StoreCounters>().map(|c| c.snapshot());
-        let receipt = receipt(backend.name(), driver_requests.unwrap_or_default(), &results, &self.config.prices);
+        let mut driver_requests = driver_requests.unwrap_or_default();
+        if let Some(journal) = &journal {
+            driver_requests.add(&journal.requests());
+        }
+        let receipt = receipt(backend.name(), driver_requests, &results, &self.config.prices);
 
         let result_stage = graph.result_stage().id;
         let shuffle_bytes = stage_metric(&results, |s| s != result_stage, |m| m.output_bytes);

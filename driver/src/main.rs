@@ -12,10 +12,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use ignis_core::ids::JobId;
 use ignis_core::job::{JobLimits, JobSpec};
 use ignis_core::memory::{ByteSize, TaskMemory};
 use ignis_driver::service::{ServerLimits, TenantLimits};
-use ignis_driver::{Driver, DriverConfig, JobOutcome, JobResult};
+use ignis_driver::{Driver, DriverConfig, JobOutcome, JobResult, Journaling};
 
 #[derive(Parser)]
 #[command(name = "ignis", version, about = "Ignis: a Spark-style distributed data engine")]
@@ -29,7 +30,13 @@ enum Command {
     /// Run a job file (TOML, JSON or YAML) in local mode.
     Run {
         /// The job file.
-        job: PathBuf,
+        #[arg(required_unless_present = "resume")]
+        job: Option<PathBuf>,
+        /// Resume job JOB_ID, interrupted (killed, machine stopped) while it
+        /// ran with the same --shuffle-root: tasks it finished are not run
+        /// again, a commit it began is finished.
+        #[arg(long, value_name = "JOB_ID")]
+        resume: Option<String>,
         #[command(flatten)]
         local: LocalArgs,
         /// Rows of a collected result to print.
@@ -230,6 +237,10 @@ struct ServeArgs {
     /// Bytes of collected rows kept per tenant (its newest results); older results are dropped.
     #[arg(long, default_value_t = TenantLimits::default().retained_result_bytes)]
     retained_result_bytes: usize,
+    /// Journal jobs here (s3://bucket/prefix/ or a directory): a driver
+    /// started again with the same journal resumes the jobs that were running.
+    #[arg(long, env = "IGNIS_JOURNAL", value_name = "URL")]
+    journal: Option<String>,
     /// Seconds a job may take to plan at submission.
     #[arg(long, default_value_t = 30.0)]
     planning_timeout: f64,
@@ -296,7 +307,7 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
     match cli.command {
-        Command::Run { job, local, show } => runtime.block_on(run(job, local, show)),
+        Command::Run { job, resume, local, show } => runtime.block_on(run(job, resume, local, show)),
         Command::Explain { job } => runtime.block_on(explain(job)),
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Executor(args) => runtime.block_on(executor(args)),
@@ -357,20 +368,65 @@ fn driver_config(
     Ok(config)
 }
 
-async fn run(job: PathBuf, local: LocalArgs, show: usize) -> anyhow::Result<()> {
-    let spec = load(&job)?;
+async fn run(job: Option<PathBuf>, resume: Option<String>, local: LocalArgs, show: usize) -> anyhow::Result<()> {
+    use ignis_driver::journal::{Journal, Prior};
+    let spec = job.as_deref().map(load).transpose()?;
     let config = driver_config(local.shuffle_root, local.udf_root, local.price_table)?;
+    // Local jobs are journaled under the shuffle root, for `--resume`.
+    let journal = Journal::open(&ignis_core::store::join(&config.shuffle_root, "_journal/"))?;
     let executors =
         local.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let backend = ignis_driver::backend::LocalBackend::new(executors, local.task_memory);
     let driver = Driver::new(std::sync::Arc::new(backend), config);
+    let (id, spec, journaling) = match (resume, spec) {
+        (Some(id), given) => {
+            let id = JobId::from(id.as_str());
+            let found = journal.unfinished().await?.into_iter().find(|u| u.job_id == id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no interrupted job {id} in the journal under {}: it ended (succeeded, failed or was \
+                     cancelled), or it ran with another --shuffle-root",
+                    journal.url()
+                )
+            })?;
+            if let (Some(given), Some(file)) = (given, &job)
+                && serde_json::to_value(&given)? != serde_json::to_value(&found.job)?
+            {
+                anyhow::bail!(
+                    "{} is not the job {id} ran (was it edited since?): resume without the file, or run it afresh",
+                    file.display()
+                );
+            }
+            let prior = found.journal.resume().await?;
+            let kept: usize = prior.results.values().map(|r| r.len()).sum();
+            eprintln!("resuming job {id}: {kept} finished tasks of its earlier run are kept");
+            (id, found.job, Journaling { journal: found.journal, prior })
+        }
+        (None, Some(spec)) => {
+            if spec.stream.is_some() {
+                let name = spec.name.clone().unwrap_or_else(|| "job".into());
+                return run_stream(&driver, &spec, &name, show).await;
+            }
+            let id = JobId::generate();
+            let at = ignis_driver::service::now_ms();
+            let record = journal.begin(&id, "local", at, &spec).await?;
+            // Printed first: what `--resume` takes if the run is interrupted.
+            eprintln!("job {id}");
+            (id, spec, Journaling { journal: record, prior: Prior::default() })
+        }
+        (None, None) => anyhow::bail!("give a job file, or --resume JOB_ID"),
+    };
     let name = spec.name.clone().unwrap_or_else(|| "job".into());
-    if spec.stream.is_some() {
-        return run_stream(&driver, &spec, &name, show).await;
-    }
     let progress = progress::Progress::new(&name);
-    let outcome = driver.run(&spec, &|e| progress.event(e)).await;
-    let outcome = outcome?;
+    let (planned, udfs) = match driver.plan(&spec).await {
+        Ok(planned) => planned,
+        Err(e) => {
+            journaling.journal.end(Err(&e)).await;
+            return Err(e.into());
+        }
+    };
+    let events = |e| progress.event(e);
+    let outcome =
+        driver.run_journaled(id, &spec, planned, udfs, Some(journaling), &events, std::future::pending()).await?;
     print_outcome(&outcome, show)
 }
 
@@ -464,8 +520,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_result_bytes = args.max_result_bytes;
     let mut policy =
         StoragePolicy::new(args.tenant_root, tenants.grants, args.allow_local_files).map_err(anyhow::Error::msg)?;
-    for (what, root) in [("shuffle root", &config.shuffle_root), ("UDF registry", &config.udf_root)] {
-        policy.reserve(what, ignis_core::location::Location::parse(root, None, what)?);
+    let journal = match &args.journal {
+        Some(url) => {
+            let url = ignis_core::job::resolve_location(url, &std::env::current_dir()?)?;
+            Some(ignis_driver::journal::Journal::open(&url).with_context(|| format!("--journal {url}"))?)
+        }
+        None => None,
+    };
+    let reserved = [("shuffle root", Some(&config.shuffle_root)), ("UDF registry", Some(&config.udf_root))];
+    let journal_url = journal.as_ref().map(|j| j.url().to_string());
+    for (what, root) in reserved.into_iter().chain([("journal", journal_url.as_ref())]) {
+        if let Some(root) = root {
+            policy.reserve(what, ignis_core::location::Location::parse(root, None, what)?);
+        }
     }
     if !policy.isolates_tenants() {
         tracing::warn!(
@@ -537,6 +604,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     service.planning_timeout = seconds(args.planning_timeout, "planning-timeout")?;
     service.kafka_brokers = args.allow_kafka_brokers.iter().map(|b| b.trim().to_string()).collect();
+    service.journal = journal;
     let server = ServerLimits {
         max_connections: args.max_connections,
         header_read_timeout: seconds(args.header_read_timeout, "header-read-timeout")?,
@@ -545,6 +613,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let names = driver.backend_names().join(", ");
     let (router, state) = ignis_driver::service::router_and_state(std::sync::Arc::new(driver), hosts, service)
         .map_err(anyhow::Error::msg)?;
+    let resumed = state.resume_journaled().await.context("reading the journal")?;
+    if resumed > 0 {
+        eprintln!("resumed {resumed} job(s) from the journal");
+    }
     let connect = match args.spark_connect {
         Some(addr) => {
             let config = ignis_driver::connect::ConnectConfig {

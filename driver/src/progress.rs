@@ -88,6 +88,12 @@ impl Progress {
                     s.bar.set_message(format!("({} running)", s.running));
                 }
             }
+            JobEvent::TaskRestored { stage, .. } => {
+                if let Some(s) = state.get_mut(&stage) {
+                    s.done += 1;
+                    s.bar.inc(1);
+                }
+            }
             JobEvent::TaskSucceeded { stage, .. } => {
                 if let Some(s) = state.get_mut(&stage) {
                     s.running = s.running.saturating_sub(1);

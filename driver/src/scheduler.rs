@@ -9,7 +9,7 @@ use std::time::Instant;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, AbortRegistration, Abortable, BoxFuture};
 use futures::stream::FuturesUnordered;
 use ignis_core::codec::encode_plan;
 use ignis_core::error::{IgnisError, Result};
@@ -70,6 +70,12 @@ pub enum JobEvent {
     StageCompleted {
         stage: StageId,
     },
+    /// A task an earlier run of the job (before its driver restarted)
+    /// finished: its output is used, it does not run again.
+    TaskRestored {
+        stage: StageId,
+        partition: u32,
+    },
 }
 
 /// Where the result stage's tasks put their rows.
@@ -97,6 +103,12 @@ pub struct RunSettings {
     pub task_deadline: Option<std::time::Duration>,
     /// `config.speculation`.
     pub speculation: bool,
+    /// Results an earlier run of this job accepted (a resumed job), by stage and partition.
+    pub prior: HashMap<StageId, HashMap<u32, TaskResult>>,
+    /// The first attempt number of this run's tasks (see [`crate::journal::ATTEMPTS_PER_RUN`]).
+    pub first_attempt: u32,
+    /// Where accepted results are recorded, for a restarted driver.
+    pub journal: Option<crate::journal::JobJournal>,
 }
 
 /// Accepted task results: `results[stage][partition]`, plus attempt counts.
@@ -146,11 +158,20 @@ pub async fn run_graph(
     let mut speculation_check = tokio::time::interval(SPECULATION_CHECK);
     speculation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let launch = |req: TaskRequest| -> TaskFuture<'_> {
+    // Attempts can be stopped: once one attempt of a task is accepted, the
+    // others are dropped (which stops them on hosts; Lambda's are ignored).
+    let mut stoppers: HashMap<(StageId, u32, u32), AbortHandle> = HashMap::new();
+    let launch = |req: TaskRequest, stop: AbortRegistration| -> TaskFuture<'_> {
         let backend = backend.clone();
         Box::pin(async move {
             let (stage, partition, attempt) = (req.stage_id, req.partition, req.attempt);
-            (stage, partition, attempt, backend.run(req).await)
+            let outcome = Abortable::new(backend.run(req), stop).await.unwrap_or_else(|_| {
+                Err(TaskFailure {
+                    kind: ignis_core::error::ErrorKind::Transient,
+                    message: "stopped: another attempt of the task finished first".into(),
+                })
+            });
+            (stage, partition, attempt, outcome)
         })
     };
 
@@ -160,17 +181,32 @@ pub async fn run_graph(
             if !ready {
                 continue;
             }
-            let template = stage_request(stage, graph, &done, settings).await?;
-            events(JobEvent::StageSubmitted { stage: stage.id, tasks: stage.tasks });
-            partial.insert(stage.id, vec![None; stage.tasks]);
-            if stage.tasks == 0 {
-                done.insert(stage.id, vec![]);
+            let mut slots = vec![None; stage.tasks];
+            for (p, result) in settings.prior.get(&stage.id).into_iter().flatten() {
+                if let Some(slot) = slots.get_mut(*p as usize) {
+                    *slot = Some(result.clone());
+                }
+            }
+            let restored = |slots: &[Option<TaskResult>]| {
+                for partition in (0..stage.tasks as u32).filter(|p| slots[*p as usize].is_some()) {
+                    events(JobEvent::TaskRestored { stage: stage.id, partition });
+                }
+            };
+            if slots.iter().all(Option::is_some) {
+                events(JobEvent::StageSubmitted { stage: stage.id, tasks: stage.tasks });
+                restored(&slots);
+                partial.insert(stage.id, Vec::new());
+                done.insert(stage.id, slots.into_iter().flatten().collect());
                 events(JobEvent::StageCompleted { stage: stage.id });
                 continue;
             }
-            for p in 0..stage.tasks as u32 {
-                queue.push_back(task_request(&template, &stage.plan, p, 0, settings));
+            let template = stage_request(stage, graph, &done, settings).await?;
+            events(JobEvent::StageSubmitted { stage: stage.id, tasks: stage.tasks });
+            restored(&slots);
+            for p in (0..stage.tasks as u32).filter(|p| slots[*p as usize].is_none()) {
+                queue.push_back(task_request(&template, &stage.plan, p, settings.first_attempt, settings));
             }
+            partial.insert(stage.id, slots);
             requests.insert(stage.id, template);
         }
         // Every stage done: attempts still running lost to another attempt
@@ -196,7 +232,9 @@ pub async fn run_graph(
             started.entry(task).or_default().push((req.attempt, Instant::now()));
             let next = next_attempt.entry(task).or_default();
             *next = (*next).max(req.attempt + 1);
-            running.push(launch(req));
+            let (stopper, stop) = AbortHandle::new_pair();
+            stoppers.insert((req.stage_id, req.partition, req.attempt), stopper);
+            running.push(launch(req, stop));
         }
 
         let next = tokio::select! {
@@ -222,6 +260,7 @@ pub async fn run_graph(
         let Some((stage_id, partition, attempt, outcome)) = next else {
             break;
         };
+        stoppers.remove(&(stage_id, partition, attempt));
         // This attempt no longer runs; another of its task may, or may have won.
         let task = (stage_id, partition);
         let began = started.get_mut(&task).and_then(|runs| {
@@ -249,6 +288,15 @@ pub async fn run_graph(
                     metrics: result.metrics,
                     speculative: is_speculative,
                 });
+                if let Some(journal) = &settings.journal {
+                    journal.accepted(result.clone());
+                }
+                // The task's other attempts (speculative or the original) stop.
+                for (other, _) in started.get(&task).into_iter().flatten() {
+                    if let Some(stopper) = stoppers.remove(&(stage_id, partition, *other)) {
+                        stopper.abort();
+                    }
+                }
                 let slots =
                     partial.get_mut(&stage_id).ok_or_else(|| IgnisError::internal("result for unknown stage"))?;
                 slots[partition as usize] = Some(result);
@@ -259,7 +307,9 @@ pub async fn run_graph(
                 }
             }
             Err(failure) => {
-                let will_retry = failure.kind.is_retryable() && attempt + 1 < settings.max_task_attempts;
+                // Attempts of this run: a resumed job's tasks get their full count again.
+                let tries = attempt.saturating_sub(settings.first_attempt) + 1;
+                let will_retry = failure.kind.is_retryable() && tries < settings.max_task_attempts;
                 events(JobEvent::TaskFailed {
                     stage: stage_id,
                     partition,
@@ -268,11 +318,8 @@ pub async fn run_graph(
                     will_retry,
                 });
                 if !will_retry {
-                    let tries = if failure.kind.is_retryable() {
-                        format!(" after {} attempts", attempt + 1)
-                    } else {
-                        String::new()
-                    };
+                    let tries =
+                        if failure.kind.is_retryable() { format!(" after {tries} attempts") } else { String::new() };
                     return Err(IgnisError::Task {
                         kind: failure.kind,
                         message: format!("stage {stage_id} task {partition} failed{tries}: {}", failure.message),

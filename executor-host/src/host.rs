@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::memory::TaskMemory;
-use ignis_core::protocol::{Heartbeat, HostRegistered, PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskOutcome};
+use ignis_core::protocol::{
+    Heartbeat, HeartbeatAnswer, HostRegistered, PROTOCOL_VERSION, RegisterHost, TaskAssignment, TaskFailure,
+    TaskOutcome,
+};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,6 +72,7 @@ pub async fn run_host(
             state.send_replace(HostState::Ready);
         }
         let lost = Arc::new(AtomicBool::new(false));
+        let running: Running = Arc::default();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..config.slots.max(1) {
             let worker = Worker {
@@ -79,6 +83,7 @@ pub async fn run_host(
                 draining: draining.clone(),
                 lost: lost.clone(),
                 config: config.clone(),
+                running: running.clone(),
             };
             workers.spawn(worker.run());
         }
@@ -89,8 +94,16 @@ pub async fn run_host(
                 _ = ticker.tick() => {
                     let beat = Heartbeat { draining: draining.load(Ordering::SeqCst) };
                     match client.heartbeat(&id, &token, &beat).await {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(Some(answer)) => {
+                            let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                            for key in answer.cancel {
+                                if let Some(stop) = running.remove(&key) {
+                                    tracing::info!(executor = %id, task_key = key, "stopping a task the driver no longer wants");
+                                    let _ = stop.send(());
+                                }
+                            }
+                        }
+                        Ok(None) => {
                             tracing::warn!(executor = %id, "the driver no longer knows this host; registering again");
                             lost.store(true, Ordering::SeqCst);
                             if !draining.load(Ordering::SeqCst) {
@@ -128,7 +141,11 @@ struct Worker {
     draining: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
     config: HostConfig,
+    running: Running,
 }
+
+/// The tasks the host's workers run, by task key: the switch that stops each.
+type Running = Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>>;
 
 impl Worker {
     async fn run(self) {
@@ -146,11 +163,25 @@ impl Worker {
                     continue;
                 }
             };
-            if !self.config.task_delay.is_zero() {
-                tokio::time::sleep(self.config.task_delay).await;
-            }
-            let outcome = TaskOutcome::from(self.executor.run_task(assignment.request).await);
-            self.client.report(&self.id, &self.token, assignment.task_key, &outcome).await;
+            let key = assignment.task_key;
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key, stop);
+            let delay = self.config.task_delay;
+            let task = async {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                self.executor.run_task(assignment.request).await
+            };
+            let outcome = tokio::select! {
+                result = task => TaskOutcome::from(result),
+                Ok(()) = stopped => TaskOutcome::from(Err(TaskFailure {
+                    kind: ignis_core::error::ErrorKind::Transient,
+                    message: "stopped: the driver no longer wants this attempt".into(),
+                })),
+            };
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            self.client.report(&self.id, &self.token, key, &outcome).await;
         }
     }
 }
@@ -209,11 +240,12 @@ impl DriverClient {
         }
     }
 
-    async fn heartbeat(&self, id: &str, token: &str, beat: &Heartbeat) -> Result<bool> {
+    /// The driver's answer, or `None` when it no longer knows this host.
+    async fn heartbeat(&self, id: &str, token: &str, beat: &Heartbeat) -> Result<Option<HeartbeatAnswer>> {
         let request = self.post(&format!("/v1/executors/{id}/heartbeat"), token);
-        match send_json::<_, serde_json::Value>(request, beat).await {
-            Ok(_) => Ok(true),
-            Err(SendError::Refused(status, _)) if forgotten(status) => Ok(false),
+        match send_json::<_, HeartbeatAnswer>(request, beat).await {
+            Ok(answer) => Ok(Some(answer.unwrap_or_default())),
+            Err(SendError::Refused(status, _)) if forgotten(status) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

@@ -34,7 +34,7 @@ use ignis_core::protocol::{
 };
 use ignis_core::receipt::StoreCounters;
 use ignis_core::session::{SessionOptions, session_config};
-use ignis_core::shuffle::{HEDGE_WINS, HEDGED_READS, ShuffleWriterExec, shuffle_object_url};
+use ignis_core::shuffle::{ShuffleWriterExec, shuffle_object_url};
 use udf::UdfHost;
 
 /// Runs tasks. Cheap to share; holds the runtime (object stores, caches, the
@@ -266,8 +266,8 @@ impl Executor {
                 peak_memory_bytes: pool.peak_reserved() as u64,
                 store: requests.snapshot(),
                 function_memory_mb: 0,
-                hedged_reads: named_metric(&plan, HEDGED_READS),
-                hedge_wins: named_metric(&plan, HEDGE_WINS),
+                hedged_reads: requests.hedges.snapshot().0,
+                hedge_wins: requests.hedges.snapshot().1,
             },
         })
     }

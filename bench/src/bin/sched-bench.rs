@@ -180,6 +180,9 @@ async fn main() -> anyhow::Result<()> {
         udfs: vec![],
         task_deadline: None,
         speculation: false,
+        prior: Default::default(),
+        first_attempt: 0,
+        journal: None,
     };
     let (cpu_before, _) = usage();
     let start = Instant::now();

@@ -6,12 +6,11 @@
 //! a reduce task fetches its piece of every map output with a ranged GET. The
 //! object count is O(maps), not O(maps x reducers).
 
-mod hedge;
 pub mod pieces;
 mod reader;
 mod writer;
 
-pub use reader::{HEDGE_WINS, HEDGED_READS, ShuffleReaderExec};
+pub use reader::ShuffleReaderExec;
 pub use writer::ShuffleWriterExec;
 
 use crate::ids::{JobId, StageId};

@@ -14,7 +14,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
@@ -22,7 +22,6 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt, stream};
 use object_store::ObjectStoreExt;
 
-use super::hedge::hedged;
 use crate::error::{IgnisError, Result};
 use crate::ids::StageId;
 use crate::protocol::PieceLocation;
@@ -42,11 +41,6 @@ pub struct ShuffleReaderExec {
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
-
-/// The metric counting piece GETs sent a second time ([`super::hedge`]).
-pub const HEDGED_READS: &str = "shuffle_hedged_reads";
-/// The metric counting second GETs that answered first.
-pub const HEDGE_WINS: &str = "shuffle_hedge_wins";
 
 impl ShuffleReaderExec {
     pub fn new(stage_id: StageId, schema: SchemaRef, partition_count: usize) -> Self {
@@ -89,25 +83,21 @@ impl ShuffleReaderExec {
     }
 }
 
-/// Counters of hedged GETs: (sent again, answered first).
-#[derive(Clone, Default)]
-pub(crate) struct Hedges(Count, Count);
-
-pub(crate) async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation, hedges: Hedges) -> Result<Vec<RecordBatch>> {
+/// One piece's batches. Its GETs are hedged by the task's object store
+/// ([`crate::hedge::HedgingStore`]), as every range read of a task is.
+pub(crate) async fn read_piece(env: Arc<RuntimeEnv>, piece: PieceLocation) -> Result<Vec<RecordBatch>> {
     let (store, path) = store::resolve(&env, &piece.url)?;
-    let fetch = || async {
-        if piece.more.is_empty() {
-            return store.get_range(&path, piece.offset..piece.offset + piece.length).await;
-        }
+    let bytes = if piece.more.is_empty() {
+        store.get_range(&path, piece.offset..piece.offset + piece.length).await?
+    } else {
         // A piece uploaded in parts: its stream is the ranges end to end.
         let parts = store.get_ranges(&path, &piece.ranges()).await?;
         let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
         for part in parts {
             joined.extend_from_slice(&part);
         }
-        Ok(bytes::Bytes::from(joined))
+        bytes::Bytes::from(joined)
     };
-    let bytes = hedged(fetch, &hedges.0, &hedges.1).await?;
     // Decoded in place: uncompressed columns point into the fetched bytes
     // instead of being copied out of them.
     let mut buffer = Buffer::from(bytes);
@@ -151,13 +141,9 @@ impl ExecutionPlan for ShuffleReaderExec {
             )));
         };
         let env = context.runtime_env();
-        let hedges = Hedges(
-            MetricBuilder::new(&self.metrics).counter(HEDGED_READS, partition),
-            MetricBuilder::new(&self.metrics).counter(HEDGE_WINS, partition),
-        );
         let pieces: Vec<PieceLocation> = pieces.iter().filter(|p| p.rows > 0).cloned().collect();
         let batches = stream::iter(pieces)
-            .map(move |piece| read_piece(env.clone(), piece, hedges.clone()))
+            .map(move |piece| read_piece(env.clone(), piece))
             // Fetch a few pieces ahead (ranged GETs overlap), keeping their order.
             .buffered(PREFETCH_PIECES)
             .map_ok(|batches| stream::iter(batches.into_iter().map(Ok::<_, IgnisError>)))

@@ -368,10 +368,7 @@ mod tests {
         assert!(metas.iter().all(|m| !m.more.is_empty()), "every piece should be in parts: {metas:?}");
         let mut keys = vec![];
         for (partition, meta) in metas.iter().enumerate() {
-            let batches =
-                super::super::reader::read_piece(env.clone(), PieceLocation::new(&url, meta), Default::default())
-                    .await
-                    .unwrap();
+            let batches = super::super::reader::read_piece(env.clone(), PieceLocation::new(&url, meta)).await.unwrap();
             let mut piece_keys: Vec<i64> = vec![];
             for b in &batches {
                 piece_keys.extend(b.column(0).as_primitive::<Int64Type>().values());

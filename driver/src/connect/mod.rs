@@ -243,7 +243,9 @@ impl Inner {
         state.config_mut().options_mut().execution.target_partitions = job.config.shuffle_partitions();
         let physical = state.create_physical_plan(&plan).await.map_err(|e| error::from_ignis(&plan_error(what, e)))?;
         let planned = PlannedJob { ctx: SessionContext::new_with_state(state), physical };
-        let submission = Submission { job, planned: Some((planned, udfs)), cache_reads };
+        let mut submission = Submission::new(job);
+        submission.planned = Some((planned, udfs));
+        submission.cache_reads = cache_reads;
         let (entry, ended) = self.app.submit(&session.tenant, submission).map_err(|e| error::from_api(&e))?;
         op.set_job(Some(entry.clone()));
         if op.is_cancelled() {

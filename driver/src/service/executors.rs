@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-use ignis_core::protocol::{Heartbeat, HostRegistered, PROTOCOL_VERSION, RegisterHost, TaskOutcome};
+use ignis_core::protocol::{Heartbeat, HeartbeatAnswer, HostRegistered, PROTOCOL_VERSION, RegisterHost, TaskOutcome};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -85,8 +85,8 @@ async fn heartbeat(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.owns(&id)?;
     let beat: Heartbeat = json_body(body)?;
-    hosts(&state)?.heartbeat(&id, beat.draining).map_err(|e| host_error(&id, e))?;
-    Ok(Json(serde_json::json!({"ok": true})))
+    let cancel = hosts(&state)?.heartbeat(&id, beat.draining).map_err(|e| host_error(&id, e))?;
+    Ok(Json(serde_json::to_value(HeartbeatAnswer { cancel }).map_err(ApiError::internal)?))
 }
 
 async fn leave(

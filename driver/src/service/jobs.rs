@@ -263,6 +263,12 @@ impl JobEntry {
                     s.running = s.running.saturating_sub(1);
                 }
             }
+            JobEvent::TaskRestored { stage, .. } => {
+                if let Some(s) = p.stages.get_mut(&stage.0) {
+                    s.pending = s.pending.saturating_sub(1);
+                    s.succeeded += 1;
+                }
+            }
             JobEvent::TaskSucceeded { stage, speculative, .. } => {
                 p.metrics.speculative_wins += usize::from(speculative);
                 if let Some(s) = p.stages.get_mut(&stage.0) {
@@ -349,12 +355,22 @@ pub struct Submission {
     /// The plan and the UDF components it calls.
     pub planned: Option<(crate::PlannedJob, Vec<ignis_core::protocol::UdfRef>)>,
     pub cache_reads: Vec<String>,
+    /// The job's id and when it was submitted, when decided before (a
+    /// journaled job, a job resumed from the journal); else new ones.
+    pub id: Option<(JobId, u64)>,
+    /// The job's record in the driver's journal.
+    pub journal: Option<crate::Journaling>,
 }
 
 impl Submission {
     pub fn new(job: JobSpec) -> Self {
-        Self { job, planned: None, cache_reads: Vec::new() }
+        Self { job, planned: None, cache_reads: Vec::new(), id: None, journal: None }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -398,7 +414,8 @@ impl JobRegistry {
         submission: Submission,
         done: impl FnOnce(&JobEntry) + Send + 'static,
     ) -> Result<Arc<JobEntry>, Busy> {
-        let Submission { job, planned, cache_reads } = submission;
+        let Submission { job, planned, cache_reads, id, journal } = submission;
+        let record = journal.as_ref().map(|j| j.journal.clone());
         let slots = self.slots(&tenant);
         // A free slot is taken now, so the answer says `running`; else the job queues.
         let slot = slots.clone().try_acquire_owned().ok();
@@ -406,10 +423,9 @@ impl JobRegistry {
         let (cancel, mut cancelled) = watch::channel(false);
         let (stop, stopped) = watch::channel(false);
         let stream = job.stream.is_some().then(|| (Arc::new(Mutex::new(StreamStatus::default())), stop));
-        let submitted_at_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+        let (id, submitted_at_ms) = id.unwrap_or_else(|| (JobId::generate(), now_ms()));
         let entry = Arc::new(JobEntry {
-            id: JobId::generate(),
+            id,
             tenant,
             name: job.name.clone(),
             inputs: job.tables.values().map(|t| t.location.clone()).collect(),
@@ -448,16 +464,27 @@ impl JobRegistry {
                                 () = cancel => Err(IgnisError::Cancelled),
                             }
                         }
-                        (None, planned) => match planned {
-                            Some((planned, udfs)) => {
-                                driver.run_planned(running.id.clone(), &job, planned, udfs, &events, cancel).await
+                        (None, planned) => {
+                            let planned = match planned {
+                                Some(planned) => Ok(planned),
+                                None => driver.plan(&job).await,
+                            };
+                            match planned {
+                                Ok((planned, udfs)) => {
+                                    let id = running.id.clone();
+                                    driver.run_journaled(id, &job, planned, udfs, journal, &events, cancel).await
+                                }
+                                Err(e) => Err(e),
                             }
-                            None => driver.run_job(running.id.clone(), &job, &events, cancel).await,
-                        },
+                        }
                     }
                 }
                 None => Err(IgnisError::Cancelled),
             };
+            // A job that never reached the driver (cancelled in its queue, not planned).
+            if let Some(record) = record {
+                record.end(outcome.as_ref().map(|_| ())).await;
+            }
             running.finish(outcome);
             done(&running);
         });

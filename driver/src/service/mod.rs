@@ -27,7 +27,9 @@ use serde::Serialize;
 
 pub use auth::{AuthConfig, KeyHash, Tenants, hash_key};
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorEnvelope};
-pub use jobs::{JobEntry, JobMetrics, JobState, JobStatus, StageStatus, Submission, TenantLimits, WrittenOutput};
+pub use jobs::{
+    JobEntry, JobMetrics, JobState, JobStatus, StageStatus, Submission, TenantLimits, WrittenOutput, now_ms,
+};
 pub use policy::StoragePolicy;
 pub use server::{ServerLimits, serve};
 
@@ -64,6 +66,8 @@ pub struct ServiceConfig {
     /// Kafka brokers (`host:port`) that tenants' streams may read and write;
     /// none: streams cannot use Kafka.
     pub kafka_brokers: Vec<String>,
+    /// Where batch jobs are journaled, so that a restarted driver resumes them.
+    pub journal: Option<crate::journal::Journal>,
 }
 
 impl ServiceConfig {
@@ -76,6 +80,7 @@ impl ServiceConfig {
             tenant_limits: TenantLimits::default(),
             planning_timeout: Duration::from_secs(30),
             kafka_brokers: Vec::new(),
+            journal: None,
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct AppState {
     job_limits: JobLimits,
     planning_timeout: Duration,
     kafka_brokers: Vec<String>,
+    journal: Option<crate::journal::Journal>,
     metrics: Metrics,
     compile_gate: udfs::CompileGate,
     openapi: serde_json::Value,
@@ -129,6 +135,7 @@ pub fn router_and_state(
         job_limits: config.job_limits,
         planning_timeout: config.planning_timeout,
         kafka_brokers: config.kafka_brokers,
+        journal: config.journal,
         metrics: Metrics::default(),
         compile_gate: udfs::CompileGate::default(),
         openapi,
@@ -260,11 +267,37 @@ async fn submit_job(
     let submission = match job.stream {
         None => {
             let planned = plan_in_background(&state, &job).await?;
-            Submission { job, planned: Some(planned), cache_reads: Vec::new() }
+            let mut submission = Submission::new(job);
+            submission.planned = Some(planned);
+            // Journaled before the answer: once accepted, a job outlives its driver.
+            if let Some(journal) = &state.journal {
+                let (id, at) = (ignis_core::ids::JobId::generate(), jobs::now_ms());
+                let record = journal.begin(&id, &tenant, at, &submission.job).await.map_err(|e| {
+                    tracing::error!(error = %e, journal = journal.url(), "could not journal a submitted job");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "journal_unavailable",
+                        "the driver cannot record the job in its journal; try again",
+                    )
+                })?;
+                submission.id = Some((id, at));
+                submission.journal =
+                    Some(crate::Journaling { journal: record, prior: crate::journal::Prior::default() });
+            }
+            submission
         }
         Some(_) => Submission::new(job),
     };
-    let (entry, _ended) = state.submit(&tenant, submission)?;
+    let record = submission.journal.as_ref().map(|j| j.journal.clone());
+    let (entry, _ended) = match state.submit(&tenant, submission) {
+        Ok(submitted) => submitted,
+        Err(refused) => {
+            if let Some(record) = record {
+                record.end(Err(&ignis_core::error::IgnisError::Cancelled)).await;
+            }
+            return Err(refused);
+        }
+    };
     let location = format!("/v1/jobs/{}", entry.id);
     let body = axum::Json(Submitted { id: entry.id.to_string(), state: entry.state() });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
@@ -358,6 +391,46 @@ impl AppState {
             self.metrics.receipts.lock().unwrap_or_else(|p| p.into_inner()).add(receipt);
         }
         tracing::info!(job = %job.id, state = ?status.state, elapsed_ms = status.elapsed_ms, "job finished");
+    }
+
+    /// Resume the jobs the journal holds as running (their driver stopped):
+    /// each under its own id and tenant, its locations checked again against
+    /// today's storage policy. Returns how many were resumed.
+    pub async fn resume_journaled(self: &Arc<Self>) -> ignis_core::error::Result<usize> {
+        let Some(journal) = &self.journal else { return Ok(0) };
+        let mut resumed = 0;
+        for mut found in journal.unfinished().await? {
+            let id = found.job_id.clone();
+            let allowed = found
+                .job
+                .resolve_locations(None)
+                .map_err(|e| e.to_string())
+                .and_then(|locations| self.policy.check(&found.tenant, &locations).map_err(|e| e.body.message));
+            if let Err(why) = allowed {
+                tracing::error!(job = %id, tenant = %found.tenant, why, "not resuming a journaled job");
+                found.journal.end(Err(&ignis_core::error::IgnisError::Job(why))).await;
+                continue;
+            }
+            let prior = found.journal.resume().await?;
+            tracing::warn!(
+                job = %id,
+                tenant = %found.tenant,
+                run = prior.run,
+                restored_tasks = prior.results.values().map(|r| r.len()).sum::<usize>(),
+                "resuming a job its earlier driver was running"
+            );
+            let mut submission = Submission::new(found.job);
+            submission.id = Some((id, found.submitted_at_ms));
+            let record = found.journal.clone();
+            submission.journal = Some(crate::Journaling { journal: found.journal, prior });
+            if let Err(e) = self.submit(&found.tenant, submission) {
+                tracing::error!(job = %record.job_id(), error = %e.body.message, "could not resume a journaled job");
+                record.end(Err(&ignis_core::error::IgnisError::Job(e.body.message))).await;
+                continue;
+            }
+            resumed += 1;
+        }
+        Ok(resumed)
     }
 
     pub fn job(&self, tenant: &str, id: &str) -> ApiResult<Arc<JobEntry>> {

@@ -220,6 +220,11 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let metrics = &status["metrics"];
     assert!(metrics["speculative_attempts"].as_u64() >= Some(1), "{status}");
     assert!(metrics["speculative_wins"].as_u64() >= Some(1), "{status}");
+    // The losing attempt on the slow host was stopped there, not left to run.
+    wait_until("the slow host to stop the losing attempt", || async {
+        cluster.log("host-slow").contains("stopping a task the driver no longer wants")
+    })
+    .await;
     Command::new("kill").args(["-9", &slow.to_string()]).status().unwrap();
     wait_until("the slow host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
 

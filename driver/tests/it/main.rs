@@ -14,6 +14,7 @@ mod orders;
 mod parity;
 mod pieces;
 mod receipts;
+mod recovery;
 mod retry;
 mod tenants;
 mod udf;

@@ -203,6 +203,7 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         .args(["--tenant-root", &format!("s3://{BUCKET}/tenants/{{tenant}}/")])
         .args(["--shuffle-root", &format!("s3://{BUCKET}/_shuffle/")])
         .args(["--udf-root", &format!("s3://{BUCKET}/_udfs/")])
+        .args(["--journal", &format!("s3://{BUCKET}/_journal/")])
         .args(["--max-result-bytes", MAX_RESULT_BYTES, "--max-running-jobs", "1", "--max-queued-jobs", "1"])
         .args(["--max-connections", "64", "--header-read-timeout", "2", "--retained-result-bytes", "1"])
         .env("IGNIS_API_KEYS", format!("alice:{ALICE},bob:{BOB}"))
@@ -321,6 +322,8 @@ async fn a_hostile_tenant_gets_clear_refusals_and_touches_nothing_of_another() {
         format!("s3://{BUCKET}/tenants/*/orders/"),
         format!("s3://{BUCKET}/_shuffle/"),
         format!("s3://{BUCKET}/_udfs/components/"),
+        format!("s3://{BUCKET}/_journal/"),
+        format!("s3://{BUCKET}/_journal/job-1/job.json"),
         format!("s3://{BUCKET}/"),
     ] {
         let (status, message) = as_alice(&api, job_on(&location)).await;
