@@ -385,16 +385,11 @@ impl HostsBackend {
                     host.running.retain(|k| *k != key);
                     host.cancel.push(key);
                 }
-                let job = pending.request.job_id.clone();
-                let misses = state.missed.entry((job.clone(), id.clone())).or_default();
-                *misses += 1;
-                let others = state.hosts.keys().filter(|h| **h != id).count();
-                let excluded = state.excluded.entry(job.clone()).or_default();
-                let mut note = String::new();
-                if *misses >= MISSES_TO_EXCLUDE && others > excluded.len() && excluded.insert(id.clone()) {
-                    tracing::warn!(job = %job, executor = %id, %name, "executor host excluded from the job: missed {MISSES_TO_EXCLUDE} task deadlines");
-                    note = format!("; host excluded from the job after {MISSES_TO_EXCLUDE} missed deadlines");
-                }
+                let note = if missed(state, &pending.request.job_id, &id) {
+                    format!("; host excluded from the job after {MISSES_TO_EXCLUDE} missed deadlines or lost races")
+                } else {
+                    String::new()
+                };
                 let message = format!(
                     "task {}/{} attempt {} ran past its deadline of {:.1}s on executor host {name} ({id}){note}",
                     pending.request.stage_id,
@@ -436,14 +431,39 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     /// A task still running on a host (a losing speculative attempt, a job
     /// that failed or was cancelled) is stopped there at its next heartbeat.
+    /// Stopping it counts as a miss of its host, as a passed deadline does:
+    /// a host that keeps losing races to other hosts' attempts is too slow
+    /// for the job.
     fn drop(&mut self) {
-        let mut state = self.backend.lock();
-        if state.tasks.remove(&self.key).is_some() {
-            for host in state.hosts.values_mut().filter(|h| h.running.contains(&self.key)) {
-                host.cancel.push(self.key);
-            }
+        let mut guard = self.backend.lock();
+        let state = &mut *guard;
+        let Some(pending) = state.tasks.remove(&self.key) else { return };
+        let mut ran_on = Vec::new();
+        for (id, host) in state.hosts.iter_mut().filter(|(_, h)| h.running.contains(&self.key)) {
+            host.cancel.push(self.key);
+            ran_on.push(id.clone());
+        }
+        for id in ran_on {
+            missed(state, &pending.request.job_id, &id);
         }
     }
+}
+
+/// Host `id` missed a deadline of `job`, or lost a race to another attempt.
+/// After [`MISSES_TO_EXCLUDE`] the job stops giving it tasks, as long as
+/// another host remains; true when that happens now.
+fn missed(state: &mut State, job: &JobId, id: &str) -> bool {
+    let misses = state.missed.entry((job.clone(), id.to_string())).or_default();
+    *misses += 1;
+    let others = state.hosts.keys().filter(|h| *h != id).count();
+    let excluded = state.excluded.entry(job.clone()).or_default();
+    if *misses >= MISSES_TO_EXCLUDE && others > excluded.len() && excluded.insert(id.to_string()) {
+        let name = state.hosts.get(id).map(|h| h.name.clone()).unwrap_or_default();
+        tracing::warn!(job = %job, executor = %id, %name,
+            "executor host excluded from the job: missed {MISSES_TO_EXCLUDE} task deadlines or lost races");
+        return true;
+    }
+    false
 }
 
 #[async_trait]
