@@ -47,9 +47,7 @@ struct State {
     hosts: HashMap<String, Host>,
     queue: VecDeque<u64>,
     tasks: HashMap<u64, Pending>,
-    /// Run times of the finished tasks of each running stage.
-    finished: HashMap<(JobId, StageId), Vec<Duration>>,
-    /// Deadlines each host missed, by job; past [`MISSES_TO_EXCLUDE`] the
+    /// Attempts of each host stopped, by job; past [`MISSES_TO_EXCLUDE`] the
     /// host is excluded from the job (Spark's excludeOnFailure).
     missed: HashMap<(JobId, String), u32>,
     excluded: HashMap<JobId, HashSet<String>>,
@@ -80,17 +78,11 @@ struct Host {
 struct Pending {
     request: TaskRequest,
     reply: Option<Reply>,
-    /// When a host took it.
-    started: Option<Instant>,
 }
 
-/// Deadlines a host may miss in a job before the job excludes it.
+/// Attempts a host may have stopped in a job (past their deadline, or
+/// beaten by another host's attempt) before the job excludes it.
 const MISSES_TO_EXCLUDE: u32 = 2;
-
-/// The default deadline: this many times the stage's median task time...
-const DEADLINE_MEDIANS: u32 = 10;
-/// ...and never under this.
-const MIN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One host as `GET /v1/executors` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -130,7 +122,6 @@ impl HostsBackend {
                 let Some(backend) = weak.upgrade() else { return };
                 let period = (backend.config.lost_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
                 backend.reap_lost_hosts();
-                backend.reap_overdue_tasks();
                 drop(backend);
                 tokio::time::sleep(period).await;
             }
@@ -242,8 +233,7 @@ impl HostsBackend {
             state.tasks.get(key).is_some_and(|p| !state.excluded.get(&p.request.job_id).is_some_and(|e| e.contains(id)))
         });
         let Some(key) = eligible.and_then(|at| state.queue.remove(at)) else { return Ok(None) };
-        let Some(pending) = state.tasks.get_mut(&key) else { return Ok(None) };
-        pending.started = Some(Instant::now());
+        let Some(pending) = state.tasks.get(&key) else { return Ok(None) };
         host.running.push(key);
         let mut request = pending.request.clone();
         if host.plans_kept.contains(&(request.job_id.clone(), request.stage_id)) {
@@ -272,11 +262,6 @@ impl HostsBackend {
         host.tasks_done += 1;
         let Some(mut pending) = state.tasks.remove(&key) else { return Ok(false) };
         let stage = (pending.request.job_id.clone(), pending.request.stage_id);
-        if outcome.is_ok()
-            && let Some(started) = pending.started
-        {
-            state.finished.entry(stage.clone()).or_default().push(started.elapsed());
-        }
         if outcome.is_ok() {
             if host.plans_kept.len() >= PLANS_A_HOST_KEEPS {
                 host.plans_kept.clear();
@@ -345,70 +330,6 @@ impl HostsBackend {
         }
     }
 
-    /// The deadline of a task of `request`'s stage: the job's setting, else
-    /// once a task of the stage has finished, 10 x the stage's median, at
-    /// least 60 s; none before.
-    fn deadline(state: &State, request: &TaskRequest) -> Option<Duration> {
-        if let Some(ms) = request.deadline_ms {
-            return Some(Duration::from_millis(ms));
-        }
-        let median = crate::scheduler::median(state.finished.get(&(request.job_id.clone(), request.stage_id))?)?;
-        Some((median * DEADLINE_MEDIANS).max(MIN_DEADLINE))
-    }
-
-    /// Fail the attempts that ran past their deadline (the scheduler retries
-    /// them; their hosts' slots are not handed them back), and exclude from a
-    /// job a host that missed [`MISSES_TO_EXCLUDE`] of its deadlines, as long
-    /// as another host can still run its tasks.
-    fn reap_overdue_tasks(&self) {
-        let mut overdue: Vec<(Reply, String)> = Vec::new();
-        {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let mut late: Vec<(String, u64, Duration)> = Vec::new();
-            for (id, host) in &state.hosts {
-                for key in &host.running {
-                    let Some(pending) = state.tasks.get(key) else { continue };
-                    let (Some(started), Some(deadline)) = (pending.started, Self::deadline(state, &pending.request))
-                    else {
-                        continue;
-                    };
-                    if started.elapsed() > deadline {
-                        late.push((id.clone(), *key, deadline));
-                    }
-                }
-            }
-            for (id, key, deadline) in late {
-                let Some(mut pending) = state.tasks.remove(&key) else { continue };
-                let name = state.hosts.get(&id).map(|h| h.name.clone()).unwrap_or_default();
-                if let Some(host) = state.hosts.get_mut(&id) {
-                    host.running.retain(|k| *k != key);
-                    host.cancel.push(key);
-                }
-                let note = if missed(state, &pending.request.job_id, &id) {
-                    format!("; host excluded from the job after {MISSES_TO_EXCLUDE} missed deadlines or lost races")
-                } else {
-                    String::new()
-                };
-                let message = format!(
-                    "task {}/{} attempt {} ran past its deadline of {:.1}s on executor host {name} ({id}){note}",
-                    pending.request.stage_id,
-                    pending.request.partition,
-                    pending.request.attempt,
-                    deadline.as_secs_f64()
-                );
-                if let Some(reply) = pending.reply.take() {
-                    overdue.push((reply, message));
-                }
-            }
-        }
-        for (reply, message) in overdue {
-            tracing::warn!(%message, "task attempt abandoned");
-            let _ = reply.send(Err(TaskFailure { kind: ErrorKind::Transient, message }));
-        }
-        self.wake.notify_waiters();
-    }
-
     fn fail_tasks(&self, host: &Host, message: &str) {
         let replies: Vec<Reply> = {
             let mut state = self.lock();
@@ -449,10 +370,10 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Host `id` missed a deadline of `job`, or lost a race to another attempt.
-/// After [`MISSES_TO_EXCLUDE`] the job stops giving it tasks, as long as
-/// another host remains; true when that happens now.
-fn missed(state: &mut State, job: &JobId, id: &str) -> bool {
+/// An attempt of `job` on host `id` was stopped: past its deadline, or
+/// beaten by another attempt. After [`MISSES_TO_EXCLUDE`] the job stops
+/// giving the host tasks, as long as another host remains.
+fn missed(state: &mut State, job: &JobId, id: &str) {
     let misses = state.missed.entry((job.clone(), id.to_string())).or_default();
     *misses += 1;
     let others = state.hosts.keys().filter(|h| *h != id).count();
@@ -460,10 +381,9 @@ fn missed(state: &mut State, job: &JobId, id: &str) -> bool {
     if *misses >= MISSES_TO_EXCLUDE && others > excluded.len() && excluded.insert(id.to_string()) {
         let name = state.hosts.get(id).map(|h| h.name.clone()).unwrap_or_default();
         tracing::warn!(job = %job, executor = %id, %name,
-            "executor host excluded from the job: missed {MISSES_TO_EXCLUDE} task deadlines or lost races");
-        return true;
+            "executor host excluded from the job: {MISSES_TO_EXCLUDE} of its attempts were stopped (past their \
+             deadline, or beaten by another host's)");
     }
-    false
 }
 
 #[async_trait]
@@ -474,7 +394,7 @@ impl TaskBackend for HostsBackend {
             let mut state = self.lock();
             state.next_task += 1;
             let key = state.next_task;
-            state.tasks.insert(key, Pending { request, reply: Some(tx), started: None });
+            state.tasks.insert(key, Pending { request, reply: Some(tx) });
             state.queue.push_back(key);
             key
         };
@@ -499,7 +419,6 @@ impl TaskBackend for HostsBackend {
 
     fn job_finished(&self, job: &JobId) {
         let mut state = self.lock();
-        state.finished.retain(|(j, _), _| j != job);
         state.missed.retain(|(j, _), _| j != job);
         state.excluded.remove(job);
     }

@@ -125,8 +125,14 @@ pub struct StageResults {
 /// stage's median task time gets a second attempt; the first to finish wins.
 const SPECULATION_QUANTILE: f64 = 0.75;
 const SPECULATION_MULTIPLIER: f64 = 1.5;
-/// How often running tasks are looked at for speculation.
-const SPECULATION_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often running tasks are looked at for speculation and deadlines.
+const RUNNING_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The default deadline of an attempt on executor hosts and Lambda: this
+/// many times its stage's median task time...
+const DEADLINE_MEDIANS: u32 = 10;
+/// ...and never under this. (None before a task of the stage finished.)
+const MIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often queued tasks look again for free capacity while none finishes.
 const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -155,8 +161,18 @@ pub async fn run_graph(
     let mut speculative: HashMap<(StageId, u32), u32> = HashMap::new();
     let mut speculative_wins = 0usize;
     // Looked at on its own clock: completions must not put the check off.
-    let mut speculation_check = tokio::time::interval(SPECULATION_CHECK);
-    speculation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(RUNNING_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Attempts stopped at their deadline, with it.
+    let mut overdue: HashMap<(StageId, u32, u32), std::time::Duration> = HashMap::new();
+    // Local workers are this process: a slow task there is not a slow host.
+    let default_deadlines = backend.name() != "local";
+    let deadline_of = |stage: StageId, took: &HashMap<StageId, Vec<std::time::Duration>>| {
+        settings.task_deadline.or_else(|| {
+            let median = median(took.get(&stage)?)?;
+            default_deadlines.then(|| (median * DEADLINE_MEDIANS).max(MIN_DEADLINE))
+        })
+    };
 
     // Attempts can be stopped: once one attempt of a task is accepted, the
     // others are dropped (which stops them on hosts; Lambda's are ignored).
@@ -240,7 +256,24 @@ pub async fn run_graph(
         let next = tokio::select! {
             next = running.next() => next,
             () = tokio::time::sleep(CAPACITY_RECHECK), if !queue.is_empty() => continue,
-            _ = speculation_check.tick(), if settings.speculation => {
+            _ = check.tick() => {
+                // Attempts past their deadline are stopped (on hosts too) and, below, retried.
+                for (&(stage_id, partition), runs) in &started {
+                    let Some(deadline) = deadline_of(stage_id, &took) else { continue };
+                    for &(attempt, began) in runs {
+                        let key = (stage_id, partition, attempt);
+                        if began.elapsed() > deadline
+                            && !overdue.contains_key(&key)
+                            && let Some(stopper) = stoppers.get(&key)
+                        {
+                            stopper.abort();
+                            overdue.insert(key, deadline);
+                        }
+                    }
+                }
+                if !settings.speculation {
+                    continue;
+                }
                 for (stage_id, partition, attempt) in slow_tasks(graph, &partial, &done, &started, &took) {
                     let task = (stage_id, partition);
                     if speculative.contains_key(&task) {
@@ -257,10 +290,16 @@ pub async fn run_graph(
                 continue;
             }
         };
-        let Some((stage_id, partition, attempt, outcome)) = next else {
+        let Some((stage_id, partition, attempt, mut outcome)) = next else {
             break;
         };
         stoppers.remove(&(stage_id, partition, attempt));
+        if let Some(deadline) = overdue.remove(&(stage_id, partition, attempt)) {
+            let message =
+                format!("task {stage_id}/{partition} attempt {attempt} ran past its deadline of {:.1}s", deadline.as_secs_f64());
+            tracing::warn!(job = %settings.job_id, %message, "task attempt abandoned");
+            outcome = Err(TaskFailure { kind: ignis_core::error::ErrorKind::Transient, message });
+        }
         // This attempt no longer runs; another of its task may, or may have won.
         let task = (stage_id, partition);
         let began = started.get_mut(&task).and_then(|runs| {

@@ -202,7 +202,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     assert_eq!(sorted(&cluster.rows(&id).await), sorted(&local_rows(&local).await));
     assert!(failed_attempts(&status) >= 1, "no attempt was abandoned: {status}");
     let driver_log = cluster.log("driver");
-    assert!(driver_log.contains("ran past its deadline of 2.0s on executor host host-stuck"), "{driver_log}");
+    assert!(driver_log.contains("ran past its deadline of 2.0s"), "{driver_log}");
     assert!(driver_log.contains("excluded from the job"), "{driver_log}");
     Command::new("kill").args(["-9", &stuck.to_string()]).status().unwrap();
     wait_until("the stuck host to leave the list", || async { cluster.executors().await.len() == 2 }).await;
