@@ -295,8 +295,10 @@ pub async fn run_graph(
         };
         stoppers.remove(&(stage_id, partition, attempt));
         if let Some(deadline) = overdue.remove(&(stage_id, partition, attempt)) {
-            let message =
-                format!("task {stage_id}/{partition} attempt {attempt} ran past its deadline of {:.1}s", deadline.as_secs_f64());
+            let message = format!(
+                "task {stage_id}/{partition} attempt {attempt} ran past its deadline of {:.1}s",
+                deadline.as_secs_f64()
+            );
             tracing::warn!(job = %settings.job_id, %message, "task attempt abandoned");
             outcome = Err(TaskFailure { kind: ignis_core::error::ErrorKind::Transient, message });
         }
