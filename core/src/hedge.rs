@@ -6,6 +6,11 @@
 //! then costs about the p95, not its own time; the second request costs one
 //! more GET. Whole-object reads stream and are not hedged.
 //!
+//! The same store retries what object_store's client does not: a response
+//! body cut off mid-way (a LIST page, a ranged GET), which the client
+//! reports as a generic error after the request itself succeeded. A listing
+//! cut off resumes after the last key it returned.
+//!
 //! Writes are not hedged: a multipart upload's next part cannot be sent
 //! twice through object_store (each `put_part` is a new part), so a stalled
 //! write fails at the client's request timeout and its task is retried.
@@ -141,7 +146,7 @@ impl HedgingStore {
 
     async fn range(&self, location: &Path, range: Range<u64>) -> object_store::Result<Bytes> {
         let read = || self.inner.get_range(location, range.clone());
-        hedged(read, &self.counts.hedged, &self.counts.wins).await
+        retried(|| hedged(read, &self.counts.hedged, &self.counts.wins)).await
     }
 }
 
@@ -187,7 +192,8 @@ impl ObjectStore for HedgingStore {
             let (meta, range, attributes) = (got.meta.clone(), got.range.clone(), got.attributes.clone());
             Ok::<_, object_store::Error>((got.bytes().await?, meta, range, attributes))
         };
-        let (bytes, meta, range_read, attributes) = hedged(read, &self.counts.hedged, &self.counts.wins).await?;
+        let (bytes, meta, range_read, attributes) =
+            retried(|| hedged(read, &self.counts.hedged, &self.counts.wins)).await?;
         debug_assert_eq!(range_read.end - range_read.start, range.end - range.start);
         Ok(GetResult {
             payload: GetResultPayload::Stream(stream::once(async move { Ok(bytes) }).boxed()),
@@ -214,7 +220,7 @@ impl ObjectStore for HedgingStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        resumable_list(self.inner.clone(), prefix.cloned(), None)
     }
 
     fn list_with_offset(
@@ -222,11 +228,11 @@ impl ObjectStore for HedgingStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        resumable_list(self.inner.clone(), prefix.cloned(), Some(offset.clone()))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
+        retried(|| self.inner.list_with_delimiter(prefix)).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
@@ -236,6 +242,95 @@ impl ObjectStore for HedgingStore {
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
         self.inner.rename_opts(from, to, options).await
     }
+}
+
+/// Tries of a read whose failure may be transient, in all.
+const READ_TRIES: u32 = 3;
+/// Before the second try; four times as long before each later one.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// What object_store reports as a generic error (a body cut off, a server
+/// error left after its own retries) may pass; a missing object, a refused
+/// permission or a bad path will not.
+fn transient(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. })
+}
+
+async fn retried<T, F, Fut>(read: F) -> object_store::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = object_store::Result<T>>,
+{
+    let mut delay = FIRST_RETRY;
+    for _ in 1..READ_TRIES {
+        match read().await {
+            Err(e) if transient(&e) => {
+                tracing::debug!(error = %e, "object-store read failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            done => return done,
+        }
+    }
+    read().await
+}
+
+/// A listing that, cut off by a transient error, goes on after the last key
+/// it returned (S3 lists keys in order), up to [`READ_TRIES`] times in all.
+fn resumable_list(
+    inner: Arc<dyn ObjectStore>,
+    prefix: Option<Path>,
+    offset: Option<Path>,
+) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    struct Listing {
+        inner: Arc<dyn ObjectStore>,
+        prefix: Option<Path>,
+        /// The last key returned (or the offset asked for).
+        after: Option<Path>,
+        pages: BoxStream<'static, object_store::Result<ObjectMeta>>,
+        retries: u32,
+        delay: Duration,
+        ended: bool,
+    }
+    fn open(
+        inner: &Arc<dyn ObjectStore>,
+        prefix: &Option<Path>,
+        after: &Option<Path>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match after {
+            Some(after) => inner.list_with_offset(prefix.as_ref(), after),
+            None => inner.list(prefix.as_ref()),
+        }
+    }
+    let pages = open(&inner, &prefix, &offset);
+    let listing =
+        Listing { inner, prefix, after: offset, pages, retries: READ_TRIES - 1, delay: FIRST_RETRY, ended: false };
+    stream::unfold(listing, |mut l| async move {
+        if l.ended {
+            return None;
+        }
+        loop {
+            match l.pages.next().await {
+                Some(Ok(meta)) => {
+                    l.after = Some(meta.location.clone());
+                    return Some((Ok(meta), l));
+                }
+                Some(Err(e)) if transient(&e) && l.retries > 0 => {
+                    tracing::debug!(error = %e, "listing cut off; resuming after the last key");
+                    l.retries -= 1;
+                    tokio::time::sleep(l.delay).await;
+                    l.delay *= 4;
+                    l.pages = open(&l.inner, &l.prefix, &l.after);
+                }
+                Some(Err(e)) => {
+                    l.ended = true;
+                    return Some((Err(e), l));
+                }
+                None => return None,
+            }
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]
