@@ -368,6 +368,94 @@ mod tests {
         assert_eq!((answer, counts(&hedges, &wins)), (7, (0, 0)));
     }
 
+    /// InMemory, except that its first listing breaks off after two keys and
+    /// its first ranged GET fails, both as a cut-off response body does.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: object_store::memory::InMemory,
+        lists: AtomicUsize,
+        gets: AtomicUsize,
+    }
+
+    impl fmt::Display for Flaky {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Flaky")
+        }
+    }
+
+    fn cut_off() -> object_store::Error {
+        object_store::Error::Generic { store: "Flaky", source: "request or response body error".into() }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Flaky {
+        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> object_store::Result<PutResult> {
+            self.inner.put_opts(l, p, o).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(l, o).await
+        }
+
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> object_store::Result<GetResult> {
+            if self.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(cut_off());
+            }
+            self.inner.get_opts(l, o).await
+        }
+
+        fn delete_stream(
+            &self,
+            l: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(l)
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            let listing = self.inner.list(prefix);
+            if self.lists.fetch_add(1, Ordering::SeqCst) > 0 {
+                return listing;
+            }
+            listing.take(2).chain(stream::once(async { Err(cut_off()) })).boxed()
+        }
+
+        fn list_with_offset(
+            &self,
+            prefix: Option<&Path>,
+            offset: &Path,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list_with_offset(prefix, offset)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(&self, from: &Path, to: &Path, o: CopyOptions) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, o).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_or_a_range_cut_off_is_read_again_from_where_it_broke() {
+        let flaky = Flaky { inner: object_store::memory::InMemory::new(), lists: 0.into(), gets: 0.into() };
+        for i in 0..5 {
+            flaky.put(&Path::from(format!("t/part-{i}")), PutPayload::from(format!("file {i}"))).await.unwrap();
+        }
+        let store = HedgingStore::new(Arc::new(flaky), Arc::default());
+        let mut keys: Vec<String> =
+            store.list(Some(&Path::from("t"))).map(|m| m.unwrap().location.to_string()).collect().await;
+        keys.sort();
+        let expected: Vec<String> = (0..5).map(|i| format!("t/part-{i}")).collect();
+        assert_eq!(keys, expected, "every key once, the listing resumed after the second");
+        let bytes = store.get_range(&Path::from("t/part-3"), 0..6).await.unwrap();
+        assert_eq!(&bytes[..], b"file 3");
+    }
+
     #[test]
     fn the_delay_is_the_p95_of_recent_reads_with_a_floor() {
         let l = Latencies::default();
