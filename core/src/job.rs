@@ -411,9 +411,11 @@ pub struct JobConfig {
     /// stage has finished, 10 x the stage's median task time, at least 60 s).
     #[serde(default)]
     pub task_deadline_s: Option<f64>,
-    /// Speculative execution (default false): once 75% of a stage's tasks
-    /// finished, a task running longer than 1.5 x the stage's median gets a
-    /// second attempt, and the first to finish is the one accepted.
+    /// Speculative execution: once 75% of a stage's tasks finished, a task
+    /// running longer than 1.5 x the stage's median gets a second attempt,
+    /// and the first to finish is the one accepted. Default: on for jobs of
+    /// more than 8 tasks on executor hosts or Lambda, off on local workers
+    /// (there a slow task is not a slow machine).
     #[serde(default)]
     pub speculation: Option<bool>,
 }

@@ -484,6 +484,7 @@ def stuck_case(cluster, repo):
     cluster.wait_hosts(3)
     job = tpch_job(repo, "q9")
     job["config"]["task_deadline_s"] = 3.0
+    job["config"]["speculation"] = False  # a deadline case: speculation would rescue the task first
     started = time.monotonic()
     status = cluster.wait(cluster.submit(job))
     failed = sum(s["failed_attempts"] for s in status.get("stages", []))

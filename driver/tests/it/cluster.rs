@@ -175,7 +175,10 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let slow = cluster.start_executor("host-slow", "2", "3000");
     wait_until("the slow host", || async { cluster.executors().await.len() == 3 }).await;
     let local = tpch_job(tpch_local, "q3");
-    let id = cluster.submit(&on_s3(&local, tpch_s3)).await;
+    // Without speculation, which would rescue the slow host's tasks before it dies.
+    let mut job = on_s3(&local, tpch_s3);
+    job.config.speculation = Some(false);
+    let id = cluster.submit(&job).await;
     wait_until("the slow host to run a task", || async {
         cluster.executors().await.iter().any(|e| e["name"] == "host-slow" && e["running_tasks"].as_u64() > Some(0))
     })
@@ -196,6 +199,7 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     wait_until("the stuck host", || async { cluster.executors().await.len() == 3 }).await;
     let mut job = on_s3(&local, tpch_s3);
     job.config.task_deadline_s = Some(2.0);
+    job.config.speculation = Some(false);
     let id = cluster.submit(&job).await;
     let status = cluster.wait(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
