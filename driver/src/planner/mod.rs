@@ -31,6 +31,7 @@ use stages::StageGraph;
 /// The stages of a physical plan: cut at every exchange, with runtime join
 /// filters placed between them when `runtime_filters` is on.
 pub fn distribute(physical: Arc<dyn ExecutionPlan>, runtime_filters: bool) -> Result<StageGraph> {
+    let physical = if runtime_filters { runtime_filters::key_sides_as_stages(physical)? } else { physical };
     let mut graph = StageGraph::cut(physical)?;
     if runtime_filters {
         runtime_filters::add(&mut graph.stages)?;

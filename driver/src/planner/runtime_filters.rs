@@ -31,14 +31,15 @@ use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr_common::physical_expr::is_volatile;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, PhysicalExpr};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, PhysicalExpr};
 use ignis_core::error::Result;
 use ignis_core::ids::StageId;
 use ignis_core::joins::BroadcastExec;
@@ -269,6 +270,54 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
 }
 
 /// The left and right key column indices of a join whose keys are all plain columns.
+/// Before the plan is cut: a partitioned hash join one of whose sides is a
+/// filtered aggregation (`GROUP BY k HAVING ...`, TPC-H q18's subquery) gets
+/// an exchange above that side, on the join keys and into as many partitions
+/// as it has. DataFusion needs none there (the aggregation is partitioned on
+/// the key already), so the filtered keys would be computed inside the
+/// join's stage, where no runtime filter can use them; as a stage of their
+/// own they narrow the other side before its shuffle. The exchange moves
+/// only the filtered groups.
+pub fn key_sides_as_stages(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let plan = plan.transform_up(|node| {
+        let Some(join) = node.downcast_ref::<HashJoinExec>() else { return Ok(Transformed::no(node)) };
+        if *join.partition_mode() != PartitionMode::Partitioned {
+            return Ok(Transformed::no(node));
+        }
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
+        let mut children = vec![join.left().clone(), join.right().clone()];
+        let mut changed = false;
+        for (child, keys) in children.iter_mut().zip([left_keys, right_keys]) {
+            if is_filtered_aggregation(child) {
+                let partitions = child.output_partitioning().partition_count();
+                *child = Arc::new(RepartitionExec::try_new(child.clone(), Partitioning::Hash(keys, partitions))?);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(with_children(node, children)?))
+    })?;
+    Ok(plan.data)
+}
+
+/// A `FilterExec` over a final aggregation (through projections).
+fn is_filtered_aggregation(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut node = plan;
+    while let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+        node = projection.input();
+    }
+    let Some(filter) = node.downcast_ref::<FilterExec>() else { return false };
+    let mut input = filter.input();
+    while let Some(projection) = input.downcast_ref::<ProjectionExec>() {
+        input = projection.input();
+    }
+    input
+        .downcast_ref::<AggregateExec>()
+        .is_some_and(|a| matches!(a.mode(), AggregateMode::Final | AggregateMode::FinalPartitioned))
+}
+
 fn key_columns(join: &HashJoinExec) -> Option<(Vec<usize>, Vec<usize>)> {
     let left = join.on().iter().map(|(l, _)| column(l)).collect::<Option<_>>()?;
     let right = join.on().iter().map(|(_, r)| column(r)).collect::<Option<_>>()?;
