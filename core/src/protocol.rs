@@ -57,10 +57,6 @@ pub struct TaskRequest {
     /// Wasm components whose functions the plan calls (by name).
     #[serde(default)]
     pub udfs: Vec<UdfRef>,
-    /// The job's task deadline (`config.task_deadline_s`), for the backend:
-    /// an attempt running longer is abandoned and retried elsewhere.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline_ms: Option<u64>,
 }
 
 /// A Wasm UDF component: its content address and where its bytes are.
@@ -457,7 +453,6 @@ mod tests {
             attempt: 1,
             plan: bytes::Bytes::from_static(&[0, 1, 2, 255]),
             plan_url: None,
-            deadline_ms: None,
             inputs: vec![],
             output: TaskOutput::Shuffle { root: root.into(), compression: ShuffleCompression::Lz4 },
             batch_size: 8192,

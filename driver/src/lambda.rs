@@ -433,7 +433,6 @@ mod tests {
             batch_size: 8192,
             options: Default::default(),
             udfs: Vec::new(),
-            deadline_ms: None,
         }
     }
 

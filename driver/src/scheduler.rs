@@ -465,7 +465,6 @@ async fn stage_request(
         batch_size: settings.batch_size,
         options: settings.options.clone(),
         udfs: settings.udfs.clone(),
-        deadline_ms: settings.task_deadline.map(|d| d.as_millis() as u64),
     })
 }
 
@@ -523,7 +522,6 @@ fn task_request(
         batch_size: template.batch_size,
         options: template.options.clone(),
         udfs: template.udfs.clone(),
-        deadline_ms: template.deadline_ms,
     };
     if let TaskOutput::Files { staging, file_stem, .. } = &mut req.output {
         *staging = store::join(staging, &format!("p{partition}-a{attempt}"));
