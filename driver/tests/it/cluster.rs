@@ -200,6 +200,9 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     let mut job = on_s3(&local, tpch_s3);
     job.config.task_deadline_s = Some(2.0);
     job.config.speculation = Some(false);
+    // Stages of more tasks than the other hosts' four slots: the stuck host
+    // takes two at once (with three, the others could drain a stage first).
+    job.config.shuffle_partitions = Some(8);
     let id = cluster.submit(&job).await;
     let status = cluster.wait(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -217,6 +220,8 @@ async fn jobs_over_http_on_s3_survive_a_lost_host_and_keep_tenants_apart() {
     wait_until("the slow host", || async { cluster.executors().await.len() == 3 }).await;
     let mut job = on_s3(&local, tpch_s3);
     job.config.speculation = Some(true);
+    // Enough tasks that the slow host surely takes some (see above).
+    job.config.shuffle_partitions = Some(8);
     let id = cluster.submit(&job).await;
     let status = cluster.wait(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
