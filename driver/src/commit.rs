@@ -257,12 +257,7 @@ impl CommitRecord {
     /// Bring an interrupted commit to one side: forward if its manifest was
     /// written, else back (its moved files removed; the old ones were never touched).
     async fn settle(&self, store: &dyn ObjectStore, root: &Path) -> Result<()> {
-        let committed = match store.get(&child_path(root, SUCCESS_MANIFEST)).await {
-            Ok(got) => serde_json::from_slice::<Manifest>(&got.bytes().await?).is_ok_and(|m| m.job_id == self.job_id),
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => return Err(e.into()),
-        };
-        if committed {
+        if read_manifest(store, root).await?.is_some_and(|m| m.job_id == self.job_id) {
             return self.finish(store, root).await;
         }
         for (_, to) in &self.moves {
@@ -287,11 +282,7 @@ pub async fn complete(env: &RuntimeEnv, spec: &WriteSpec, job_id: &JobId) -> Res
         tracing::info!(location = %spec.location, job = %job_id, "finishing the commit the job's earlier run began");
         record.apply(store.as_ref(), &root).await?;
     }
-    let manifest = match store.get(&child_path(&root, SUCCESS_MANIFEST)).await {
-        Ok(got) => serde_json::from_slice::<Manifest>(&got.bytes().await?).ok(),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
+    let manifest = read_manifest(store.as_ref(), &root).await?;
     let Some(manifest) = manifest.filter(|m| m.job_id == job_id.as_str()) else { return Ok(None) };
     let pending = PendingWrite { spec: spec.clone(), job_id: job_id.clone(), store, root, location_existed: true };
     pending.cleanup().await?;
@@ -314,6 +305,16 @@ pub async fn committed_files(env: &RuntimeEnv, location: &str) -> Result<Option<
         }
         // Not found, or (a file location) a path under a file: listing decides.
         Err(_) => Ok(None),
+    }
+}
+
+/// The `_SUCCESS` manifest at `root`, if there is one of ours (Spark's is
+/// empty, and no manifest).
+async fn read_manifest(store: &dyn ObjectStore, root: &Path) -> Result<Option<Manifest>> {
+    match store.get(&child_path(root, SUCCESS_MANIFEST)).await {
+        Ok(got) => Ok(serde_json::from_slice::<Manifest>(&got.bytes().await?).ok()),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -304,16 +304,14 @@ pub fn key_sides_as_stages(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Execu
 
 /// A `FilterExec` over a final aggregation (through projections).
 fn is_filtered_aggregation(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut node = plan;
-    while let Some(projection) = node.downcast_ref::<ProjectionExec>() {
-        node = projection.input();
+    fn below_projections(mut node: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
+        while let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+            node = projection.input();
+        }
+        node
     }
-    let Some(filter) = node.downcast_ref::<FilterExec>() else { return false };
-    let mut input = filter.input();
-    while let Some(projection) = input.downcast_ref::<ProjectionExec>() {
-        input = projection.input();
-    }
-    input
+    let Some(filter) = below_projections(plan).downcast_ref::<FilterExec>() else { return false };
+    below_projections(filter.input())
         .downcast_ref::<AggregateExec>()
         .is_some_and(|a| matches!(a.mode(), AggregateMode::Final | AggregateMode::FinalPartitioned))
 }
