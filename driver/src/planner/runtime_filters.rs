@@ -88,44 +88,81 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
     }
     let mut placed: HashSet<(StageId, KeysId)> = HashSet::new();
     for Placement { target, keys } in placements {
-        let target_stage = target.stage;
-        let (key_side, key_columns, key_stage, id) = match keys {
-            Keys::Stage(origin) => {
-                let mut reader = origin.reader;
-                if reader.output_partitioning().partition_count() > 1 {
-                    reader = Arc::new(CoalescePartitionsExec::new(reader));
-                }
-                (reader, origin.columns, Some(origin.stage), KeysId::Stage(origin.stage))
-            }
-            Keys::Local { plan, columns } => {
-                let id = KeysId::Local(Arc::as_ptr(&plan) as *const ());
-                (plan, columns, None, id)
-            }
+        let key_stage = match &keys {
+            Keys::Stage(origin) => Some(origin.stage),
+            Keys::Local { .. } => None,
         };
-        // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
-        let cyclic = key_stage.is_some_and(|k| k == target_stage || depends_on(stages, k, target_stage));
-        if cyclic || placed.contains(&(target_stage, id)) {
-            continue;
+        for target in deepest(stages, target, key_stage) {
+            place(stages, target, keys.clone(), &mut placed)?;
         }
-        let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
-            continue;
-        };
-        let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
-            continue;
-        };
-        let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(key_columns).collect();
-        if RuntimeFilterExec::mismatch(&writer.input().schema(), &key_side.schema(), &on).is_some() {
-            continue;
-        }
-        let filter = Arc::new(RuntimeFilterExec::try_new(writer.input().clone(), key_side, on)?);
-        stage.plan = with_children(stage.plan.clone(), vec![filter])?;
-        if let Some(key_stage) = key_stage
-            && !stage.inputs.contains(&key_stage)
-        {
-            stage.inputs.push(key_stage);
-        }
-        placed.insert((target_stage, id));
     }
+    Ok(())
+}
+
+/// Where a filter meant for `target`'s stage drops the same rows earliest:
+/// when that stage passes the filtered columns on unchanged from shuffle
+/// readers of its own, the stages behind them are filtered instead, as deep
+/// as the columns go (TPC-H q7 at SF10: the nation filter of a supplier key,
+/// meant for the stage above the `lineitem`/`orders` join, narrows the
+/// `supplier` scan that the `lineitem` stage joins with, so `lineitem` is
+/// narrowed before its shuffle). A deeper stage that the key stage needs
+/// cannot wait for it and is passed over.
+fn deepest(stages: &[Stage], target: Origin, key_stage: Option<StageId>) -> Vec<Origin> {
+    let writer_input = stages
+        .iter()
+        .find(|s| s.id == target.stage)
+        .and_then(|s| s.plan.downcast_ref::<ShuffleWriterExec>())
+        .map(|w| w.input().clone());
+    let Some(input) = writer_input else { return vec![target] };
+    let deeper: Vec<Origin> = origins(&input, &target.columns)
+        .into_iter()
+        .filter(|o| !key_stage.is_some_and(|k| k == o.stage || depends_on(stages, k, o.stage)))
+        .collect();
+    if deeper.is_empty() {
+        return vec![target];
+    }
+    deeper.into_iter().flat_map(|o| deepest(stages, o, key_stage)).collect()
+}
+
+/// Put the filter of `keys` under the writer of `target`'s stage (once per stage and keys).
+fn place(stages: &mut [Stage], target: Origin, keys: Keys, placed: &mut HashSet<(StageId, KeysId)>) -> Result<()> {
+    let target_stage = target.stage;
+    let (key_side, key_columns, key_stage, id) = match keys {
+        Keys::Stage(origin) => {
+            let mut reader = origin.reader;
+            if reader.output_partitioning().partition_count() > 1 {
+                reader = Arc::new(CoalescePartitionsExec::new(reader));
+            }
+            (reader, origin.columns, Some(origin.stage), KeysId::Stage(origin.stage))
+        }
+        Keys::Local { plan, columns } => {
+            let id = KeysId::Local(Arc::as_ptr(&plan) as *const ());
+            (plan, columns, None, id)
+        }
+    };
+    // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
+    let cyclic = key_stage.is_some_and(|k| k == target_stage || depends_on(stages, k, target_stage));
+    if cyclic || placed.contains(&(target_stage, id)) {
+        return Ok(());
+    }
+    let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
+        return Ok(());
+    };
+    let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
+        return Ok(());
+    };
+    let on: Vec<(usize, usize)> = target.columns.iter().copied().zip(key_columns).collect();
+    if RuntimeFilterExec::mismatch(&writer.input().schema(), &key_side.schema(), &on).is_some() {
+        return Ok(());
+    }
+    let filter = Arc::new(RuntimeFilterExec::try_new(writer.input().clone(), key_side, on)?);
+    stage.plan = with_children(stage.plan.clone(), vec![filter])?;
+    if let Some(key_stage) = key_stage
+        && !stage.inputs.contains(&key_stage)
+    {
+        stage.inputs.push(key_stage);
+    }
+    placed.insert((target_stage, id));
     Ok(())
 }
 
@@ -341,8 +378,10 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
     if plan.fetch().is_some() {
         return vec![];
     }
-    let through_first_child =
-        plan.is::<CoalescePartitionsExec>() || plan.is::<BroadcastExec>() || plan.is::<SortExec>();
+    let through_first_child = plan.is::<CoalescePartitionsExec>()
+        || plan.is::<BroadcastExec>()
+        || plan.is::<SortExec>()
+        || plan.is::<RuntimeFilterExec>();
     if through_first_child {
         return origins(plan.children()[0], cols);
     }
@@ -433,7 +472,18 @@ mod tests {
     use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
     use ignis_core::shuffle::ShuffleReaderExec;
 
+    use datafusion::common::{JoinType, NullEquality, ScalarValue};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::displayable;
+    use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::{Partitioning, PhysicalExpr};
+
     use super::drop_oversized;
+    use crate::planner::stages::StageGraph;
 
     /// A filter over `rows` input rows whose keys come from stage 2.
     fn filter(rows: i64) -> Arc<dyn ExecutionPlan> {
@@ -448,6 +498,97 @@ mod tests {
     fn kept(plan: Arc<dyn ExecutionPlan>, key_rows: u64) -> bool {
         let rows = move |id: StageId| (id == StageId(2)).then_some(key_rows);
         drop_oversized(plan, &rows).unwrap().is::<RuntimeFilterExec>()
+    }
+
+    /// A memory scan of Int64 columns `names` in `partitions` partitions.
+    fn scan(names: &[&str], partitions: usize) -> Arc<dyn ExecutionPlan> {
+        let schema =
+            Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::Int64, false)).collect::<Vec<_>>()));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            names.iter().map(|_| Arc::new(Int64Array::from_iter_values(0..10)) as _).collect(),
+        )
+        .unwrap();
+        let parts = vec![vec![batch]; partitions];
+        MemorySourceConfig::try_new_exec(&parts, schema, None).unwrap()
+    }
+
+    fn col(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new_with_schema(name, &plan.schema()).unwrap())
+    }
+
+    fn join(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        on: (&str, &str),
+        mode: PartitionMode,
+    ) -> Arc<dyn ExecutionPlan> {
+        let on = vec![(col(&left, on.0), col(&right, on.1))];
+        Arc::new(
+            HashJoinExec::try_new(
+                left,
+                right,
+                on,
+                None,
+                &JoinType::Inner,
+                None,
+                mode,
+                NullEquality::NullEqualsNothing,
+                false,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn hash(input: Arc<dyn ExecutionPlan>, key: &str) -> Arc<dyn ExecutionPlan> {
+        let key = col(&input, key);
+        Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(vec![key], 2)).unwrap())
+    }
+
+    #[test]
+    fn a_filter_goes_down_to_the_deepest_stage_that_passes_its_column_on() {
+        // TPC-H q7's shape at SF10: `lineitem` joins a broadcast `supplier` in
+        // its scan stage, then `orders` in a partitioned join; a filtered
+        // `nation` scan then joins on the supplier's nation key.
+        let supplier = Arc::new(CoalescePartitionsExec::new(scan(&["s_suppkey", "s_nationkey"], 2)));
+        let lineitem = join(
+            supplier,
+            scan(&["l_suppkey", "l_orderkey"], 2),
+            ("s_suppkey", "l_suppkey"),
+            PartitionMode::CollectLeft,
+        );
+        let orders = scan(&["o_orderkey"], 2);
+        let big = join(
+            hash(orders, "o_orderkey"),
+            hash(lineitem, "l_orderkey"),
+            ("o_orderkey", "l_orderkey"),
+            PartitionMode::Partitioned,
+        );
+        let nation = scan(&["n_nationkey"], 1);
+        let predicate = Arc::new(BinaryExpr::new(
+            col(&nation, "n_nationkey"),
+            Operator::Eq,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(3)))),
+        ));
+        let nation: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, nation).unwrap());
+        let plan = join(nation, big, ("n_nationkey", "s_nationkey"), PartitionMode::CollectLeft);
+
+        let mut graph = StageGraph::cut(plan).unwrap();
+        super::add(&mut graph.stages).unwrap();
+        let filtered: Vec<String> = graph
+            .stages
+            .iter()
+            .filter(|s| {
+                displayable(s.plan.as_ref())
+                    .indent(true)
+                    .to_string()
+                    .contains("RuntimeFilterExec: s_nationkey@1 in n_nationkey@0")
+            })
+            .map(|s| displayable(s.plan.as_ref()).indent(true).to_string())
+            .collect();
+        // Only the supplier stage: the lineitem stage then keeps that nation's rows by its join.
+        assert_eq!(filtered.len(), 1, "{}", graph.display("collect"));
+        assert!(filtered[0].starts_with("ShuffleWriterExec: partitioning=single"), "{}", filtered[0]);
     }
 
     #[test]
