@@ -41,7 +41,7 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
+    SendableRecordBatchStream, replace_children_if_necessary,
 };
 
 /// Build sides estimated below this many bytes are broadcast (Spark's default).
@@ -100,22 +100,16 @@ pub const SCAN_TASKS_PER_PARTITION: usize = 2;
 #[derive(Debug, Default)]
 pub struct SplitScans;
 
+/// A broadcast join's build side estimated above this many bytes keeps its
+/// probe side's scan from being split further: every task of the stage
+/// builds the whole hash table again (TPC-H q10 at SF10: 570K customers with
+/// their text columns, built by each `lineitem` task), so twice the tasks
+/// cost one more build per worker.
+pub const REBUILT_BYTES: usize = 4 << 20;
+
 impl PhysicalOptimizerRule for SplitScans {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        let target = config.execution.target_partitions * SCAN_TASKS_PER_PARTITION;
-        plan.transform_up(|plan| {
-            let partitions = plan.output_partitioning().partition_count();
-            let min_bytes = (config.optimizer.repartition_file_min_size * target) as u64;
-            let big_enough = file_bytes(&plan).is_some_and(|bytes| bytes >= min_bytes);
-            if partitions <= 1 || partitions >= target || !big_enough {
-                return Ok(Transformed::no(plan));
-            }
-            Ok(match plan.repartitioned(target, config)? {
-                Some(split) => Transformed::yes(split),
-                None => Transformed::no(plan),
-            })
-        })
-        .data()
+        split_scans(plan, config, true)
     }
 
     fn name(&self) -> &str {
@@ -125,6 +119,30 @@ impl PhysicalOptimizerRule for SplitScans {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// [`SplitScans`] of `plan`: its scans (where `split` holds) cut into twice
+/// the partitions.
+fn split_scans(plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions, split: bool) -> Result<Arc<dyn ExecutionPlan>> {
+    let large_build = plan.downcast_ref::<HashJoinExec>().is_some_and(|join| {
+        *join.partition_mode() == PartitionMode::CollectLeft
+            && !is_below(join.left(), REBUILT_BYTES, BROADCAST_ROWS / 8)
+    });
+    let children = plan
+        .children()
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| split_scans(child.clone(), config, split && !(large_build && i == 1)))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = replace_children_if_necessary(plan, children)?;
+    let target = config.execution.target_partitions * SCAN_TASKS_PER_PARTITION;
+    let partitions = plan.output_partitioning().partition_count();
+    let min_bytes = (config.optimizer.repartition_file_min_size * target) as u64;
+    let big_enough = file_bytes(&plan).is_some_and(|bytes| bytes >= min_bytes);
+    if !split || partitions <= 1 || partitions >= target || !big_enough {
+        return Ok(plan);
+    }
+    Ok(plan.repartitioned(target, config)?.unwrap_or(plan))
 }
 
 /// The bytes of files a file scan reads (its ranges, or whole files); `None`
@@ -139,13 +157,19 @@ fn file_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
 /// (then gathering it is cheap too);
 /// unknown sizes are not small.
 fn is_small(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    is_below(plan, BROADCAST_BYTES, BROADCAST_ROWS)
+}
+
+/// Whether the plan's estimated output is below `bytes` (or, where its size
+/// is unknown, below `rows` rows); unknown sizes are not.
+fn is_below(plan: &Arc<dyn ExecutionPlan>, bytes: usize, rows: usize) -> bool {
     let Ok(stats) = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()) else {
         return false;
     };
-    if let Some(bytes) = stats.total_byte_size.get_value() {
-        *bytes < BROADCAST_BYTES
-    } else if let Some(rows) = stats.num_rows.get_value() {
-        *rows < BROADCAST_ROWS
+    if let Some(size) = stats.total_byte_size.get_value() {
+        *size < bytes
+    } else if let Some(n) = stats.num_rows.get_value() {
+        *n < rows
     } else {
         false
     }
@@ -255,6 +279,12 @@ mod tests {
     /// Tasks of the scan of `files` Parquet files of `rows` rows each, with
     /// DataFusion's minimum split size set to `min_bytes`.
     async fn scan_tasks(files: usize, rows: i64, min_bytes: usize) -> usize {
+        scan_tasks_of(files, rows, min_bytes, "SELECT k FROM t WHERE v > 5").await
+    }
+
+    /// Partitions of the first file scan of `sql` over `t` (as [`scan_tasks`]) and the memory tables
+    /// `build` (3.2 MB) and `big_build` (6.4 MB: over [`super::REBUILT_BYTES`], under the broadcast threshold).
+    async fn scan_tasks_of(files: usize, rows: i64, min_bytes: usize, sql: &str) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let batch = batch(rows);
         for i in 0..files {
@@ -267,8 +297,12 @@ mod tests {
         ctx.state_ref().write().config_mut().options_mut().optimizer.repartition_file_min_size = min_bytes;
         let location = format!("{}/", dir.path().display());
         ctx.register_parquet("t", &location, Default::default()).await.unwrap();
-        let plan = ctx.sql("SELECT k FROM t WHERE v > 5").await.unwrap().create_physical_plan().await.unwrap();
-        plan.properties().output_partitioning().partition_count()
+        ctx.register_table("build", table(200_000)).unwrap();
+        ctx.register_table("big_build", table(400_000)).unwrap();
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
+        let scan = text.lines().find(|l| l.contains("file_type=parquet")).expect("a file scan");
+        scan.split("file_groups={").nth(1).and_then(|g| g.split(' ').next()).unwrap().parse().unwrap()
     }
 
     #[tokio::test]
@@ -277,6 +311,14 @@ mod tests {
         assert_eq!(scan_tasks(4, 200_000, 1 << 10).await, 6);
         // Below 6 x the minimum split size: left as DataFusion planned it.
         assert_eq!(scan_tasks(4, 200_000, 10 << 20).await, 3);
+    }
+
+    #[tokio::test]
+    async fn the_probe_scan_of_a_large_broadcast_build_is_not_split_further() {
+        let join = |table: &str| format!("SELECT t.k, b.v FROM t JOIN {table} b ON t.k = b.k WHERE t.v > 5");
+        assert_eq!(scan_tasks_of(4, 400_000, 1 << 10, &join("build")).await, 6);
+        // Each task would build the 6.4 MB hash table again.
+        assert_eq!(scan_tasks_of(4, 400_000, 1 << 10, &join("big_build")).await, 3);
     }
 
     #[tokio::test]
