@@ -7,7 +7,8 @@
 //! followed down through the operators of the join's stage that pass them on
 //! unchanged (projections, filters, group-by keys, joins, merges) to the shuffle
 //! readers they come from, and the stages behind those readers get the filter
-//! under their writer. The keys come from the stage the other side's key
+//! under their writer (or, where such a stage passes the columns on from
+//! readers of its own, the stages behind those, as deep as they go). The keys come from the stage the other side's key
 //! columns lead to; they hold every key that side can have (maybe more). Where
 //! the other side is a small filtered plan reading no other stage (a filtered
 //! dimension table scanned inside the join's stage), the filtered tasks run a
