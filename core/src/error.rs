@@ -64,6 +64,11 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         !matches!(self, ErrorKind::User)
     }
+
+    /// The kind of a DataFusion error (through the errors it wraps).
+    pub fn of_datafusion(e: &DataFusionError) -> Self {
+        datafusion_kind(e)
+    }
 }
 
 impl IgnisError {

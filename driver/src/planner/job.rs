@@ -21,7 +21,7 @@ use ignis_core::job::{Format, JobSpec, TableSpec};
 use ignis_core::session::session_context;
 use ignis_executor::udf::{self, Component};
 
-use super::errors::{describe, plan_error};
+use super::errors::{describe, plan_error, user_error};
 use super::map_batches::{self, Transforms};
 use super::steps;
 
@@ -157,7 +157,7 @@ pub(crate) async fn register_tables(
     for (name, table) in tables {
         register_table(ctx, name, table).await.map_err(|e| match e {
             IgnisError::DataFusion(inner) => {
-                IgnisError::Input(format!("table '{name}' at {}: {}", table.location, describe(&inner)))
+                user_error(&format!("table '{name}' at {}", table.location), inner, IgnisError::Input)
             }
             other => other,
         })?;
@@ -324,7 +324,7 @@ async fn ensure_files_exist(ctx: &SessionContext, name: &str, location: &str, ex
     let mut files = url.list_all_files(&state, store.as_ref(), extension).await?;
     match files.next().await {
         Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(IgnisError::Input(format!("table '{name}': cannot list {location}: {e}"))),
+        Some(Err(e)) => Err(user_error(&format!("table '{name}': cannot list {location}"), e, IgnisError::Input)),
         None => Err(IgnisError::Input(format!(
             "table '{name}': no {extension} files found at {location} (path does not exist or is empty)"
         ))),

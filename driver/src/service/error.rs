@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 use ignis_core::error::{ErrorKind, IgnisError};
 use serde::{Deserialize, Serialize};
 
+/// `Retry-After` of a request that failed on a transient error.
+const TRANSIENT_RETRY_AFTER_S: u64 = 5;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -56,11 +59,21 @@ impl ApiError {
     }
 
     /// A job that cannot be planned or read is the caller's mistake (400);
-    /// anything else is ours.
+    /// storage or a service that did not answer in time is worth another try
+    /// (503 with `Retry-After`); anything else is ours.
     pub fn from_job_error(e: IgnisError) -> Self {
         match e.kind() {
             ErrorKind::User => Self::bad_request(user_error_code(&e), e.to_string()),
-            _ => Self::internal(e),
+            ErrorKind::Transient => {
+                tracing::warn!(error = %e, "a request failed on a transient error");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage did not answer while the request was handled; retry (details in the driver log)",
+                )
+                .with_retry_after(TRANSIENT_RETRY_AFTER_S)
+            }
+            ErrorKind::Internal => Self::internal(e),
         }
     }
 }
@@ -97,3 +110,31 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use datafusion::error::DataFusionError;
+    use ignis_core::error::ErrorKind;
+
+    use super::ApiError;
+    use crate::planner::plan_error;
+
+    #[test]
+    fn a_storage_failure_while_planning_is_retryable_and_a_bad_query_is_the_users() {
+        let reset = object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() };
+        let err = plan_error("table 'orders' at s3://b/orders/", DataFusionError::ObjectStore(Box::new(reset)));
+        assert_eq!(err.kind(), ErrorKind::Transient);
+        assert!(err.to_string().starts_with("table 'orders' at s3://b/orders/"), "{err}");
+        let answer = ApiError::from_job_error(err);
+        assert_eq!((answer.status, answer.body.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        assert!(answer.retry_after.is_some());
+        assert!(!answer.body.message.contains("s3://"), "{}", answer.body.message);
+
+        let err = plan_error("sql", DataFusionError::Plan("column x not found".into()));
+        assert_eq!(err.kind(), ErrorKind::User);
+        let answer = ApiError::from_job_error(err);
+        assert_eq!((answer.status, answer.body.code.as_str()), (StatusCode::BAD_REQUEST, "plan_error"));
+        assert_eq!(answer.body.message, "sql: Error during planning: column x not found");
+    }
+}
