@@ -19,6 +19,13 @@ pub trait TaskBackend: Send + Sync {
     fn capacity(&self) -> usize;
     /// A short name for status output ("local", "hosts", "lambda").
     fn name(&self) -> &str;
+    /// Whether tasks run on machines apart from the driver, where one can be
+    /// slow or gone while the others are not: tasks then get deadlines and
+    /// speculative attempts by default. Local workers are the driver's own
+    /// process: a slow task there is not a slow host.
+    fn remote(&self) -> bool {
+        true
+    }
 
     /// The job ended: forget what was kept for it.
     fn job_finished(&self, _job: &ignis_core::ids::JobId) {}
@@ -73,5 +80,9 @@ impl TaskBackend for LocalBackend {
 
     fn name(&self) -> &str {
         "local"
+    }
+
+    fn remote(&self) -> bool {
+        false
     }
 }

@@ -431,7 +431,7 @@ impl Driver {
             speculation: job
                 .config
                 .speculation
-                .unwrap_or(backend.name() != "local" && graph.total_tasks() > SPECULATION_DEFAULT_ABOVE_TASKS),
+                .unwrap_or(backend.remote() && graph.total_tasks() > SPECULATION_DEFAULT_ABOVE_TASKS),
             first_attempt: prior.first_attempt(),
             prior: prior.results,
             journal: journal.clone(),

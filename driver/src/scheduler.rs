@@ -165,8 +165,7 @@ pub async fn run_graph(
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Attempts stopped at their deadline, with it.
     let mut overdue: HashMap<(StageId, u32, u32), std::time::Duration> = HashMap::new();
-    // Local workers are this process: a slow task there is not a slow host.
-    let default_deadlines = backend.name() != "local";
+    let default_deadlines = backend.remote();
     let deadline_of = |stage: StageId, took: &HashMap<StageId, Vec<std::time::Duration>>| {
         settings.task_deadline.or_else(|| {
             let median = median(took.get(&stage)?)?;
