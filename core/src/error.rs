@@ -88,7 +88,7 @@ impl IgnisError {
             IgnisError::Arrow(e) => arrow_kind(e),
             IgnisError::Parquet(_) => ErrorKind::User,
             IgnisError::ObjectStore(e) => object_store_kind(e),
-            IgnisError::Io(_) => ErrorKind::Transient,
+            IgnisError::Io(e) => io_kind(e),
             IgnisError::Protocol(_) | IgnisError::Internal(_) => ErrorKind::Internal,
             IgnisError::Task { kind, .. } => *kind,
         }
@@ -117,14 +117,32 @@ impl From<IgnisError> for DataFusionError {
 
 fn object_store_kind(e: &object_store::Error) -> ErrorKind {
     match e {
-        object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. } => ErrorKind::User,
+        object_store::Error::NotFound { .. }
+        | object_store::Error::InvalidPath { .. }
+        | object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => ErrorKind::User,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A file that is missing, unreadable or malformed stays so when read again;
+/// other i/o failures (a reset connection, a full disk) may pass.
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        Io::NotFound
+        | Io::PermissionDenied
+        | Io::InvalidInput
+        | Io::InvalidData
+        | Io::IsADirectory
+        | Io::NotADirectory => ErrorKind::User,
         _ => ErrorKind::Transient,
     }
 }
 
 fn arrow_kind(e: &ArrowError) -> ErrorKind {
     match e {
-        ArrowError::IoError(..) => ErrorKind::Transient,
+        ArrowError::IoError(_, e) => io_kind(e),
         ArrowError::ExternalError(inner) => external_kind(inner.as_ref()),
         ArrowError::MemoryError(_) => ErrorKind::Transient,
         _ => ErrorKind::User,
@@ -141,8 +159,8 @@ fn external_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKi
     if let Some(os) = e.downcast_ref::<object_store::Error>() {
         return object_store_kind(os);
     }
-    if e.downcast_ref::<std::io::Error>().is_some() {
-        return ErrorKind::Transient;
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io_kind(io);
     }
     ErrorKind::Internal
 }
@@ -152,7 +170,7 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
         DataFusionError::ArrowError(a, _) => arrow_kind(a),
         DataFusionError::ParquetError(_) => ErrorKind::User,
         DataFusionError::ObjectStore(os) => object_store_kind(os),
-        DataFusionError::IoError(_) => ErrorKind::Transient,
+        DataFusionError::IoError(e) => io_kind(e),
         DataFusionError::SQL(..)
         | DataFusionError::NotImplemented(_)
         | DataFusionError::Plan(_)
@@ -179,6 +197,11 @@ mod tests {
         assert_eq!(plan.kind(), ErrorKind::User);
         let io = IgnisError::DataFusion(DataFusionError::IoError(std::io::Error::other("reset")));
         assert!(io.kind().is_retryable());
+        // A file that cannot be read is read again in vain.
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(IgnisError::DataFusion(DataFusionError::IoError(denied)).kind(), ErrorKind::User);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(IgnisError::Io(reset).kind(), ErrorKind::Transient);
         let wrapped = DataFusionError::from(IgnisError::Input("bad value".into()));
         assert_eq!(IgnisError::from_datafusion(wrapped).kind(), ErrorKind::User);
     }
