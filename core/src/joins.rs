@@ -104,7 +104,8 @@ pub struct SplitScans;
 /// probe side's scan from being split further: every task of the stage
 /// builds the whole hash table again (TPC-H q10 at SF10: 570K customers with
 /// their text columns, built by each `lineitem` task), so twice the tasks
-/// cost one more build per worker.
+/// cost one more build per worker. Where the size is unknown, an eighth of
+/// the broadcast row bound stands in for it.
 pub const REBUILT_BYTES: usize = 4 << 20;
 
 impl PhysicalOptimizerRule for SplitScans {

@@ -8,8 +8,8 @@
 //! unchanged (projections, filters, group-by keys, joins, merges) to the shuffle
 //! readers they come from, and the stages behind those readers get the filter
 //! under their writer (or, where such a stage passes the columns on from
-//! readers of its own, the stages behind those, as deep as they go). The keys come from the stage the other side's key
-//! columns lead to; they hold every key that side can have (maybe more). Where
+//! readers of its own, the stages behind those, as deep as they go). The keys
+//! come from the stage the other side's key columns lead to; they hold every key that side can have (maybe more). Where
 //! the other side is a small filtered plan reading no other stage (a filtered
 //! dimension table scanned inside the join's stage), the filtered tasks run a
 //! copy of it instead and wait for nothing.
@@ -67,6 +67,16 @@ enum Keys {
     Local { plan: Arc<dyn ExecutionPlan>, columns: Vec<usize> },
 }
 
+impl Keys {
+    /// The stage the keys are read from (none for a local key side).
+    fn stage(&self) -> Option<StageId> {
+        match self {
+            Keys::Stage(origin) => Some(origin.stage),
+            Keys::Local { .. } => None,
+        }
+    }
+}
+
 /// Identifies the keys of a placed filter, so a stage is not filtered twice by the same keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum KeysId {
@@ -89,11 +99,7 @@ pub fn add(stages: &mut [Stage]) -> Result<()> {
     }
     let mut placed: HashSet<(StageId, KeysId)> = HashSet::new();
     for Placement { target, keys } in placements {
-        let key_stage = match &keys {
-            Keys::Stage(origin) => Some(origin.stage),
-            Keys::Local { .. } => None,
-        };
-        for target in deepest(stages, target, key_stage) {
+        for target in deepest(stages, target, keys.stage()) {
             place(stages, target, keys.clone(), &mut placed)?;
         }
     }
@@ -115,10 +121,8 @@ fn deepest(stages: &[Stage], target: Origin, key_stage: Option<StageId>) -> Vec<
         .and_then(|s| s.plan.downcast_ref::<ShuffleWriterExec>())
         .map(|w| w.input().clone());
     let Some(input) = writer_input else { return vec![target] };
-    let deeper: Vec<Origin> = origins(&input, &target.columns)
-        .into_iter()
-        .filter(|o| !key_stage.is_some_and(|k| k == o.stage || depends_on(stages, k, o.stage)))
-        .collect();
+    let deeper: Vec<Origin> =
+        origins(&input, &target.columns).into_iter().filter(|o| !cannot_wait(stages, key_stage, o.stage)).collect();
     if deeper.is_empty() {
         return vec![target];
     }
@@ -128,22 +132,22 @@ fn deepest(stages: &[Stage], target: Origin, key_stage: Option<StageId>) -> Vec<
 /// Put the filter of `keys` under the writer of `target`'s stage (once per stage and keys).
 fn place(stages: &mut [Stage], target: Origin, keys: Keys, placed: &mut HashSet<(StageId, KeysId)>) -> Result<()> {
     let target_stage = target.stage;
-    let (key_side, key_columns, key_stage, id) = match keys {
+    let key_stage = keys.stage();
+    let (key_side, key_columns, id) = match keys {
         Keys::Stage(origin) => {
             let mut reader = origin.reader;
             if reader.output_partitioning().partition_count() > 1 {
                 reader = Arc::new(CoalescePartitionsExec::new(reader));
             }
-            (reader, origin.columns, Some(origin.stage), KeysId::Stage(origin.stage))
+            (reader, origin.columns, KeysId::Stage(origin.stage))
         }
         Keys::Local { plan, columns } => {
             let id = KeysId::Local(Arc::as_ptr(&plan) as *const ());
-            (plan, columns, None, id)
+            (plan, columns, id)
         }
     };
     // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
-    let cyclic = key_stage.is_some_and(|k| k == target_stage || depends_on(stages, k, target_stage));
-    if cyclic || placed.contains(&(target_stage, id)) {
+    if cannot_wait(stages, key_stage, target_stage) || placed.contains(&(target_stage, id)) {
         return Ok(());
     }
     let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
@@ -174,6 +178,12 @@ fn joins(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&HashJoinExec)) {
     for child in plan.children() {
         joins(child, f);
     }
+}
+
+/// Whether `stage` cannot wait for the keys of `key_stage`: they are its own
+/// output or need it.
+fn cannot_wait(stages: &[Stage], key_stage: Option<StageId>, stage: StageId) -> bool {
+    key_stage.is_some_and(|k| k == stage || depends_on(stages, k, stage))
 }
 
 /// Whether `stage` reads `other`'s output, directly or through other stages.
