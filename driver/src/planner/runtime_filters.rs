@@ -12,7 +12,10 @@
 //! come from the stage the other side's key columns lead to; they hold every key that side can have (maybe more). Where
 //! the other side is a small filtered plan reading no other stage (a filtered
 //! dimension table scanned inside the join's stage), the filtered tasks run a
-//! copy of it instead and wait for nothing.
+//! copy of it instead and wait for nothing. Before placing, a small filtered
+//! local side also narrows the local scans of its join's other side that the
+//! keys come from ([`reduce_local_sides`]), so a dimension joined under a
+//! filtered one becomes a small filtered key side itself.
 //!
 //! The filtered stage then waits for the key stage. That is worth it when the
 //! key side is small and selective, which the plan cannot tell for sure, so:
@@ -93,6 +96,9 @@ struct Placement {
 
 /// Add runtime filters to `stages` (see the module docs).
 pub fn add(stages: &mut [Stage]) -> Result<()> {
+    for stage in stages.iter_mut() {
+        stage.plan = reduce_local_sides(stage.plan.clone())?;
+    }
     let mut placements = vec![];
     for stage in stages.iter() {
         joins(&stage.plan, &mut |join| placements.extend(join_placements(join, stages)));
@@ -277,14 +283,8 @@ pub fn drop_oversized(
 }
 
 fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
-    if join.null_aware || join.null_equality() != NullEquality::NullEqualsNothing || join.fetch().is_some() {
+    let Some((filter_left, filter_right)) = narrowable(join) else {
         return vec![];
-    }
-    let (filter_left, filter_right) = match join.join_type() {
-        JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => (true, true),
-        JoinType::Left | JoinType::LeftAnti => (false, true),
-        JoinType::Right | JoinType::RightAnti => (true, false),
-        JoinType::Full | JoinType::LeftMark | JoinType::RightMark => (false, false),
     };
     let Some((left_keys, right_keys)) = key_columns(join) else {
         return vec![];
@@ -315,6 +315,97 @@ fn join_placements(join: &HashJoinExec, stages: &[Stage]) -> Vec<Placement> {
         narrow(join.left(), &left_keys, join.right(), &right_keys);
     }
     out
+}
+
+/// Which sides of `join` (left, right) may lose the rows whose keys the other
+/// side lacks without changing its output: their unmatched rows do not reach
+/// it. `None` for joins whose keys do not simply match (null-aware, nulls
+/// equal) or that stop early.
+fn narrowable(join: &HashJoinExec) -> Option<(bool, bool)> {
+    if join.null_aware || join.null_equality() != NullEquality::NullEqualsNothing || join.fetch().is_some() {
+        return None;
+    }
+    Some(match join.join_type() {
+        JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => (true, true),
+        JoinType::Left | JoinType::LeftAnti => (false, true),
+        JoinType::Right | JoinType::RightAnti => (true, false),
+        JoinType::Full | JoinType::LeftMark | JoinType::RightMark => (false, false),
+    })
+}
+
+/// A local part of a stage (a subtree reading no other stage) whose
+/// `columns` reach a join's keys unchanged, and the small filtered local
+/// side of that join whose `keys` they must be among.
+struct Reduction {
+    part: Arc<dyn ExecutionPlan>,
+    columns: Vec<usize>,
+    side: Arc<dyn ExecutionPlan>,
+    keys: Vec<usize>,
+}
+
+/// Within one stage: where a join's side may lose the rows whose keys the
+/// other side lacks and that other side is a small filtered local plan, the
+/// local parts of the first side that its keys come from keep only the rows
+/// with those keys (a right semi join built from the small side). TPC-H q5:
+/// `nation` is joined with the lineitem rows before the filtered `region`
+/// joins with it; as the region's nations it is a small filtered key side
+/// itself, whose keys then narrow `supplier` and `customer` before their
+/// shuffles (and the nation join probes fewer rows). A side that is all
+/// local is left alone: the join narrows it already.
+fn reduce_local_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut reductions: Vec<Reduction> = vec![];
+    joins(&plan, &mut |join| {
+        let (Some((filter_left, filter_right)), Some((left_keys, right_keys))) = (narrowable(join), key_columns(join))
+        else {
+            return;
+        };
+        let sides = [
+            (filter_right, join.right(), &right_keys, join.left(), &left_keys),
+            (filter_left, join.left(), &left_keys, join.right(), &right_keys),
+        ];
+        for (narrow, side, side_keys, other, other_keys) in sides {
+            if !narrow || !is_small_local_filter(other) {
+                continue;
+            }
+            for (part, columns) in trace(side, side_keys, &|plan, cols| {
+                (!reads_stage(plan)).then(|| (plan.clone(), cols.to_vec()))
+            }) {
+                if !Arc::ptr_eq(&part, side) {
+                    reductions.push(Reduction { part, columns, side: other.clone(), keys: other_keys.clone() });
+                }
+            }
+        }
+    });
+    if reductions.is_empty() {
+        return Ok(plan);
+    }
+    let plan = plan.transform_up(|node| {
+        let Some(r) = reductions.iter().find(|r| Arc::ptr_eq(&r.part, &node)) else {
+            return Ok(Transformed::no(node));
+        };
+        let on = r.keys.iter().zip(&r.columns).map(|(&k, &c)| -> Result<_> {
+            let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new_with_schema(r.side.schema().field(k).name(), &r.side.schema())?);
+            let col: Arc<dyn PhysicalExpr> = Arc::new(Column::new_with_schema(node.schema().field(c).name(), &node.schema())?);
+            Ok((key, col))
+        });
+        let semi = HashJoinExec::try_new(
+            r.side.clone(),
+            node.clone(),
+            on.collect::<Result<_>>()?,
+            None,
+            &JoinType::RightSemi,
+            None,
+            PartitionMode::CollectLeft,
+            NullEquality::NullEqualsNothing,
+            false,
+        )?;
+        Ok(Transformed::yes(Arc::new(semi) as Arc<dyn ExecutionPlan>))
+    })?;
+    Ok(plan.data)
+}
+
+fn reads_stage(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<ShuffleReaderExec>() || plan.children().into_iter().any(reads_stage)
 }
 
 /// The left and right key column indices of a join whose keys are all plain columns.
@@ -383,10 +474,27 @@ fn remap(cols: &[usize], f: impl Fn(usize) -> Option<usize>) -> Option<Vec<usize
 /// `cols` unchanged, so that dropping a reader row by those values drops
 /// exactly the output rows holding them (and nothing else).
 fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
-    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
-        return vec![Origin { stage: reader.stage_id(), reader: plan.clone(), columns: cols.to_vec() }];
+    trace(plan, cols, &|plan, cols| {
+        let reader = plan.downcast_ref::<ShuffleReaderExec>()?;
+        Some(Origin { stage: reader.stage_id(), reader: plan.clone(), columns: cols.to_vec() })
+    })
+}
+
+/// What a trace makes of a node and the columns followed down to it (`None`: follow them further).
+type Found<T> = dyn Fn(&Arc<dyn ExecutionPlan>, &[usize]) -> Option<T>;
+
+/// What `found` makes of the first nodes under `plan` (in its stage) whose
+/// rows reach `plan`'s `cols` unchanged, following the columns down as
+/// [`origins`] describes.
+fn trace<T>(
+    plan: &Arc<dyn ExecutionPlan>,
+    cols: &[usize],
+    found: &Found<T>,
+) -> Vec<T> {
+    if let Some(t) = found(plan, cols) {
+        return vec![t];
     }
-    if plan.fetch().is_some() {
+    if plan.is::<ShuffleReaderExec>() || plan.fetch().is_some() {
         return vec![];
     }
     let through_first_child = plan.is::<CoalescePartitionsExec>()
@@ -394,19 +502,19 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
         || plan.is::<SortExec>()
         || plan.is::<RuntimeFilterExec>();
     if through_first_child {
-        return origins(plan.children()[0], cols);
+        return trace(plan.children()[0], cols, found);
     }
     if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
         let exprs = projection.expr();
         let inner = remap(cols, |c| column(&exprs.get(c)?.expr));
-        return inner.map(|inner| origins(projection.input(), &inner)).unwrap_or_default();
+        return inner.map(|inner| trace(projection.input(), &inner, found)).unwrap_or_default();
     }
     if let Some(filter) = plan.downcast_ref::<FilterExec>() {
         let inner = match filter.projection() {
             Some(p) => remap(cols, |c| p.get(c).copied()),
             None => Some(cols.to_vec()),
         };
-        return inner.map(|inner| origins(filter.input(), &inner)).unwrap_or_default();
+        return inner.map(|inner| trace(filter.input(), &inner, found)).unwrap_or_default();
     }
     if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
         let groups = aggregate.group_expr();
@@ -415,15 +523,19 @@ fn origins(plan: &Arc<dyn ExecutionPlan>, cols: &[usize]) -> Vec<Origin> {
         }
         let exprs = groups.expr();
         let inner = remap(cols, |c| column(&exprs.get(c)?.0));
-        return inner.map(|inner| origins(aggregate.input(), &inner)).unwrap_or_default();
+        return inner.map(|inner| trace(aggregate.input(), &inner, found)).unwrap_or_default();
     }
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
-        return join_origins(join, cols);
+        return join_trace(join, cols, found);
     }
     vec![]
 }
 
-fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
+fn join_trace<T>(
+    join: &HashJoinExec,
+    cols: &[usize],
+    found: &Found<T>,
+) -> Vec<T> {
     let cols = match &join.projection {
         Some(p) => match remap(cols, |c| p.get(c).copied()) {
             Some(c) => c,
@@ -452,7 +564,7 @@ fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
         return vec![];
     }
     let children = [join.left(), join.right()];
-    let mut out = origins(children[side], &inner);
+    let mut out = trace(children[side], &inner, found);
     // Where every column is a join key of an inner or semi join, the output
     // rows' values are also the other side's keys: narrow that side too.
     let equal_keys = matches!(join.join_type(), JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
@@ -465,7 +577,7 @@ fn join_origins(join: &HashJoinExec, cols: &[usize]) -> Vec<Origin> {
         let other: Option<Vec<usize>> =
             inner.iter().map(|c| mine.iter().position(|k| k == c).map(|i| theirs[i])).collect();
         if let Some(other) = other {
-            out.extend(origins(children[1 - side], &other));
+            out.extend(trace(children[1 - side], &other, found));
         }
     }
     out
@@ -575,31 +687,57 @@ mod tests {
             ("o_orderkey", "l_orderkey"),
             PartitionMode::Partitioned,
         );
-        let nation = scan(&["n_nationkey"], 1);
-        let predicate = Arc::new(BinaryExpr::new(
-            col(&nation, "n_nationkey"),
-            Operator::Eq,
-            Arc::new(Literal::new(ScalarValue::Int64(Some(3)))),
-        ));
-        let nation: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, nation).unwrap());
+        let nation = filtered(scan(&["n_nationkey"], 1), "n_nationkey");
         let plan = join(nation, big, ("n_nationkey", "s_nationkey"), PartitionMode::CollectLeft);
 
         let mut graph = StageGraph::cut(plan).unwrap();
         super::add(&mut graph.stages).unwrap();
-        let filtered: Vec<String> = graph
-            .stages
-            .iter()
-            .filter(|s| {
-                displayable(s.plan.as_ref())
-                    .indent(true)
-                    .to_string()
-                    .contains("RuntimeFilterExec: s_nationkey@1 in n_nationkey@0")
-            })
-            .map(|s| displayable(s.plan.as_ref()).indent(true).to_string())
+        let filtered: Vec<String> = shown(&graph)
+            .into_iter()
+            .filter(|s| s.contains("RuntimeFilterExec: s_nationkey@1 in n_nationkey@0"))
             .collect();
         // Only the supplier stage: the lineitem stage then keeps that nation's rows by its join.
         assert_eq!(filtered.len(), 1, "{}", graph.display("collect"));
         assert!(filtered[0].starts_with("ShuffleWriterExec: partitioning=single"), "{}", filtered[0]);
+    }
+
+    /// `scan` filtered to the rows whose `name` is 3.
+    fn filtered(scan: Arc<dyn ExecutionPlan>, name: &str) -> Arc<dyn ExecutionPlan> {
+        let predicate = Arc::new(BinaryExpr::new(
+            col(&scan, name),
+            Operator::Eq,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(3)))),
+        ));
+        Arc::new(FilterExec::try_new(predicate, scan).unwrap())
+    }
+
+    /// The stages' plans, as `ignis explain` shows them.
+    fn shown(graph: &StageGraph) -> Vec<String> {
+        graph.stages.iter().map(|s| displayable(s.plan.as_ref()).indent(true).to_string()).collect()
+    }
+
+    #[test]
+    fn a_dimension_joined_under_a_filtered_one_narrows_the_stages_below() {
+        // TPC-H q5's shape: `lineitem` joins a broadcast `supplier`, then the
+        // unfiltered `nation` on the supplier's nation key, then the filtered
+        // `region` on the nation's region key, all in one stage.
+        let supplier = Arc::new(CoalescePartitionsExec::new(scan(&["s_suppkey", "s_nationkey"], 2)));
+        let lineitem = join(supplier, scan(&["l_suppkey"], 2), ("s_suppkey", "l_suppkey"), PartitionMode::CollectLeft);
+        let nation = scan(&["n_nationkey", "n_regionkey"], 1);
+        let nations = join(nation, lineitem, ("n_nationkey", "s_nationkey"), PartitionMode::CollectLeft);
+        let region = filtered(scan(&["r_regionkey"], 1), "r_regionkey");
+        let plan = join(region, nations, ("r_regionkey", "n_regionkey"), PartitionMode::CollectLeft);
+
+        let mut graph = StageGraph::cut(plan).unwrap();
+        super::add(&mut graph.stages).unwrap();
+        let stages = shown(&graph);
+        // The supplier stage keeps the suppliers of the region's nations.
+        let (supplier, top) = (&stages[0], &stages[1]);
+        assert_eq!(stages.len(), 2);
+        assert!(supplier.contains("RuntimeFilterExec: s_nationkey@1 in n_nationkey@0"), "{supplier}");
+        assert!(supplier.contains("join_type=RightSemi, on=[(r_regionkey@0, n_regionkey@1)]"), "{supplier}");
+        // The join's stage joins the region's nations only.
+        assert_eq!(top.matches("join_type=RightSemi").count(), 1, "{top}");
     }
 
     #[test]
