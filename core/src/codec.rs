@@ -13,7 +13,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Literal};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion_proto::bytes::{
@@ -249,7 +249,13 @@ impl PhysicalExtensionCodec for IgnisCodec {
             Node::ShuffleReader(n) => {
                 let stage_id = StageId(n.stage_id);
                 let schema = schema_from_proto(n.schema.as_ref(), "shuffle reader")?;
-                let reader = ShuffleReaderExec::new(stage_id, schema, n.partitions as usize);
+                let mut reader = ShuffleReaderExec::new(stage_id, schema.clone(), n.partitions as usize);
+                if let Some(proto) = n.partitioning {
+                    let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+                    if let Some(p) = parse_protobuf_partitioning(Some(&proto), &decode_ctx, &schema, proto_converter)? {
+                        reader = reader.with_partitioning(p)?;
+                    }
+                }
                 Ok(match self.inputs.get(&stage_id) {
                     Some(pieces) => Arc::new(reader.with_pieces(pieces.clone())?),
                     None => Arc::new(reader),
@@ -336,10 +342,15 @@ impl PhysicalExtensionCodec for IgnisCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
         let node = if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            let partitioning = match reader.partitioning() {
+                p @ Partitioning::Hash(..) => Some(serialize_partitioning(p, self, proto_converter)?),
+                _ => None,
+            };
             Node::ShuffleReader(plan_nodes::ShuffleReader {
                 stage_id: reader.stage_id().0,
                 partitions: reader.partition_count() as u64,
                 schema: schema_to_proto(&reader.schema())?,
+                partitioning,
             })
         } else if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
             let partitioning =

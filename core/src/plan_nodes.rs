@@ -45,6 +45,9 @@ pub struct ShuffleReader {
     pub partitions: u64,
     #[prost(message, optional, tag = "3")]
     pub schema: Option<protobuf::Schema>,
+    /// The hash partitioning of a hash exchange's reader; None: unknown.
+    #[prost(message, optional, tag = "4")]
+    pub partitioning: Option<protobuf::Partitioning>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

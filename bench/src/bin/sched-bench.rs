@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 tasks: args.maps,
                 inputs: vec![],
                 exchange: Exchange::Split { partitions: args.reduces, keys: "hash(k)".into() },
-                consumer: Some(StageId(2)),
+                consumers: vec![StageId(2)],
             },
             Stage {
                 id: StageId(2),
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 tasks: args.reduces,
                 inputs: vec![StageId(1)],
                 exchange: Exchange::Result,
-                consumer: None,
+                consumers: vec![],
             },
         ],
     };

@@ -60,6 +60,28 @@ impl ShuffleReaderExec {
         }
     }
 
+    /// The same reader, declaring how its partitions split the rows: those of
+    /// a hash exchange hold the rows whose keys hash to them, as the
+    /// exchange's did (a union of two such inputs interleaves them, pairing
+    /// partitions, only when both say so).
+    pub fn with_partitioning(mut self, partitioning: Partitioning) -> Result<Self> {
+        if partitioning.partition_count() != self.partition_count {
+            return Err(IgnisError::internal(format!(
+                "shuffle reader of stage {} has {} partitions, not the {} of {partitioning}",
+                self.stage_id,
+                self.partition_count,
+                partitioning.partition_count()
+            )));
+        }
+        self.cache = Arc::new(self.cache.as_ref().clone().with_partitioning(partitioning));
+        Ok(self)
+    }
+
+    /// How the reader's partitions split the rows.
+    pub fn partitioning(&self) -> &Partitioning {
+        &self.cache.partitioning
+    }
+
     /// The same reader with the locations of its input pieces.
     pub fn with_pieces(mut self, pieces: Vec<Option<Vec<PieceLocation>>>) -> Result<Self> {
         if pieces.len() != self.partition_count {

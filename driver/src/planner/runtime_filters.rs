@@ -30,11 +30,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
@@ -50,7 +49,7 @@ use ignis_core::joins::BroadcastExec;
 use ignis_core::runtime_filter::{MAX_KEY_ROWS, RuntimeFilterExec};
 use ignis_core::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
-use super::stages::{Stage, reader_stages, with_children};
+use super::stages::{Stage, is_volatile_plan, reader_stages, with_children};
 
 /// A shuffle reader of the join's stage (reading `stage`) and columns of its rows.
 #[derive(Clone)]
@@ -127,8 +126,10 @@ fn deepest(stages: &[Stage], target: Origin, key_stage: Option<StageId>) -> Vec<
         .and_then(|s| s.plan.downcast_ref::<ShuffleWriterExec>())
         .map(|w| w.input().clone());
     let Some(input) = writer_input else { return vec![target] };
-    let deeper: Vec<Origin> =
-        origins(&input, &target.columns).into_iter().filter(|o| !cannot_wait(stages, key_stage, o.stage)).collect();
+    let deeper: Vec<Origin> = origins(&input, &target.columns)
+        .into_iter()
+        .filter(|o| !cannot_wait(stages, key_stage, o.stage) && read_once(stages, o.stage))
+        .collect();
     if deeper.is_empty() {
         return vec![target];
     }
@@ -152,8 +153,12 @@ fn place(stages: &mut [Stage], target: Origin, keys: Keys, placed: &mut HashSet<
             (plan, columns, id)
         }
     };
-    // A stage filtered twice by the same keys, or by keys that need its own output, is left alone.
-    if cannot_wait(stages, key_stage, target_stage) || placed.contains(&(target_stage, id)) {
+    // A stage filtered twice by the same keys, by keys that need its own
+    // output, or whose output another reader needs whole, is left alone.
+    if cannot_wait(stages, key_stage, target_stage)
+        || placed.contains(&(target_stage, id))
+        || !read_once(stages, target_stage)
+    {
         return Ok(());
     }
     let Some(stage) = stages.iter_mut().find(|s| s.id == target_stage) else {
@@ -192,6 +197,16 @@ fn cannot_wait(stages: &[Stage], key_stage: Option<StageId>, stage: StageId) -> 
     key_stage.is_some_and(|k| k == stage || depends_on(stages, k, stage))
 }
 
+/// Whether one shuffle reader only reads `stage`'s output: a stage reused by
+/// several (the same view twice) must keep every row for all of them.
+fn read_once(stages: &[Stage], stage: StageId) -> bool {
+    fn count(plan: &Arc<dyn ExecutionPlan>, stage: StageId) -> usize {
+        let own = plan.downcast_ref::<ShuffleReaderExec>().is_some_and(|r| r.stage_id() == stage);
+        usize::from(own) + plan.children().into_iter().map(|c| count(c, stage)).sum::<usize>()
+    }
+    stages.iter().map(|s| count(&s.plan, stage)).sum::<usize>() == 1
+}
+
 /// Whether `stage` reads `other`'s output, directly or through other stages.
 fn depends_on(stages: &[Stage], stage: StageId, other: StageId) -> bool {
     let Some(s) = stages.iter().find(|s| s.id == stage) else {
@@ -217,19 +232,11 @@ fn is_small_local_filter(plan: &Arc<dyn ExecutionPlan>) -> bool {
         let children = plan.children();
         if children.is_empty() { plan.is::<DataSourceExec>() } else { children.into_iter().all(plain_scans) }
     }
-    fn volatile(plan: &Arc<dyn ExecutionPlan>) -> bool {
-        let mut found = false;
-        let _ = plan.apply_expressions(&mut |e| {
-            found |= is_volatile(e);
-            Ok(TreeNodeRecursion::Continue)
-        });
-        found || plan.children().into_iter().any(volatile)
-    }
     plan.output_partitioning().partition_count() == 1
         && plain_scans(plan)
         && has_filter(plan)
         && estimated_output(plan).is_some_and(|rows| rows <= LOCAL_KEY_ROWS)
-        && !volatile(plan)
+        && !is_volatile_plan(plan)
 }
 
 /// Whether `stage` or a stage it reads filters rows.
@@ -738,6 +745,26 @@ mod tests {
         assert!(supplier.contains("join_type=RightSemi, on=[(r_regionkey@0, n_regionkey@1)]"), "{supplier}");
         // The join's stage joins the region's nations only.
         assert_eq!(top.matches("join_type=RightSemi").count(), 1, "{top}");
+    }
+
+    #[tokio::test]
+    async fn a_stage_read_twice_is_not_narrowed_for_one_reader() {
+        let ctx = ignis_core::session::session_context(3, 8192, &Default::default());
+        ctx.sql("CREATE TABLE t AS VALUES (1, 'x'), (2, 'y'), (3, 'x')").await.unwrap();
+        let sql = "WITH c AS (SELECT column1 AS k, count(*) AS n FROM t GROUP BY column1) \
+                   SELECT c.k FROM c JOIN (SELECT column1 AS k FROM t WHERE column2 = 'y') f ON c.k = f.k \
+                   UNION ALL SELECT k FROM c";
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let mut graph = StageGraph::cut(plan).unwrap();
+        super::add(&mut graph.stages).unwrap();
+        let all = graph.display("collect");
+        let stages = shown(&graph);
+        // The view's stage, read by the join and by the union's other branch.
+        let view = &stages[0];
+        assert!(view.contains("mode=Partial, gby=[column1"), "{all}");
+        assert_eq!(all.matches("ShuffleReaderExec: stage=1,").count(), 2, "{all}");
+        // The union's branch needs every group: the join's filter must not drop any.
+        assert!(!view.contains("RuntimeFilterExec"), "{all}");
     }
 
     #[test]

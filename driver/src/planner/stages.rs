@@ -12,6 +12,10 @@
 //!   partitions: each map task writes one piece; reader partition `m` reads map
 //!   task `m`'s piece, and the merge (kept in the consuming stage) combines
 //!   them, preserving order for the sort-preserving merge.
+//!
+//! A stage that would compute what a stage already cut computes (a view or
+//! subquery used twice) is not made again: its consumers read the first
+//! one's output, as Spark reuses an exchange.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -27,6 +31,9 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
+use ignis_core::codec::encode_plan;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::StageId;
 use ignis_core::joins::BroadcastExec;
@@ -56,8 +63,9 @@ pub struct Stage {
     /// Stages whose shuffle output this stage reads.
     pub inputs: Vec<StageId>,
     pub exchange: Exchange,
-    /// The stage that reads this one's output (none for the result stage).
-    pub consumer: Option<StageId>,
+    /// The stages that read this one's output (none for the result stage;
+    /// more than one where a stage's output is reused).
+    pub consumers: Vec<StageId>,
 }
 
 /// The stage DAG of one job, in an order where inputs come first; the last
@@ -74,11 +82,9 @@ impl StageGraph {
         let root = cutter.cut(plan)?;
         let id = cutter.next_id();
         let inputs = reader_stages(&root);
-        for s in cutter.stages.iter_mut().filter(|s| inputs.contains(&s.id)) {
-            s.consumer = Some(id);
-        }
+        cutter.consumed_by(&inputs, id);
         let tasks = root.output_partitioning().partition_count();
-        cutter.stages.push(Stage { id, plan: root, tasks, inputs, exchange: Exchange::Result, consumer: None });
+        cutter.stages.push(Stage { id, plan: root, tasks, inputs, exchange: Exchange::Result, consumers: vec![] });
         Ok(Self { stages: cutter.stages })
     }
 
@@ -108,7 +114,7 @@ impl StageGraph {
                 format!(", reads {}", ids.join(", "))
             };
             let _ = writeln!(out, "\nStage {} ({} tasks{inputs})", stage.id, stage.tasks);
-            let target = stage.consumer.map(|c| format!("stage {c}")).unwrap_or_default();
+            let target = stage.consumers.iter().map(|c| format!("stage {c}")).collect::<Vec<_>>().join(", ");
             let edge = match &stage.exchange {
                 Exchange::Split { partitions, keys } => {
                     format!("shuffle {keys} into {partitions} partitions -> {target}")
@@ -245,6 +251,16 @@ struct Cutter {
     stages: Vec<Stage>,
 }
 
+/// Whether any expression of `plan` is volatile (`random()`, ...): two runs may differ.
+pub(crate) fn is_volatile_plan(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut found = false;
+    let _ = plan.apply_expressions(&mut |e| {
+        found |= is_volatile(e);
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found || plan.children().into_iter().any(is_volatile_plan)
+}
+
 impl Cutter {
     fn next_id(&self) -> StageId {
         StageId(self.stages.len() as u32 + 1)
@@ -325,16 +341,47 @@ impl Cutter {
         exchange: Exchange,
         reader_partitions: usize,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let id = self.next_id();
-        let inputs = reader_stages(&input);
-        for s in self.stages.iter_mut().filter(|s| inputs.contains(&s.id)) {
-            s.consumer = Some(id);
-        }
         let schema = input.schema();
         let tasks = input.output_partitioning().partition_count();
-        let writer = ShuffleWriterExec::try_new(input, partitioning)?;
-        self.stages.push(Stage { id, plan: Arc::new(writer), tasks, inputs, exchange, consumer: None });
-        Ok(Arc::new(ShuffleReaderExec::new(id, schema, reader_partitions)))
+        let inputs = reader_stages(&input);
+        let writer: Arc<dyn ExecutionPlan> = Arc::new(ShuffleWriterExec::try_new(input, partitioning.clone())?);
+        let id = match self.same_stage(&writer) {
+            Some(same) => same,
+            None => {
+                let id = self.next_id();
+                self.consumed_by(&inputs, id);
+                self.stages.push(Stage { id, plan: writer, tasks, inputs, exchange, consumers: vec![] });
+                id
+            }
+        };
+        let reader = ShuffleReaderExec::new(id, schema, reader_partitions);
+        Ok(Arc::new(match partitioning {
+            Some(hash @ Partitioning::Hash(..)) => reader.with_partitioning(hash)?,
+            _ => reader,
+        }))
+    }
+
+    fn consumed_by(&mut self, inputs: &[StageId], consumer: StageId) {
+        for s in self.stages.iter_mut().filter(|s| inputs.contains(&s.id)) {
+            s.consumers.push(consumer);
+        }
+    }
+
+    /// A stage already cut whose output is what `writer` would write: the
+    /// same operators over the same inputs (TPC-H q15's revenue view,
+    /// aggregated from `lineitem` for the join and again for its maximum).
+    /// Plans are the same when they encode to the same bytes; a plan with a
+    /// volatile expression never is.
+    fn same_stage(&self, writer: &Arc<dyn ExecutionPlan>) -> Option<StageId> {
+        let shown = |plan: &Arc<dyn ExecutionPlan>| displayable(plan.as_ref()).indent(true).to_string();
+        let text = shown(writer);
+        let mut same = self.stages.iter().filter(|s| shown(&s.plan) == text).peekable();
+        same.peek()?;
+        if is_volatile_plan(writer) {
+            return None;
+        }
+        let bytes = encode_plan(writer.clone()).ok()?;
+        same.find(|s| encode_plan(s.plan.clone()).is_ok_and(|b| b == bytes)).map(|s| s.id)
     }
 }
 
@@ -370,5 +417,26 @@ mod tests {
             }
         }
         assert!(split >= 3 && gathered >= 1, "the plan has both kinds of input: {split} split, {gathered} gathered");
+    }
+
+    #[tokio::test]
+    async fn a_view_used_twice_is_one_stage_read_twice_unless_it_is_volatile() {
+        let ctx = ignis_core::session::session_context(3, 8192, &Default::default());
+        ctx.sql("CREATE TABLE t AS VALUES (1, 'x'), (2, 'y'), (3, 'x')").await.unwrap();
+        for (aggregate, reused) in [("count(*)", true), ("sum(random())", false)] {
+            let sql = format!(
+                "WITH c AS (SELECT column2 AS k, {aggregate} AS n FROM t GROUP BY column2) \
+                 SELECT k FROM c WHERE n = (SELECT max(n) FROM c)"
+            );
+            let plan = ctx.sql(&sql).await.unwrap().create_physical_plan().await.unwrap();
+            let graph = StageGraph::cut(plan).unwrap();
+            let shared: Vec<_> = graph.stages.iter().filter(|s| s.consumers.len() > 1).collect();
+            assert_eq!(shared.len(), usize::from(reused), "{aggregate}: {}", graph.display("collect"));
+            if reused {
+                // The view's partial aggregation, read by the join's side and by the max.
+                let shown = displayable(shared[0].plan.as_ref()).indent(false).to_string();
+                assert!(shown.contains("mode=Partial, gby=[column2"), "{shown}");
+            }
+        }
     }
 }
