@@ -309,9 +309,7 @@ async fn parquet_file_schemas(ctx: &SessionContext, urls: &[String], extension: 
 /// null-aware anti join, which DataFusion must build from the outer side
 /// (TPC-H q16 built 1.2M `partsupp` rows to probe 56 suppliers).
 fn merged_nullability(merged: &Schema, files: &[SchemaRef]) -> Schema {
-    let non_null = |name: &str| {
-        files.iter().all(|file| file.field_with_name(name).is_ok_and(|f| !f.is_nullable()))
-    };
+    let non_null = |name: &str| files.iter().all(|file| file.field_with_name(name).is_ok_and(|f| !f.is_nullable()));
     let fields = merged.fields().iter().map(|f| f.as_ref().clone().with_nullable(!non_null(f.name())));
     Schema::new(fields.collect::<Vec<_>>())
 }

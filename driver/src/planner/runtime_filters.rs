@@ -197,12 +197,16 @@ fn cannot_wait(stages: &[Stage], key_stage: Option<StageId>, stage: StageId) -> 
     key_stage.is_some_and(|k| k == stage || depends_on(stages, k, stage))
 }
 
-/// Whether one shuffle reader only reads `stage`'s output: a stage reused by
-/// several (the same view twice) must keep every row for all of them.
+/// Whether one shuffle reader only reads `stage`'s rows: a stage reused by
+/// several (the same view twice) must keep every row for all of them. The
+/// key sides of runtime filters do not count: the rows such a filter drops
+/// reach no output, so neither do their keys.
 fn read_once(stages: &[Stage], stage: StageId) -> bool {
     fn count(plan: &Arc<dyn ExecutionPlan>, stage: StageId) -> usize {
         let own = plan.downcast_ref::<ShuffleReaderExec>().is_some_and(|r| r.stage_id() == stage);
-        usize::from(own) + plan.children().into_iter().map(|c| count(c, stage)).sum::<usize>()
+        let children = plan.children();
+        let rows = if plan.is::<RuntimeFilterExec>() { &children[..1] } else { &children[..] };
+        usize::from(own) + rows.iter().map(|c| count(c, stage)).sum::<usize>()
     }
     stages.iter().map(|s| count(&s.plan, stage)).sum::<usize>() == 1
 }
@@ -374,9 +378,9 @@ fn reduce_local_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionP
             if !narrow || !is_small_local_filter(other) {
                 continue;
             }
-            for (part, columns) in trace(side, side_keys, &|plan, cols| {
-                (!reads_stage(plan)).then(|| (plan.clone(), cols.to_vec()))
-            }) {
+            for (part, columns) in
+                trace(side, side_keys, &|plan, cols| (!reads_stage(plan)).then(|| (plan.clone(), cols.to_vec())))
+            {
                 if !Arc::ptr_eq(&part, side) {
                     reductions.push(Reduction { part, columns, side: other.clone(), keys: other_keys.clone() });
                 }
@@ -391,8 +395,10 @@ fn reduce_local_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionP
             return Ok(Transformed::no(node));
         };
         let on = r.keys.iter().zip(&r.columns).map(|(&k, &c)| -> Result<_> {
-            let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new_with_schema(r.side.schema().field(k).name(), &r.side.schema())?);
-            let col: Arc<dyn PhysicalExpr> = Arc::new(Column::new_with_schema(node.schema().field(c).name(), &node.schema())?);
+            let key: Arc<dyn PhysicalExpr> =
+                Arc::new(Column::new_with_schema(r.side.schema().field(k).name(), &r.side.schema())?);
+            let col: Arc<dyn PhysicalExpr> =
+                Arc::new(Column::new_with_schema(node.schema().field(c).name(), &node.schema())?);
             Ok((key, col))
         });
         let semi = HashJoinExec::try_new(
@@ -493,11 +499,7 @@ type Found<T> = dyn Fn(&Arc<dyn ExecutionPlan>, &[usize]) -> Option<T>;
 /// What `found` makes of the first nodes under `plan` (in its stage) whose
 /// rows reach `plan`'s `cols` unchanged, following the columns down as
 /// [`origins`] describes.
-fn trace<T>(
-    plan: &Arc<dyn ExecutionPlan>,
-    cols: &[usize],
-    found: &Found<T>,
-) -> Vec<T> {
+fn trace<T>(plan: &Arc<dyn ExecutionPlan>, cols: &[usize], found: &Found<T>) -> Vec<T> {
     if let Some(t) = found(plan, cols) {
         return vec![t];
     }
@@ -538,11 +540,7 @@ fn trace<T>(
     vec![]
 }
 
-fn join_trace<T>(
-    join: &HashJoinExec,
-    cols: &[usize],
-    found: &Found<T>,
-) -> Vec<T> {
+fn join_trace<T>(join: &HashJoinExec, cols: &[usize], found: &Found<T>) -> Vec<T> {
     let cols = match &join.projection {
         Some(p) => match remap(cols, |c| p.get(c).copied()) {
             Some(c) => c,
@@ -677,13 +675,14 @@ mod tests {
 
     #[test]
     fn a_filter_goes_down_to_the_deepest_stage_that_passes_its_column_on() {
-        // TPC-H q7's shape at SF10: `lineitem` joins a broadcast `supplier` in
-        // its scan stage, then `orders` in a partitioned join; a filtered
-        // `nation` scan then joins on the supplier's nation key.
+        // TPC-H q7's shape at SF10: the filtered `lineitem` joins a broadcast
+        // `supplier` in its scan stage, then `orders` in a partitioned join
+        // (so its keys narrow `orders` too); a filtered `nation` scan then
+        // joins on the supplier's nation key, a stage above.
         let supplier = Arc::new(CoalescePartitionsExec::new(scan(&["s_suppkey", "s_nationkey"], 2)));
         let lineitem = join(
             supplier,
-            scan(&["l_suppkey", "l_orderkey"], 2),
+            filtered(scan(&["l_suppkey", "l_orderkey"], 2), "l_suppkey"),
             ("s_suppkey", "l_suppkey"),
             PartitionMode::CollectLeft,
         );
@@ -695,7 +694,7 @@ mod tests {
             PartitionMode::Partitioned,
         );
         let nation = filtered(scan(&["n_nationkey"], 1), "n_nationkey");
-        let plan = join(nation, big, ("n_nationkey", "s_nationkey"), PartitionMode::CollectLeft);
+        let plan = join(nation, hash(big, "s_nationkey"), ("n_nationkey", "s_nationkey"), PartitionMode::CollectLeft);
 
         let mut graph = StageGraph::cut(plan).unwrap();
         super::add(&mut graph.stages).unwrap();
@@ -703,8 +702,10 @@ mod tests {
             .into_iter()
             .filter(|s| s.contains("RuntimeFilterExec: s_nationkey@1 in n_nationkey@0"))
             .collect();
-        // Only the supplier stage: the lineitem stage then keeps that nation's rows by its join.
+        // Only the supplier stage: the lineitem stage then keeps that nation's
+        // rows by its join (though the orders stage reads its keys).
         assert_eq!(filtered.len(), 1, "{}", graph.display("collect"));
+        assert!(graph.display("collect").contains("RuntimeFilterExec: o_orderkey@0 in l_orderkey@"));
         assert!(filtered[0].starts_with("ShuffleWriterExec: partitioning=single"), "{}", filtered[0]);
     }
 

@@ -22,6 +22,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
@@ -31,8 +33,6 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::work_table::WorkTableExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::physical_expr_common::physical_expr::is_volatile;
 use ignis_core::codec::encode_plan;
 use ignis_core::error::{IgnisError, Result};
 use ignis_core::ids::StageId;
