@@ -126,6 +126,10 @@ fn deepest(stages: &[Stage], target: Origin, key_stage: Option<StageId>) -> Vec<
         .and_then(|s| s.plan.downcast_ref::<ShuffleWriterExec>())
         .map(|w| w.input().clone());
     let Some(input) = writer_input else { return vec![target] };
+    if !read_once(stages, target.stage) {
+        // Narrowing a stage below narrows this one for its other readers too.
+        return vec![target];
+    }
     let deeper: Vec<Origin> = origins(&input, &target.columns)
         .into_iter()
         .filter(|o| !cannot_wait(stages, key_stage, o.stage) && read_once(stages, o.stage))
@@ -766,6 +770,26 @@ mod tests {
         assert_eq!(all.matches("ShuffleReaderExec: stage=1,").count(), 2, "{all}");
         // The union's branch needs every group: the join's filter must not drop any.
         assert!(!view.contains("RuntimeFilterExec"), "{all}");
+    }
+
+    #[test]
+    fn a_filter_for_one_reader_of_a_reused_stage_narrows_no_stage_below_it() {
+        // A view used twice whose stage reads another stage: one reader is
+        // joined with a filtered dimension, the other with an unfiltered one.
+        let view = || hash(hash(scan(&["k", "v"], 2), "k"), "v");
+        let narrowed = join(filtered(scan(&["f"], 1), "f"), view(), ("f", "k"), PartitionMode::CollectLeft);
+        let whole = join(scan(&["g"], 1), view(), ("g", "k"), PartitionMode::CollectLeft);
+        let plan = join(Arc::new(CoalescePartitionsExec::new(narrowed)), whole, ("k", "k"), PartitionMode::CollectLeft);
+
+        let mut graph = StageGraph::cut(plan).unwrap();
+        super::add(&mut graph.stages).unwrap();
+        let all = graph.display("collect");
+        let stages = shown(&graph);
+        let view: Vec<_> = stages.iter().filter(|s| s.contains("ShuffleWriterExec: partitioning=Hash([")).collect();
+        assert_eq!(view.len(), 2, "the view's two stages, each cut once: {all}");
+        for stage in view {
+            assert!(!stage.contains("RuntimeFilterExec"), "{all}");
+        }
     }
 
     #[test]
