@@ -168,8 +168,10 @@ pub async fn run_graph(
     let default_deadlines = backend.remote();
     let deadline_of = |stage: StageId, took: &HashMap<StageId, Vec<std::time::Duration>>| {
         settings.task_deadline.or_else(|| {
-            let median = median(took.get(&stage)?)?;
-            default_deadlines.then(|| (median * DEADLINE_MEDIANS).max(MIN_DEADLINE))
+            if !default_deadlines {
+                return None;
+            }
+            Some((median(took.get(&stage)?)? * DEADLINE_MEDIANS).max(MIN_DEADLINE))
         })
     };
 
@@ -257,8 +259,12 @@ pub async fn run_graph(
             () = tokio::time::sleep(CAPACITY_RECHECK), if !queue.is_empty() => continue,
             _ = check.tick() => {
                 // Attempts past their deadline are stopped (on hosts too) and, below, retried.
+                // Each stage's deadline once a check: a median per started task made a
+                // check cost tasks x stage tasks (10,000 x 1,000 never finished).
+                let mut deadlines: HashMap<StageId, Option<std::time::Duration>> = HashMap::new();
                 for (&(stage_id, partition), runs) in &started {
-                    let Some(deadline) = deadline_of(stage_id, &took) else { continue };
+                    let deadline = *deadlines.entry(stage_id).or_insert_with(|| deadline_of(stage_id, &took));
+                    let Some(deadline) = deadline else { continue };
                     for &(attempt, began) in runs {
                         let key = (stage_id, partition, attempt);
                         if began.elapsed() > deadline
