@@ -78,7 +78,7 @@ pub struct StageGraph {
 impl StageGraph {
     /// Cut `plan` at every exchange.
     pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let mut cutter = Cutter { stages: vec![] };
+        let mut cutter = Cutter { stages: vec![], shown: vec![] };
         let root = cutter.cut(plan)?;
         let id = cutter.next_id();
         let inputs = reader_stages(&root);
@@ -249,6 +249,12 @@ pub(crate) fn with_children(
 
 struct Cutter {
     stages: Vec<Stage>,
+    /// Each cut stage's plan as text, shown once, for [`Cutter::same_stage`].
+    shown: Vec<(String, StageId)>,
+}
+
+fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
+    displayable(plan.as_ref()).indent(true).to_string()
 }
 
 /// Whether any expression of `plan` is volatile (`random()`, ...): two runs may differ.
@@ -345,11 +351,13 @@ impl Cutter {
         let tasks = input.output_partitioning().partition_count();
         let inputs = reader_stages(&input);
         let writer: Arc<dyn ExecutionPlan> = Arc::new(ShuffleWriterExec::try_new(input, partitioning.clone())?);
-        let id = match self.same_stage(&writer) {
+        let text = shown(&writer);
+        let id = match self.same_stage(&writer, &text) {
             Some(same) => same,
             None => {
                 let id = self.next_id();
                 self.consumed_by(&inputs, id);
+                self.shown.push((text, id));
                 self.stages.push(Stage { id, plan: writer, tasks, inputs, exchange, consumers: vec![] });
                 id
             }
@@ -359,6 +367,10 @@ impl Cutter {
             Some(hash @ Partitioning::Hash(..)) => reader.with_partitioning(hash)?,
             _ => reader,
         }))
+    }
+
+    fn stage(&self, id: StageId) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.id == id)
     }
 
     fn consumed_by(&mut self, inputs: &[StageId], consumer: StageId) {
@@ -372,10 +384,8 @@ impl Cutter {
     /// aggregated from `lineitem` for the join and again for its maximum).
     /// Plans are the same when they encode to the same bytes; a plan with a
     /// volatile expression never is.
-    fn same_stage(&self, writer: &Arc<dyn ExecutionPlan>) -> Option<StageId> {
-        let shown = |plan: &Arc<dyn ExecutionPlan>| displayable(plan.as_ref()).indent(true).to_string();
-        let text = shown(writer);
-        let mut same = self.stages.iter().filter(|s| shown(&s.plan) == text).peekable();
+    fn same_stage(&self, writer: &Arc<dyn ExecutionPlan>, text: &str) -> Option<StageId> {
+        let mut same = self.shown.iter().filter(|(t, _)| t == text).filter_map(|(_, id)| self.stage(*id)).peekable();
         same.peek()?;
         if is_volatile_plan(writer) {
             return None;
